@@ -1,0 +1,106 @@
+/// A single-channel image in [0, 1] that strokes and stamps are drawn onto (max compositing).
+#[derive(Debug, Clone)]
+pub struct Canvas {
+    /// Pixels, row-major.
+    pub pixels: Vec<f32>,
+    /// Height.
+    pub height: usize,
+    /// Width.
+    pub width: usize,
+}
+
+impl Canvas {
+    /// A black canvas.
+    pub fn new(height: usize, width: usize) -> Self {
+        Self {
+            pixels: vec![0.0; height * width],
+            height,
+            width,
+        }
+    }
+
+    /// Draws an anti-aliased polyline of `thickness` px at `value`, points given as `(x, y)` pixels.
+    pub fn polyline(&mut self, points: &[(f32, f32)], thickness: f32, value: f32) {
+        if points.is_empty() {
+            return;
+        }
+        let r = thickness / 2.0 + 1.0;
+        let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+        for &(x, y) in points {
+            x0 = x0.min(x);
+            y0 = y0.min(y);
+            x1 = x1.max(x);
+            y1 = y1.max(y);
+        }
+        let clip = |v: f32, hi: usize| v.max(0.0).min(hi as f32 - 1.0) as usize;
+        let (cx0, cx1) = (
+            clip((x0 - r).floor(), self.width),
+            clip((x1 + r).ceil(), self.width),
+        );
+        let (cy0, cy1) = (
+            clip((y0 - r).floor(), self.height),
+            clip((y1 + r).ceil(), self.height),
+        );
+        for py in cy0..=cy1 {
+            for px in cx0..=cx1 {
+                let p = (px as f32 + 0.5, py as f32 + 0.5);
+                let d = points
+                    .windows(2)
+                    .map(|w| segment_distance(p, w[0], w[1]))
+                    .fold(segment_distance(p, points[0], points[0]), f32::min);
+                let coverage = (thickness / 2.0 + 0.5 - d).clamp(0.0, 1.0);
+                if coverage > 0.0 {
+                    let pixel = &mut self.pixels[py * self.width + px];
+                    *pixel = pixel.max(coverage * value);
+                }
+            }
+        }
+    }
+
+    /// Pastes a `size×size` stamp with its top-left at `(x, y)`, keeping the brighter pixel.
+    pub fn paste_max(&mut self, stamp: &[f32], size: usize, x: usize, y: usize) {
+        for sy in 0..size.min(self.height.saturating_sub(y)) {
+            for sx in 0..size.min(self.width.saturating_sub(x)) {
+                let pixel = &mut self.pixels[(y + sy) * self.width + x + sx];
+                *pixel = pixel.max(stamp[sy * size + sx]);
+            }
+        }
+    }
+
+    /// Pastes a stamp, overwriting wherever the stamp is non-zero (digits over noise).
+    pub fn paste_over(&mut self, stamp: &[f32], size: usize, x: usize, y: usize) {
+        for sy in 0..size.min(self.height.saturating_sub(y)) {
+            for sx in 0..size.min(self.width.saturating_sub(x)) {
+                let v = stamp[sy * size + sx];
+                if v > 0.0 {
+                    self.pixels[(y + sy) * self.width + x + sx] = v;
+                }
+            }
+        }
+    }
+}
+
+fn segment_distance(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (qx, qy) = (a.0 + t * dx - p.0, a.1 + t * dy - p.1);
+    (qx * qx + qy * qy).sqrt()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polyline_covers_its_path_and_nothing_far_away() {
+        let mut c = Canvas::new(20, 20);
+        c.polyline(&[(2.0, 10.0), (18.0, 10.0)], 2.0, 1.0);
+        assert_eq!(c.pixels[10 * 20 + 10], 1.0);
+        assert_eq!(c.pixels[2 * 20 + 10], 0.0);
+    }
+}

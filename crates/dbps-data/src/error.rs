@@ -1,0 +1,58 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Why a dataset could not be opened or built.
+#[derive(Debug, Error)]
+pub enum DataError {
+    /// A data file or directory is missing.
+    #[error("{what} not found at {path}; {fix}")]
+    Missing {
+        /// What was looked for.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// What to do about it.
+        fix: &'static str,
+    },
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file is not what it claims to be.
+    #[error("{path} is not a valid IDX {kind} file: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// `images` or `labels`.
+        kind: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A label lies outside the classes of its task.
+    #[error(
+        "label {label} of item {index} in {path} is outside 0..{classes}; the file must hold digit labels 0–9"
+    )]
+    LabelOutOfRange {
+        /// The labels file.
+        path: PathBuf,
+        /// Item index.
+        index: usize,
+        /// The label.
+        label: u8,
+        /// Number of classes.
+        classes: usize,
+    },
+    /// A dataset parameter is unusable.
+    #[error("dataset setting `{field}`: {reason}")]
+    Config {
+        /// The setting.
+        field: &'static str,
+        /// Why it is unusable and what to use instead.
+        reason: String,
+    },
+}

@@ -1,0 +1,237 @@
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use flate2::read::GzDecoder;
+
+use crate::DataError;
+
+/// MNIST-style digits read from a pair of IDX files: 28×28 grey images and their labels.
+#[derive(Debug, Clone)]
+pub struct IdxDigits {
+    /// Pixels of all digits, `len × rows × cols`, 0–255.
+    pub pixels: Vec<u8>,
+    /// Labels 0–9.
+    pub labels: Vec<u8>,
+    /// Rows per digit.
+    pub rows: usize,
+    /// Columns per digit.
+    pub cols: usize,
+}
+
+impl IdxDigits {
+    /// Number of digits.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    /// True when no digit was read.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// Digit `i` as values in [0, 1].
+    pub fn digit(&self, i: usize) -> Vec<f32> {
+        let n = self.rows * self.cols;
+        self.pixels[i * n..(i + 1) * n]
+            .iter()
+            .map(|&v| v as f32 / 255.0)
+            .collect()
+    }
+}
+
+const FIX: &str = "point `digits_dir` (or DBPS_MNIST_DIR) at a folder holding *-images-idx3-ubyte[.gz] and *-labels-idx1-ubyte[.gz], e.g. ../shared/data/mnist";
+
+fn find(dir: &Path, suffix: &'static str) -> Result<PathBuf, DataError> {
+    let entries = std::fs::read_dir(dir).map_err(|_| DataError::Missing {
+        what: "digits directory",
+        path: dir.to_path_buf(),
+        fix: FIX,
+    })?;
+    let mut found: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(suffix) || n.ends_with(&format!("{suffix}.gz")))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next().ok_or(DataError::Missing {
+        what: if suffix.contains("images") {
+            "IDX images file"
+        } else {
+            "IDX labels file"
+        },
+        path: dir.join(format!("*{suffix}[.gz]")),
+        fix: FIX,
+    })
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
+    let io = |source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut raw = Vec::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut raw))
+        .map_err(io)?;
+    if path.extension().is_some_and(|e| e == "gz") {
+        let mut out = Vec::new();
+        GzDecoder::new(raw.as_slice())
+            .read_to_end(&mut out)
+            .map_err(|e| DataError::Corrupt {
+                path: path.to_path_buf(),
+                kind: if path.to_string_lossy().contains("label") {
+                    "labels"
+                } else {
+                    "images"
+                },
+                reason: format!("gzip stream is damaged ({e})"),
+            })?;
+        raw = out;
+    }
+    Ok(raw)
+}
+
+fn be_u32(bytes: &[u8], at: usize) -> usize {
+    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+}
+
+/// Reads the digit images and labels IDX files found in `dir`.
+pub fn read_idx_digits(dir: &Path) -> Result<IdxDigits, DataError> {
+    let images_path = find(dir, "images-idx3-ubyte")?;
+    let labels_path = find(dir, "labels-idx1-ubyte")?;
+    let corrupt = |path: &Path, kind, reason: String| DataError::Corrupt {
+        path: path.to_path_buf(),
+        kind,
+        reason,
+    };
+    let images = read_all(&images_path)?;
+    if images.len() < 16 || be_u32(&images, 0) != 2051 {
+        return Err(corrupt(
+            &images_path,
+            "images",
+            "magic number is not 2051".into(),
+        ));
+    }
+    let (n, rows, cols) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
+    if images.len() != 16 + n * rows * cols {
+        return Err(corrupt(
+            &images_path,
+            "images",
+            format!(
+                "header promises {n} images of {rows}×{cols} but the file holds {} bytes",
+                images.len()
+            ),
+        ));
+    }
+    let labels = read_all(&labels_path)?;
+    if labels.len() < 8 || be_u32(&labels, 0) != 2049 {
+        return Err(corrupt(
+            &labels_path,
+            "labels",
+            "magic number is not 2049".into(),
+        ));
+    }
+    if be_u32(&labels, 4) != n || labels.len() != 8 + n {
+        return Err(corrupt(
+            &labels_path,
+            "labels",
+            format!("expected {n} labels to match the images file"),
+        ));
+    }
+    let labels = labels[8..].to_vec();
+    if let Some((index, &label)) = labels.iter().enumerate().find(|(_, l)| **l > 9) {
+        return Err(DataError::LabelOutOfRange {
+            path: labels_path,
+            index,
+            label,
+            classes: 10,
+        });
+    }
+    Ok(IdxDigits {
+        pixels: images[16..].to_vec(),
+        labels,
+        rows,
+        cols,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path, labels: &[u8]) {
+        let n = labels.len() as u32;
+        let mut img = vec![];
+        for v in [2051u32, n, 2, 2] {
+            img.extend(v.to_be_bytes());
+        }
+        img.extend(vec![255u8; 4 * labels.len()]);
+        std::fs::write(dir.join("t-images-idx3-ubyte"), img).unwrap();
+        let mut lab = vec![];
+        for v in [2049u32, n] {
+            lab.extend(v.to_be_bytes());
+        }
+        lab.extend(labels);
+        std::fs::write(dir.join("t-labels-idx1-ubyte"), lab).unwrap();
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dbps-idx-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn reads_a_valid_pair() {
+        let dir = temp_dir("ok");
+        write_pair(&dir, &[3, 9]);
+        let d = read_idx_digits(&dir).unwrap();
+        assert_eq!((d.len(), d.rows, d.labels[1]), (2, 2, 9));
+        assert_eq!(d.digit(0), vec![1.0; 4]);
+    }
+
+    #[test]
+    fn label_out_of_range_names_the_file() {
+        let dir = temp_dir("label");
+        write_pair(&dir, &[3, 12]);
+        let err = read_idx_digits(&dir).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DataError::LabelOutOfRange {
+                    label: 12,
+                    index: 1,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_directory_says_how_to_fix() {
+        let err = read_idx_digits(Path::new("/nonexistent/digits"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/digits") && err.contains("DBPS_MNIST_DIR"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corrupt_images_file_is_reported() {
+        let dir = temp_dir("corrupt");
+        write_pair(&dir, &[1]);
+        std::fs::write(dir.join("t-images-idx3-ubyte"), b"garbage!").unwrap();
+        let err = read_idx_digits(&dir).unwrap_err();
+        assert!(
+            matches!(err, DataError::Corrupt { kind: "images", .. }),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,83 @@
+use serde::{Deserialize, Serialize};
+
+/// Which part of a dataset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Split {
+    /// Training images.
+    Train,
+    /// Model-selection images.
+    Valid,
+    /// Held-out images, reported only.
+    Test,
+}
+
+impl Split {
+    /// All splits.
+    pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
+
+    /// A salt so that the splits draw different canvases from one seed.
+    pub(crate) fn salt(self) -> u64 {
+        match self {
+            Split::Train => 0x9e37_79b9_7f4a_7c15,
+            Split::Valid => 0xbf58_476d_1ce4_e5b9,
+            Split::Test => 0x94d0_49bb_1331_11eb,
+        }
+    }
+}
+
+/// How a task's target is encoded and scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    /// One class out of `classes`: cross-entropy, accuracy.
+    Softmax,
+    /// Any subset of `classes`: binary cross-entropy, exact-match accuracy at 0.5.
+    MultiLabel,
+}
+
+/// A named classification task of a dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Short name, used in tables and metrics.json.
+    pub name: String,
+    /// Softmax or multi-label.
+    pub kind: TaskKind,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+impl TaskSpec {
+    /// A softmax task.
+    pub fn softmax(name: &str, classes: usize) -> Self {
+        Self {
+            name: name.into(),
+            kind: TaskKind::Softmax,
+            classes,
+        }
+    }
+}
+
+/// The ground truth of one task for one image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// Class index.
+    Class(usize),
+    /// Multi-hot vector.
+    MultiHot(Vec<bool>),
+}
+
+/// One image, channel-major `[C, H, W]` values in [0, 1], with a target per task.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// Pixels, `channels × height × width`, row-major.
+    pub image: Vec<f32>,
+    /// Channels C.
+    pub channels: usize,
+    /// Height H.
+    pub height: usize,
+    /// Width W.
+    pub width: usize,
+    /// One target per task, in the dataset's task order.
+    pub targets: Vec<Target>,
+}

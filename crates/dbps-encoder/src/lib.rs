@@ -1,0 +1,45 @@
+//! Patch encoders F: patches `[n, C, p, p]` → embeddings `[n, D]` (method.md §2).
+//!
+//! Anything implementing [`PatchEncoder`] can drive patch selection; [`Encoder`] is the
+//! configurable one dbps ships: a torchvision-layout [`ResNet`] (parameter names match
+//! torchvision's state dict) or an [`IdentityEncoder`] for precomputed features, optionally
+//! followed by the [`Projector`].
+//!
+//! ```
+//! use burn::backend::Flex;
+//! use burn::tensor::Tensor;
+//! use dbps_encoder::{EncoderConfig, PatchEncoder};
+//!
+//! let device = Default::default();
+//! let config = EncoderConfig { stages: 2, in_channels: 1, width: 8, ..EncoderConfig::default() };
+//! let encoder = config.init::<Flex>(&device).unwrap();
+//! let patches = Tensor::<Flex, 4>::zeros([3, 1, 32, 32], &device);
+//! assert_eq!(encoder.embed(patches).dims(), [3, encoder.embed_dim()]);
+//! ```
+
+mod batchnorm;
+mod config;
+mod encoder;
+mod error;
+mod identity;
+mod projector;
+mod resnet;
+
+pub use batchnorm::{BatchNorm2d, conv_bn};
+pub use config::{EncoderConfig, EncoderName};
+pub use encoder::{Backbone, Encoder};
+pub use error::EncoderError;
+pub use identity::IdentityEncoder;
+pub use projector::Projector;
+pub use resnet::{Downsample, ResNet, ResNetBlock, ResNetDepth};
+
+use burn::tensor::{Tensor, backend::Backend};
+
+/// Maps a batch of patches to one embedding each; implement it to plug a new encoder into selection.
+pub trait PatchEncoder<B: Backend> {
+    /// Embedding width D.
+    fn embed_dim(&self) -> usize;
+
+    /// Embeds patches `[n, C, p, p]` into `[n, D]`.
+    fn embed(&self, patches: Tensor<B, 4>) -> Tensor<B, 2>;
+}

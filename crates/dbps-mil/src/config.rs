@@ -1,0 +1,153 @@
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Aggregator, AggregatorCore, DualAttentionMil, IpsAggregator, MilError,
+    MultiHeadCrossAttentionConfig,
+};
+
+/// Which aggregator sits on top of the selected patches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AggregatorKind {
+    /// IPS cross-attention transformer; with a sub-salient bag it attends over Ê_M ∪ E_S
+    /// (the "dual buffer without dual attention" ablation, Table 2 row 2).
+    Ips,
+    /// DBPS dual-attention MIL (eq. 5–8).
+    #[default]
+    DualAttention,
+}
+
+/// Serialisable description of an [`Aggregator`] (the `aggregator` block of a dbps config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// Embedding width D (the encoder's output).
+    pub embed_dim: usize,
+    /// Classes of each task; one query token and one head per task.
+    pub tasks: Vec<usize>,
+    /// Which aggregator.
+    pub kind: AggregatorKind,
+    /// Heads H.
+    pub heads: usize,
+    /// Per-head key/query width D_k.
+    pub d_k: usize,
+    /// Per-head value width D_v.
+    pub d_v: usize,
+    /// Hidden width of the MLP.
+    pub d_inner: usize,
+    /// Dropout after attention and in the MLP.
+    pub dropout: f64,
+    /// Dropout on attention weights.
+    pub attn_dropout: f64,
+    /// Share MHCA and LayerNorm weights between the two attentions of the dual MIL.
+    pub shared_weights: bool,
+    /// Add 1-D sinusoidal encodings of the patch indices.
+    pub positional: bool,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        Self {
+            embed_dim: 128,
+            tasks: vec![10],
+            kind: AggregatorKind::default(),
+            heads: 8,
+            d_k: 16,
+            d_v: 16,
+            d_inner: 512,
+            dropout: 0.1,
+            attn_dropout: 0.1,
+            shared_weights: true,
+            positional: false,
+        }
+    }
+}
+
+impl AggregatorConfig {
+    /// The MNIST-like defaults of method.md §3 for width `embed_dim` and the given tasks.
+    pub fn new(embed_dim: usize, tasks: Vec<usize>) -> Self {
+        Self {
+            embed_dim,
+            tasks,
+            ..Self::default()
+        }
+    }
+
+    /// Sets the aggregator kind.
+    pub fn with_kind(mut self, kind: AggregatorKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
+    /// Sets the number of heads.
+    pub fn with_heads(mut self, heads: usize) -> Self {
+        self.heads = heads;
+        self
+    }
+
+    /// Chooses shared (default) or separate weights for the two attentions.
+    pub fn with_shared_weights(mut self, shared: bool) -> Self {
+        self.shared_weights = shared;
+        self
+    }
+
+    /// Turns the positional encoding on or off.
+    pub fn with_positional(mut self, positional: bool) -> Self {
+        self.positional = positional;
+        self
+    }
+
+    /// Sets both dropout rates.
+    pub fn with_dropout(mut self, dropout: f64) -> Self {
+        self.dropout = dropout;
+        self.attn_dropout = dropout;
+        self
+    }
+
+    pub(crate) fn attention(&self) -> MultiHeadCrossAttentionConfig {
+        MultiHeadCrossAttentionConfig::new(self.embed_dim)
+            .with_heads(self.heads)
+            .with_d_k(self.d_k)
+            .with_d_v(self.d_v)
+            .with_dropout(self.dropout)
+            .with_attn_dropout(self.attn_dropout)
+    }
+
+    /// Checks the configuration without building anything.
+    pub fn validate(&self) -> Result<(), MilError> {
+        for (name, value) in [
+            ("embed_dim", self.embed_dim),
+            ("heads", self.heads),
+            ("d_k", self.d_k),
+            ("d_v", self.d_v),
+            ("d_inner", self.d_inner),
+        ] {
+            if value == 0 {
+                return Err(MilError::Zero(name));
+            }
+        }
+        if self.tasks.is_empty() {
+            return Err(MilError::NoTasks);
+        }
+        if self.tasks.contains(&0) {
+            return Err(MilError::Zero("tasks[..] (classes per task)"));
+        }
+        if self.positional && self.embed_dim % 2 == 1 {
+            return Err(MilError::OddWidth(self.embed_dim));
+        }
+        Ok(())
+    }
+
+    /// Builds the aggregator with fresh weights.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Aggregator<B>, MilError> {
+        self.validate()?;
+        let core = match self.kind {
+            AggregatorKind::Ips => AggregatorCore::Ips(IpsAggregator::new(self, device)),
+            AggregatorKind::DualAttention => {
+                AggregatorCore::Dual(DualAttentionMil::new(self, device))
+            }
+        };
+        Ok(Aggregator::new(core, self, device))
+    }
+}

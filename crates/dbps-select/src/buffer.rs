@@ -1,0 +1,185 @@
+use burn::tensor::{Int, Tensor, backend::Backend};
+
+use crate::{PatchEncoder, SalienceScorer, SelectError};
+
+/// What selection keeps for one batch; every tensor is free of autodiff graph.
+#[derive(Debug, Clone)]
+pub struct Selection<B: Backend> {
+    /// The M' = min(M, candidates) salient patches, by decreasing score; their no-gradient
+    /// embeddings are for evaluation, training re-embeds the patches with gradients.
+    pub salient: PatchBag<B>,
+    /// The S' = min(S, candidates − M') sub-salient patches, by decreasing score; `None` when
+    /// S' = 0, so no placeholder embedding ever exists.
+    pub sub_salient: Option<PatchBag<B>>,
+}
+
+/// The IPS buffer of M salient patches plus the DBPS buffer of S sub-salient ones, filled by
+/// streaming candidates in chunks of L.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DualBuffer {
+    salient: usize,
+    sub_salient: usize,
+    chunk: usize,
+}
+
+/// Patch embeddings `[B, n, D]` with the grid indices `[B, n]` they came from.
+#[derive(Debug, Clone)]
+pub struct PatchBag<B: Backend> {
+    /// Grid indices (row-major) of the patches.
+    pub indices: Tensor<B, 2, Int>,
+    /// Their embeddings.
+    pub embeddings: Tensor<B, 3>,
+}
+
+impl<B: Backend> PatchBag<B> {
+    /// Patches per image.
+    pub fn len(&self) -> usize {
+        self.indices.dims()[1]
+    }
+
+    fn cat(bags: Vec<Self>) -> Self {
+        let (embeddings, indices): (Vec<_>, Vec<_>) =
+            bags.into_iter().map(|b| (b.embeddings, b.indices)).unzip();
+        Self {
+            embeddings: Tensor::cat(embeddings, 1),
+            indices: Tensor::cat(indices, 1),
+        }
+    }
+
+    /// The members at positions `order` `[B, k]`.
+    fn gather(&self, order: Tensor<B, 2, Int>) -> Self {
+        let [b, k] = order.dims();
+        let d = self.embeddings.dims()[2];
+        Self {
+            embeddings: self
+                .embeddings
+                .clone()
+                .gather(1, order.clone().reshape([b, k, 1]).repeat_dim(2, d)),
+            indices: self.indices.clone().gather(1, order),
+        }
+    }
+
+    /// True when the bag holds no patch.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl DualBuffer {
+    /// Buffers of M salient and S sub-salient patches, filled L candidates at a time (S = 0: IPS).
+    pub fn new(salient: usize, sub_salient: usize, chunk: usize) -> Result<Self, SelectError> {
+        if salient == 0 {
+            return Err(SelectError::ZeroSalient);
+        }
+        if chunk == 0 {
+            return Err(SelectError::ZeroChunk);
+        }
+        Ok(Self {
+            salient,
+            sub_salient,
+            chunk,
+        })
+    }
+
+    /// M.
+    pub fn salient(&self) -> usize {
+        self.salient
+    }
+
+    /// S.
+    pub fn sub_salient(&self) -> usize {
+        self.sub_salient
+    }
+
+    /// L.
+    pub fn chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// The same buffers with another chunk size (L̂ under patch drop).
+    pub fn with_chunk(self, chunk: usize) -> Result<Self, SelectError> {
+        Self::new(self.salient, self.sub_salient, chunk)
+    }
+
+    /// Runs selection over candidates `[B, K, C, p, p]` with grid indices `[B, K]`, in that order.
+    ///
+    /// P_M starts as the first M candidates and P_S empty; each chunk C_L is embedded, then
+    /// P_M ← Top-M(P_M ∪ P_S ∪ C_L) and P_S ← Top-S((P_M ∪ P_S ∪ C_L) − P_M) (paper eq. 3–4),
+    /// with scores recomputed over the whole union. With K ≤ M every candidate is salient.
+    pub fn select<B, E, S>(
+        &self,
+        encoder: &E,
+        scorer: &S,
+        patches: Tensor<B, 5>,
+        indices: Tensor<B, 2, Int>,
+    ) -> Selection<B>
+    where
+        B: Backend,
+        E: PatchEncoder<B>,
+        S: SalienceScorer<B>,
+    {
+        let [batch, candidates, ..] = patches.dims();
+        assert_eq!(
+            indices.dims(),
+            [batch, candidates],
+            "one grid index per candidate patch"
+        );
+        let embed = |start: usize, end: usize| PatchBag {
+            embeddings: embed_range(encoder, &patches, start, end),
+            indices: indices.clone().slice([0..batch, start..end]),
+        };
+        let first = self.salient.min(candidates);
+        let mut salient = embed(0, first);
+        let mut sub_salient: Option<PatchBag<B>> = None;
+        for start in (first..candidates).step_by(self.chunk) {
+            let chunk = embed(start, (start + self.chunk).min(candidates));
+            let union = PatchBag::cat(
+                [Some(salient), sub_salient, Some(chunk)]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+            );
+            let order = scorer
+                .score(union.embeddings.clone(), union.indices.clone())
+                .argsort_descending(1);
+            let kept_sub = self.sub_salient.min(union.len() - self.salient);
+            salient = union.gather(order.clone().slice([0..batch, 0..self.salient]));
+            sub_salient = (kept_sub > 0).then(|| {
+                union.gather(order.slice([0..batch, self.salient..self.salient + kept_sub]))
+            });
+        }
+        Selection {
+            salient,
+            sub_salient,
+        }
+    }
+}
+
+/// Embeds candidates `start..end` of every image: `[B, end − start, D]`.
+fn embed_range<B: Backend, E: PatchEncoder<B>>(
+    encoder: &E,
+    patches: &Tensor<B, 5>,
+    start: usize,
+    end: usize,
+) -> Tensor<B, 3> {
+    let [batch, _, c, h, w] = patches.dims();
+    let n = end - start;
+    let chunk = patches
+        .clone()
+        .slice([0..batch, start..end, 0..c, 0..h, 0..w])
+        .reshape([batch * n, c, h, w]);
+    encoder
+        .embed(chunk)
+        .reshape([batch, n, encoder.embed_dim()])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_empty_buffers() {
+        assert_eq!(DualBuffer::new(0, 4, 8), Err(SelectError::ZeroSalient));
+        assert_eq!(DualBuffer::new(4, 4, 0), Err(SelectError::ZeroChunk));
+    }
+}

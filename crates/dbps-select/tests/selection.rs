@@ -1,0 +1,192 @@
+//! Selection against brute force (one head, one token) and against a plain reference loop
+//! (several heads), method.md §4–6.
+
+use burn::backend::Flex;
+use burn::module::Module;
+use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use dbps_encoder::IdentityEncoder;
+use dbps_mil::{Aggregator, AggregatorConfig, AggregatorKind};
+use dbps_select::{DualBuffer, SalienceScorer};
+use proptest::prelude::*;
+
+type B = Flex;
+const D: usize = 8;
+
+struct Scorer(Aggregator<B>);
+
+impl SalienceScorer<B> for Scorer {
+    fn score(&self, embeddings: Tensor<B, 3>, _indices: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        self.0.salience(embeddings)
+    }
+}
+
+fn aggregator(heads: usize, tasks: usize, seed: u64) -> Aggregator<B> {
+    let device = Default::default();
+    <B as burn::tensor::backend::Backend>::seed(&device, seed);
+    let agg = AggregatorConfig::new(D, vec![3; tasks])
+        .with_heads(heads)
+        .with_kind(AggregatorKind::DualAttention)
+        .init(&device)
+        .unwrap();
+    // Burn initialises parameters lazily and each clone would draw its own: materialise them once.
+    let record = agg.clone().into_record();
+    agg.load_record(record)
+}
+
+/// Random embeddings `[batch, n, D]`, presented as 1×1 "patches" with grid indices in a random order.
+fn inputs(batch: usize, n: usize, seed: u64) -> (Tensor<B, 3>, Tensor<B, 5>, Tensor<B, 2, Int>) {
+    let device = Default::default();
+    <B as burn::tensor::backend::Backend>::seed(&device, seed);
+    let emb = Tensor::<B, 3>::random([batch, n, D], Distribution::Normal(0.0, 1.0), &device);
+    let patches = emb.clone().reshape([batch, n, D, 1, 1]);
+    // Candidate order differs from grid order: reverse it, so indices are bookkeeping, not positions.
+    let idx: Vec<i64> = (0..batch).flat_map(|_| (0..n as i64).rev()).collect();
+    let indices = Tensor::from_data(TensorData::new(idx, [batch, n]), &device);
+    (emb, patches, indices)
+}
+
+fn rows<const N: usize>(t: Tensor<B, N, Int>) -> Vec<i64> {
+    t.into_data().iter::<i64>().collect()
+}
+
+/// Grid indices of candidates sorted by their brute-force logit (1 head, 1 token), per image.
+fn ranks_by_logit(
+    agg: &Aggregator<B>,
+    emb: Tensor<B, 3>,
+    indices: &[i64],
+    n: usize,
+) -> Vec<Vec<i64>> {
+    let [batch, ..] = emb.dims();
+    let query = match &agg.core {
+        dbps_mil::AggregatorCore::Dual(d) => d.query.val(),
+        dbps_mil::AggregatorCore::Ips(i) => i.query.val(),
+    };
+    let q = query.unsqueeze_dim::<3>(0).repeat_dim(0, batch);
+    let logits: Vec<f32> = agg
+        .scorer()
+        .logits(q, emb)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    (0..batch)
+        .map(|b| {
+            let mut order: Vec<usize> = (0..n).collect();
+            order.sort_by(|&i, &j| logits[b * n + j].total_cmp(&logits[b * n + i]));
+            order.into_iter().map(|i| indices[b * n + i]).collect()
+        })
+        .collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// (a) With H = 1 and T = 1 the buffers are the global ranks 1..M and M+1..M+S by logit.
+    #[test]
+    fn one_head_equals_global_top_m_and_next_s(
+        n in 1usize..48, m in 1usize..16, s in 0usize..16, l in 1usize..20, batch in 1usize..3, seed in any::<u64>()
+    ) {
+        let agg = aggregator(1, 1, seed);
+        let (emb, patches, indices) = inputs(batch, n, seed ^ 1);
+        let grid = rows(indices.clone());
+        let want = ranks_by_logit(&agg, emb, &grid, n);
+        let sel = DualBuffer::new(m, s, l).unwrap().select(&IdentityEncoder::new(D), &Scorer(agg), patches, indices);
+        let m_eff = m.min(n);
+        let s_eff = s.min(n - m_eff);
+        let salient = rows(sel.salient.indices);
+        prop_assert_eq!(salient.len(), batch * m_eff);
+        let sub = sel.sub_salient.map(|bag| rows(bag.indices)).unwrap_or_default();
+        prop_assert_eq!(sub.len(), batch * s_eff);
+        for b in 0..batch {
+            let got_m = &salient[b * m_eff..(b + 1) * m_eff];
+            if n > m {
+                prop_assert_eq!(got_m, &want[b][..m_eff]);
+            } else {
+                // M ≥ N: every patch, no scoring needed.
+                let mut all = got_m.to_vec();
+                all.sort_unstable();
+                prop_assert_eq!(all, (0..n as i64).collect::<Vec<_>>());
+            }
+            prop_assert_eq!(&sub[b * s_eff..(b + 1) * s_eff], &want[b][m_eff..m_eff + s_eff]);
+        }
+    }
+}
+
+/// Straightforward method.md §5–6 for one image: lists, a per-union softmax by hand, a stable sort.
+fn reference_dual_buffer(
+    agg: &Aggregator<B>,
+    emb: &[Vec<f32>],
+    grid: &[i64],
+    m: usize,
+    s: usize,
+    l: usize,
+) -> (Vec<i64>, Vec<i64>) {
+    let device = Default::default();
+    let n = emb.len();
+    let mut salient: Vec<usize> = (0..m.min(n)).collect();
+    let mut sub: Vec<usize> = Vec::new();
+    let mut next = salient.len();
+    while next < n {
+        let chunk: Vec<usize> = (next..(next + l).min(n)).collect();
+        next += chunk.len();
+        let union: Vec<usize> = salient.iter().chain(&sub).chain(&chunk).copied().collect();
+        let flat: Vec<f32> = union.iter().flat_map(|&i| emb[i].clone()).collect();
+        let x = Tensor::<B, 3>::from_data(TensorData::new(flat, [1, union.len(), D]), &device);
+        let query = match &agg.core {
+            dbps_mil::AggregatorCore::Dual(d) => d.query.val(),
+            dbps_mil::AggregatorCore::Ips(i) => i.query.val(),
+        };
+        let [t, _] = query.dims();
+        let logits: Vec<f32> = agg
+            .scorer()
+            .logits(query.unsqueeze_dim(0), x)
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        let heads = logits.len() / (t * union.len());
+        let u = union.len();
+        let mut score = vec![0f64; u];
+        for row in 0..heads * t {
+            let r = &logits[row * u..(row + 1) * u];
+            let max = r.iter().copied().fold(f32::MIN, f32::max) as f64;
+            let z: f64 = r.iter().map(|&v| (v as f64 - max).exp()).sum();
+            for j in 0..u {
+                score[j] += (r[j] as f64 - max).exp() / z / (heads * t) as f64;
+            }
+        }
+        let mut order: Vec<usize> = (0..u).collect();
+        order.sort_by(|&i, &j| score[j].total_cmp(&score[i]));
+        salient = order[..m].iter().map(|&k| union[k]).collect();
+        sub = order[m..(m + s).min(u)].iter().map(|&k| union[k]).collect();
+    }
+    (
+        salient.iter().map(|&i| grid[i]).collect(),
+        sub.iter().map(|&i| grid[i]).collect(),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// (b) With several heads and tokens the batched iterative selection equals the reference loop.
+    #[test]
+    fn several_heads_match_the_reference_loop(
+        n in 2usize..40, m in 1usize..10, s in 0usize..12, l in 1usize..12, heads in 2usize..5,
+        tasks in 1usize..4, batch in 1usize..3, seed in any::<u64>()
+    ) {
+        prop_assume!(m < n);
+        let agg = aggregator(heads, tasks, seed);
+        let (emb, patches, indices) = inputs(batch, n, seed ^ 2);
+        let grid = rows(indices.clone());
+        let values: Vec<f32> = emb.into_data().iter::<f32>().collect();
+        let sel = DualBuffer::new(m, s, l).unwrap().select(&IdentityEncoder::new(D), &Scorer(agg.clone()), patches, indices);
+        let salient = rows(sel.salient.indices);
+        let sub = sel.sub_salient.map(|bag| rows(bag.indices)).unwrap_or_default();
+        let s_eff = s.min(n - m);
+        for b in 0..batch {
+            let image: Vec<Vec<f32>> = (0..n).map(|i| values[(b * n + i) * D..(b * n + i + 1) * D].to_vec()).collect();
+            let (want_m, want_s) = reference_dual_buffer(&agg, &image, &grid[b * n..(b + 1) * n], m, s, l);
+            prop_assert_eq!(&salient[b * m..(b + 1) * m], want_m.as_slice());
+            prop_assert_eq!(&sub[b * s_eff..(b + 1) * s_eff], want_s.as_slice());
+        }
+    }
+}

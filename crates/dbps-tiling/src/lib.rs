@@ -1,0 +1,23 @@
+//! Cutting huge images into patches: the [`PatchGrid`] geometry, patch extraction from image
+//! tensors, and the training-time [`PatchDrop`] of DBPS (method.md §1 and §8).
+//!
+//! This crate knows tensors but no Burn modules: it is geometry and index bookkeeping only.
+//!
+//! ```
+//! use dbps_tiling::{PatchGrid, RemainderPolicy};
+//!
+//! // A 1000×1000 image cut into 100×100 patches gives a 10×10 grid, indexed row-major.
+//! let grid = PatchGrid::new([1000, 1000], 100, 100, RemainderPolicy::Drop).unwrap();
+//! assert_eq!(grid.len(), 100);
+//! assert_eq!(grid.origin(12), [100, 200]);
+//! ```
+
+mod drop;
+mod error;
+mod extract;
+mod grid;
+
+pub use drop::PatchDrop;
+pub use error::TilingError;
+pub use extract::extract_patches;
+pub use grid::{PatchGrid, RemainderPolicy};

@@ -1,0 +1,418 @@
+//! The JSON run configuration (`configs/*.json`) and its validation.
+
+use std::path::{Path, PathBuf};
+
+use dbps_data::{MegapixelMnistConfig, SyntheticDigitsConfig};
+use dbps_encoder::EncoderConfig;
+use dbps_mil::{AggregatorConfig, AggregatorKind};
+use dbps_select::DualBuffer;
+use dbps_tiling::{PatchDrop, PatchGrid, RemainderPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TrainError};
+
+/// The embedded default configuration (`configs/quickstart.json`).
+pub const QUICKSTART: &str = include_str!("../../../configs/quickstart.json");
+
+/// A whole run: one dataset, one encoder/aggregator design, several methods trained side by side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Name of the run (the default output folder is `runs/<name>`).
+    pub name: String,
+    /// Where checkpoints and metrics go.
+    #[serde(default)]
+    pub output_dir: Option<PathBuf>,
+    /// The dataset.
+    pub dataset: DatasetConfig,
+    /// How images are cut into patches.
+    pub patch: PatchConfig,
+    /// The patch encoder.
+    pub encoder: EncoderConfig,
+    /// The attention settings shared by every method's aggregator.
+    #[serde(default)]
+    pub aggregator: AttentionConfig,
+    /// The methods to train, in order.
+    pub methods: Vec<MethodConfig>,
+    /// Optimisation settings.
+    pub train: TrainConfig,
+}
+
+/// Which dataset, with its settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum DatasetConfig {
+    /// The embedded procedural digits.
+    SyntheticDigits(SyntheticDigitsConfig),
+    /// Megapixel MNIST from IDX files.
+    MegapixelMnist(MegapixelMnistConfig),
+}
+
+/// Patch geometry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchConfig {
+    /// Patch side p in pixels.
+    pub size: usize,
+    /// Stride in pixels (defaults to the patch size).
+    #[serde(default)]
+    pub stride: Option<usize>,
+    /// What to do with pixels past the last whole patch.
+    #[serde(default)]
+    pub remainder: RemainderPolicy,
+}
+
+/// Cross-attention settings (method.md §3); width and tasks come from the encoder and dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttentionConfig {
+    /// Heads H.
+    pub heads: usize,
+    /// Per-head key/query width.
+    pub d_k: usize,
+    /// Per-head value width.
+    pub d_v: usize,
+    /// MLP hidden width.
+    pub d_inner: usize,
+    /// Dropout.
+    pub dropout: f64,
+    /// Attention dropout.
+    pub attn_dropout: f64,
+    /// Share MHCA/LayerNorm weights between DBPS's two attentions.
+    pub shared_weights: bool,
+    /// Sinusoidal positional encoding of patch indices.
+    pub positional: bool,
+}
+
+impl Default for AttentionConfig {
+    fn default() -> Self {
+        let d = AggregatorConfig::default();
+        Self {
+            heads: d.heads,
+            d_k: d.d_k,
+            d_v: d.d_v,
+            d_inner: d.d_inner,
+            dropout: d.dropout,
+            attn_dropout: d.attn_dropout,
+            shared_weights: d.shared_weights,
+            positional: d.positional,
+        }
+    }
+}
+
+/// One method to train: IPS (s = 0, ips aggregator) or DBPS (s > 0, dual attention).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodConfig {
+    /// Display name, also the sub-folder of the run directory.
+    pub name: String,
+    /// Salient patches M.
+    pub m: i64,
+    /// Sub-salient patches S (0 for IPS).
+    #[serde(default)]
+    pub s: i64,
+    /// Patches per iteration L.
+    pub l: i64,
+    /// Random patch-drop ratio r ∈ [0, 1), training only.
+    #[serde(default)]
+    pub drop: f64,
+    /// The aggregator.
+    #[serde(default)]
+    pub aggregator: AggregatorKind,
+}
+
+/// Optimisation settings (method.md §9).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Epochs.
+    pub epochs: usize,
+    /// Images per optimizer step.
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Linear warm-up length in epochs (may be fractional).
+    pub warmup_epochs: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Shuffle the patch order before selection (breaks ties between identical patches).
+    pub shuffle_patches: bool,
+    /// Data-loading threads.
+    pub workers: usize,
+    /// Seed of initialisation, data order, patch drop and shuffling.
+    pub seed: u64,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 10,
+            batch_size: 16,
+            lr: 1e-3,
+            warmup_epochs: 1.0,
+            weight_decay: 0.1,
+            shuffle_patches: true,
+            workers: 1,
+            seed: 0,
+        }
+    }
+}
+
+/// A method's settings once checked: sizes as counts, the drop as a [`PatchDrop`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MethodPlan {
+    /// The M/S/L buffers.
+    pub buffer: DualBuffer,
+    /// Training-time patch drop.
+    pub drop: PatchDrop,
+    /// The aggregator.
+    pub aggregator: AggregatorKind,
+}
+
+fn config_error(field: impl Into<String>, reason: impl Into<String>) -> TrainError {
+    TrainError::Config {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl RunConfig {
+    /// Reads and validates a config file.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| TrainError::ConfigIo {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_json(&text, &path.display().to_string())
+    }
+
+    /// The embedded quickstart config.
+    pub fn quickstart() -> Result<Self> {
+        Self::from_json(QUICKSTART, "embedded default (configs/quickstart.json)")
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<Self> {
+        let config: Self =
+            serde_json::from_str(text).map_err(|source| TrainError::ConfigSyntax {
+                origin: origin.to_string(),
+                source,
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Image size `[H, W]` of the dataset.
+    pub fn image_size(&self) -> [usize; 2] {
+        match &self.dataset {
+            DatasetConfig::SyntheticDigits(c) => [c.canvas, c.canvas],
+            DatasetConfig::MegapixelMnist(c) => [c.canvas, c.canvas],
+        }
+    }
+
+    /// The patch grid over the dataset's images.
+    pub fn grid(&self) -> Result<PatchGrid> {
+        let stride = self.patch.stride.unwrap_or(self.patch.size);
+        Ok(PatchGrid::new(
+            self.image_size(),
+            self.patch.size,
+            stride,
+            self.patch.remainder,
+        )?)
+    }
+
+    /// Checks every setting, so that bad input fails before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        let n = self.grid()?.len();
+        self.encoder.validate()?;
+        if self.methods.is_empty() {
+            return Err(config_error(
+                "methods",
+                "no method listed; add at least one, e.g. {\"name\": \"IPS\", \"m\": 10, \"l\": 20}",
+            ));
+        }
+        for (i, method) in self.methods.iter().enumerate() {
+            self.method_plan(i, n)?;
+            if self.methods[..i].iter().any(|m| m.name == method.name) {
+                return Err(config_error(
+                    format!("methods[{i}].name"),
+                    format!(
+                        "`{}` is used twice; give each method its own name",
+                        method.name
+                    ),
+                ));
+            }
+        }
+        let t = &self.train;
+        if t.epochs == 0 {
+            return Err(config_error("train.epochs", "must be at least 1"));
+        }
+        if t.batch_size == 0 {
+            return Err(config_error("train.batch_size", "must be at least 1"));
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            return Err(config_error(
+                "train.lr",
+                format!("{} must be a positive number", t.lr),
+            ));
+        }
+        if !(t.warmup_epochs.is_finite() && t.warmup_epochs >= 0.0) {
+            return Err(config_error(
+                "train.warmup_epochs",
+                format!("{} must be 0 or more", t.warmup_epochs),
+            ));
+        }
+        for (field, p) in [
+            ("aggregator.dropout", self.aggregator.dropout),
+            ("aggregator.attn_dropout", self.aggregator.attn_dropout),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(config_error(field, format!("{p} must lie in [0, 1)")));
+            }
+        }
+        self.aggregator_config(AggregatorKind::Ips, 2, vec![1])
+            .validate()?;
+        Ok(())
+    }
+
+    /// The checked plan of method `i` over a grid of `n` patches.
+    pub fn method_plan(&self, i: usize, n: usize) -> Result<MethodPlan> {
+        let method = &self.methods[i];
+        let field = |name: &str| format!("methods[{i}].{name}");
+        let count = |name: &str, value: i64, what: &str| -> Result<usize> {
+            usize::try_from(value)
+                .map_err(|_| config_error(field(name), format!("{value} is negative; {what}")))
+        };
+        let m = count("m", method.m, "M counts salient patches, use 1 or more")?;
+        let s = count(
+            "s",
+            method.s,
+            "S counts sub-salient patches, use 0 (IPS) or more",
+        )?;
+        let l = count(
+            "l",
+            method.l,
+            "L counts patches per iteration, use 1 or more",
+        )?;
+        if m > n {
+            let [h, w] = self.image_size();
+            return Err(config_error(
+                field("m"),
+                format!(
+                    "M = {m} exceeds the N = {n} patches of a {h}×{w} image cut into {p} px patches; lower `m` or use smaller patches",
+                    p = self.patch.size
+                ),
+            ));
+        }
+        let drop =
+            PatchDrop::new(method.drop).map_err(|e| config_error(field("drop"), e.to_string()))?;
+        let buffer =
+            DualBuffer::new(m, s, l).map_err(|e| config_error(field("m/l"), e.to_string()))?;
+        Ok(MethodPlan {
+            buffer,
+            drop,
+            aggregator: method.aggregator,
+        })
+    }
+
+    /// The aggregator configuration for a method, an embedding width and the dataset's tasks.
+    pub fn aggregator_config(
+        &self,
+        kind: AggregatorKind,
+        embed_dim: usize,
+        tasks: Vec<usize>,
+    ) -> AggregatorConfig {
+        let a = &self.aggregator;
+        AggregatorConfig {
+            embed_dim,
+            tasks,
+            kind,
+            heads: a.heads,
+            d_k: a.d_k,
+            d_v: a.d_v,
+            d_inner: a.d_inner,
+            dropout: a.dropout,
+            attn_dropout: a.attn_dropout,
+            shared_weights: a.shared_weights,
+            positional: a.positional,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<RunConfig> {
+        let mut v: serde_json::Value = serde_json::from_str(QUICKSTART).unwrap();
+        edit(&mut v);
+        RunConfig::from_json(&v.to_string(), "test")
+    }
+
+    #[test]
+    fn quickstart_is_valid() {
+        RunConfig::quickstart().unwrap();
+    }
+
+    #[test]
+    fn m_larger_than_n_is_rejected() {
+        let err = with(|v| v["methods"][0]["m"] = 5000.into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("methods[0].m") && err.contains("exceeds the N"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn negative_s_is_rejected() {
+        let err = with(|v| v["methods"][1]["s"] = (-1).into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("methods[1].s") && err.contains("negative"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn drop_ratio_outside_unit_interval_is_rejected() {
+        for r in [1.0, -0.2, 2.0] {
+            let err = with(|v| v["methods"][1]["drop"] = r.into())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("methods[1].drop") && err.contains("[0, 1)"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn patch_larger_than_image_is_rejected() {
+        let err = with(|v| v["patch"]["size"] = 10_000.into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("larger than") && err.contains("patch_size"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_encoder_is_rejected() {
+        let err = with(|v| v["encoder"]["name"] = "vgg16".into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("vgg16") && err.contains("resnet18"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_with_the_origin() {
+        let err = with(|v| v["train"]["epochz"] = 3.into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("epochz") && err.contains("test"), "{err}");
+    }
+}

@@ -1,0 +1,82 @@
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything that can stop a dbps run; each message names the input and the fix.
+#[derive(Debug, Error)]
+pub enum TrainError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}; check the path given to --config")]
+    ConfigIo {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The config file is not valid JSON for a dbps config.
+    #[error(
+        "config {origin} is not a valid dbps config: {source}; compare it with configs/quickstart.json"
+    )]
+    ConfigSyntax {
+        /// File name or "embedded default".
+        origin: String,
+        /// The parse error, with line and column.
+        source: serde_json::Error,
+    },
+    /// A config value is out of range.
+    #[error("config setting `{field}`: {reason}")]
+    Config {
+        /// The setting, as a JSON path.
+        field: String,
+        /// Why it is wrong and what to use instead.
+        reason: String,
+    },
+    /// Tiling rejected the patch settings.
+    #[error("config setting `patch`: {0}")]
+    Tiling(#[from] dbps_tiling::TilingError),
+    /// The encoder settings are unusable.
+    #[error("config setting `encoder`: {0}")]
+    Encoder(#[from] dbps_encoder::EncoderError),
+    /// The aggregator settings are unusable.
+    #[error("config setting `aggregator`: {0}")]
+    Mil(#[from] dbps_mil::MilError),
+    /// The selection settings are unusable.
+    #[error("config setting `methods`: {0}")]
+    Select(#[from] dbps_select::SelectError),
+    /// The dataset could not be opened.
+    #[error(transparent)]
+    Data(#[from] dbps_data::DataError),
+    /// Training diverged.
+    #[error(
+        "training of {method} stopped: the loss became {value} at epoch {epoch}; lower `train.lr` or raise `train.warmup_epochs` (checkpoints of earlier epochs are kept)"
+    )]
+    NonFiniteLoss {
+        /// The method being trained.
+        method: String,
+        /// The epoch.
+        epoch: usize,
+        /// The loss value.
+        value: f64,
+    },
+    /// A checkpoint or run directory is unusable.
+    #[error("{what} {path}: {reason}")]
+    Checkpoint {
+        /// What was being read.
+        what: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// Writing results failed.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// Result with a [`TrainError`].
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;

@@ -1,0 +1,149 @@
+//! `dbps eval`: re-evaluating the best checkpoints of a finished run on its test split.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::datasets::Splits;
+use crate::report::{EvalFigures, write_json_atomic};
+use crate::runner::{
+    MANIFEST, MethodManifest, build_classifier, checkpoint_path, evaluate, load_weights,
+};
+use crate::{LossGuard, Result, TrainError, TrainedClassifier};
+
+/// Test figures of one method's best checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CheckpointEval {
+    /// Method name.
+    pub method: String,
+    /// The checkpoint's epoch.
+    pub epoch: usize,
+    /// The weight file.
+    pub checkpoint: PathBuf,
+    /// Its test figures.
+    pub test: EvalFigures,
+}
+
+/// What `dbps eval` found, written to `eval.json` beside the checkpoints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// Backend and device.
+    pub device: String,
+    /// One entry per method directory.
+    pub methods: Vec<CheckpointEval>,
+}
+
+impl EvalReport {
+    /// One row per method and task.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<10} {:<10} {:>6} {:>10} {:>9}\n",
+            "method", "task", "epoch", "test acc", "test loss"
+        );
+        for m in &self.methods {
+            for t in &m.test.tasks {
+                out += &format!(
+                    "{:<10} {:<10} {:>6} {:>9.2}% {:>9.4}\n",
+                    m.method,
+                    t.task,
+                    m.epoch,
+                    100.0 * t.accuracy,
+                    m.test.loss
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Method directories under `dir`: `dir` itself if it holds a manifest, else its sub-folders that do.
+fn method_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    if dir.join(MANIFEST).is_file() {
+        return Ok(vec![dir.to_path_buf()]);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| TrainError::Checkpoint {
+        what: "checkpoint directory",
+        path: dir.to_path_buf(),
+        reason: format!("cannot be read ({e}); pass the run directory `dbps train` printed"),
+    })?;
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join(MANIFEST).is_file())
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(TrainError::Checkpoint {
+            what: "checkpoint directory",
+            path: dir.to_path_buf(),
+            reason: format!(
+                "holds no {MANIFEST}; pass a run directory written by `dbps train` or one of its method folders"
+            ),
+        });
+    }
+    Ok(dirs)
+}
+
+/// Evaluates the best checkpoint of every method under `dir` on the test split and writes `eval.json`.
+pub fn eval_checkpoints<B: Backend>(
+    dir: &Path,
+    device: &B::Device,
+    device_name: &str,
+) -> Result<EvalReport> {
+    let mut report = EvalReport {
+        device: device_name.to_string(),
+        methods: Vec::new(),
+    };
+    for method_dir in method_dirs(dir)? {
+        let path = method_dir.join(MANIFEST);
+        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Checkpoint {
+            what: "manifest",
+            path: path.clone(),
+            reason: format!("cannot be read ({e})"),
+        })?;
+        let manifest: MethodManifest =
+            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
+                what: "manifest",
+                path: path.clone(),
+                reason: format!("is damaged ({e}); re-run `dbps train` to rewrite it"),
+            })?;
+        let config = manifest.config;
+        config.validate()?;
+        if manifest.method >= config.methods.len() {
+            return Err(TrainError::Checkpoint {
+                what: "manifest",
+                path,
+                reason: format!(
+                    "names method {} but its config lists {}",
+                    manifest.method,
+                    config.methods.len()
+                ),
+            });
+        }
+        let splits = Splits::open(&config)?;
+        let classifier = build_classifier::<B>(&config, manifest.method, &splits.tasks, device)?;
+        let checkpoint = checkpoint_path(&method_dir, manifest.best_epoch);
+        let model = load_weights(
+            TrainedClassifier::new(classifier, LossGuard::default()),
+            &checkpoint,
+            device,
+        )?;
+        let name = config.methods[manifest.method].name.clone();
+        let test = evaluate(
+            &model,
+            &splits.test,
+            &splits.tasks,
+            config.train.batch_size,
+            device,
+            &format!("{name} test"),
+        );
+        report.methods.push(CheckpointEval {
+            method: name,
+            epoch: manifest.best_epoch,
+            checkpoint,
+            test,
+        });
+    }
+    write_json_atomic(&dir.join("eval.json"), &report)?;
+    Ok(report)
+}

@@ -1,0 +1,55 @@
+//! Training and evaluation of IPS and DBPS classifiers, wired through a burn-train `Learner`.
+//!
+//! One train step (method.md §5–6): cut the batch into patches, pick the M salient and S
+//! sub-salient patches with the encoder and scorer in inference mode on the inner backend
+//! (no autodiff graph), re-embed the M salient patches with gradients, add the S sub-salient
+//! embeddings as constants, aggregate, and back-propagate the mean task loss.
+//!
+//! ```
+//! use dbps_train::RunConfig;
+//!
+//! // The embedded default: IPS and DBPS side by side on procedural digits.
+//! let config = RunConfig::quickstart().unwrap();
+//! assert_eq!(config.grid().unwrap().len(), 100);
+//! assert_eq!(config.methods.len(), 2);
+//! ```
+
+mod backend;
+mod batch;
+pub mod config;
+mod datasets;
+mod error;
+mod eval;
+mod loss;
+mod metrics;
+mod model;
+mod renderer;
+mod report;
+mod runner;
+mod schedule;
+mod step;
+
+pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice};
+#[cfg(feature = "cuda")]
+pub use backend::{CudaBackend, CudaTrainBackend};
+pub use batch::{ImageBatch, ImageBatcher, TaskTargets};
+pub use config::{MethodPlan, RunConfig};
+pub use datasets::{ImageDataset, Splits};
+pub use error::{Result, TrainError};
+pub use eval::{CheckpointEval, EvalReport, eval_checkpoints};
+pub use loss::{loss_and_hits, task_hits, task_loss};
+pub use metrics::{TaskAccuracyMetric, TaskLossMetric};
+pub use model::{
+    CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionPlan, gather_patches,
+};
+pub use renderer::ProgressRenderer;
+pub use report::{
+    EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
+    write_json_atomic,
+};
+pub use runner::{
+    CheckpointRecorder, MANIFEST, MethodManifest, build_classifier, checkpoint_path, evaluate,
+    fresh_run_dir, load_weights, run, train_method,
+};
+pub use schedule::WarmupCosine;
+pub use step::{LossGuard, StepOutput, StepStats, TrainedClassifier};

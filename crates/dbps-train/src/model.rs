@@ -1,0 +1,314 @@
+//! The patch classifier: encoder F + aggregator, with the selection plan that feeds them.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use burn::module::{AutodiffModule, Module};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use dbps_encoder::{Encoder, PatchEncoder};
+use dbps_mil::Aggregator;
+use dbps_select::{DualBuffer, SalienceScorer};
+use dbps_tiling::{PatchDrop, PatchGrid, extract_patches};
+use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+
+/// Whether a forward pass is for training (patch drop on) or evaluation (never a drop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Training: random patch drop and per-step shuffles.
+    Train,
+    /// Evaluation: every patch, a fixed shuffle.
+    Eval,
+}
+
+/// Everything besides weights that decides which patches a classifier looks at.
+#[derive(Debug, Clone)]
+pub struct SelectionPlan {
+    /// Patch geometry.
+    pub grid: PatchGrid,
+    /// M, S and L.
+    pub buffer: DualBuffer,
+    /// Random patch drop (training only).
+    pub drop: PatchDrop,
+    /// Shuffle candidates before selection.
+    pub shuffle: bool,
+    seed: u64,
+    steps: Arc<AtomicU64>,
+}
+
+/// The candidates of one batch in processing order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CandidateOrder {
+    /// Grid indices, `batch × per_image`, row-major by image.
+    pub indices: Vec<i64>,
+    /// Candidates per image K.
+    pub per_image: usize,
+    /// Chunk size L (L̂ under patch drop).
+    pub chunk: usize,
+}
+
+impl SelectionPlan {
+    /// A plan; `seed` drives drops and shuffles.
+    pub fn new(
+        grid: PatchGrid,
+        buffer: DualBuffer,
+        drop: PatchDrop,
+        shuffle: bool,
+        seed: u64,
+    ) -> Self {
+        Self {
+            grid,
+            buffer,
+            drop,
+            shuffle,
+            seed,
+            steps: Arc::default(),
+        }
+    }
+
+    /// Candidate patches for a batch: in training ⌈(1−r)(N−M)+M⌉ random ones per image (method.md §8),
+    /// in evaluation all N; shuffled once per batch when `shuffle` is set (method.md §5.1).
+    pub fn candidates(&self, batch: usize, mode: Mode) -> CandidateOrder {
+        let n = self.grid.len();
+        let m = self.buffer.salient();
+        let dropping = mode == Mode::Train && self.drop.ratio() > 0.0;
+        let seed = match mode {
+            Mode::Train => {
+                self.seed
+                    ^ self
+                        .steps
+                        .fetch_add(1, Ordering::Relaxed)
+                        .wrapping_mul(0x9e37_79b9)
+            }
+            Mode::Eval => self.seed ^ 0xe7a1,
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut shared: Vec<usize> = (0..n).collect();
+        if self.shuffle {
+            shared.shuffle(&mut rng);
+        }
+        let mut indices = Vec::with_capacity(batch * n);
+        let mut per_image = n;
+        for _ in 0..batch {
+            let mut kept = if dropping {
+                self.drop.sample(n, m, &mut rng)
+            } else {
+                shared.clone()
+            };
+            if dropping && !self.shuffle {
+                kept.sort_unstable();
+            }
+            per_image = kept.len();
+            indices.extend(kept.into_iter().map(|i| i as i64));
+        }
+        let chunk = if dropping {
+            self.drop.chunk(self.buffer.chunk())
+        } else {
+            self.buffer.chunk()
+        };
+        CandidateOrder {
+            indices,
+            per_image,
+            chunk,
+        }
+    }
+}
+
+/// Encoder + aggregator + selection plan: an IPS or DBPS classifier over huge images.
+#[derive(Module, Debug)]
+pub struct PatchClassifier<B: Backend> {
+    /// Patch encoder F.
+    pub encoder: Encoder<B>,
+    /// Scorer and aggregator, with one head per task.
+    pub aggregator: Aggregator<B>,
+    #[module(skip)]
+    plan: SelectionPlan,
+}
+
+/// Scores candidates with the aggregator's cross-attention (positions added first).
+struct AttentionScorer<'a, B: Backend>(&'a Aggregator<B>);
+
+impl<B: Backend> SalienceScorer<B> for AttentionScorer<'_, B> {
+    fn score(&self, embeddings: Tensor<B, 3>, indices: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        self.0.salience(self.0.with_positions(embeddings, indices))
+    }
+}
+
+/// What a forward pass produced: logits per task and the patches it looked at.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput<B: Backend> {
+    /// `[B, classes_t]` per task.
+    pub logits: Vec<Tensor<B, 2>>,
+    /// Grid indices of the salient patches `[B, M']`.
+    pub salient: Tensor<B, 2, Int>,
+    /// Grid indices of the sub-salient patches `[B, S']`, if any.
+    pub sub_salient: Option<Tensor<B, 2, Int>>,
+}
+
+/// Patches `[B, N, C, p, p]` at per-image positions `[B, k]`: `[B, k, C, p, p]`.
+pub fn gather_patches<B: Backend>(
+    patches: Tensor<B, 5>,
+    indices: Tensor<B, 2, Int>,
+) -> Tensor<B, 5> {
+    let [b, n, c, h, w] = patches.dims();
+    let k = indices.dims()[1];
+    let offsets = Tensor::<B, 1, Int>::arange(0..b as i64, &indices.device())
+        .mul_scalar(n as i64)
+        .reshape([b, 1]);
+    let flat = (indices + offsets).reshape([b * k]);
+    patches
+        .reshape([b * n, c, h, w])
+        .select(0, flat)
+        .reshape([b, k, c, h, w])
+}
+
+impl<B: Backend> PatchClassifier<B> {
+    /// Joins the parts.
+    pub fn new(encoder: Encoder<B>, aggregator: Aggregator<B>, plan: SelectionPlan) -> Self {
+        Self {
+            encoder,
+            aggregator,
+            plan,
+        }
+    }
+
+    /// The selection plan.
+    pub fn plan(&self) -> &SelectionPlan {
+        &self.plan
+    }
+
+    fn patches(&self, images: Tensor<B, 4>) -> Tensor<B, 5> {
+        extract_patches(&self.plan.grid, images)
+            .expect("image size checked against the patch grid when the dataset was opened")
+    }
+
+    fn candidates(
+        &self,
+        batch: usize,
+        mode: Mode,
+        device: &B::Device,
+    ) -> (Tensor<B, 2, Int>, DualBuffer) {
+        let order = self.plan.candidates(batch, mode);
+        let indices = Tensor::from_data(
+            TensorData::new(order.indices, [batch, order.per_image]),
+            device,
+        );
+        let buffer = self
+            .plan
+            .buffer
+            .with_chunk(order.chunk)
+            .expect("chunk sizes are at least 1");
+        (indices, buffer)
+    }
+
+    /// Evaluation forward on images `[B, C, H, W]`: select among all patches and aggregate the
+    /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
+    pub fn forward_eval(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
+        let patches = self.patches(images);
+        let (indices, buffer) = self.candidates(patches.dims()[0], Mode::Eval, &patches.device());
+        let candidates = gather_patches(patches, indices.clone());
+        let selection = buffer.select(
+            &self.encoder,
+            &AttentionScorer(&self.aggregator),
+            candidates,
+            indices,
+        );
+        let salient = self.aggregator.with_positions(
+            selection.salient.embeddings,
+            selection.salient.indices.clone(),
+        );
+        let sub = selection.sub_salient.map(|s| {
+            (
+                self.aggregator
+                    .with_positions(s.embeddings, s.indices.clone()),
+                s.indices,
+            )
+        });
+        let (sub_embeddings, sub_indices) = sub.unzip();
+        ForwardOutput {
+            logits: self.aggregator.forward(salient, sub_embeddings),
+            salient: selection.salient.indices,
+            sub_salient: sub_indices,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> PatchClassifier<B> {
+    /// Training forward (method.md §5–6): selection runs on the inner backend with the encoder in
+    /// inference mode; only the M salient patches are re-embedded with gradients, the S
+    /// sub-salient embeddings join as constants.
+    pub fn forward_train(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
+        let patches = self.patches(images);
+        let [batch, ..] = patches.dims();
+        let frozen = self.valid();
+        let (indices, buffer) = frozen.candidates(batch, Mode::Train, &patches.device());
+        let candidates = gather_patches(patches.clone().inner(), indices.clone());
+        let selection = buffer.select(
+            &frozen.encoder,
+            &AttentionScorer(&frozen.aggregator),
+            candidates,
+            indices,
+        );
+
+        let salient = Tensor::<B, 2, Int>::from_inner(selection.salient.indices);
+        let chosen = gather_patches(patches, salient.clone());
+        let [_, m, c, h, w] = chosen.dims();
+        let embeddings = self
+            .encoder
+            .embed(chosen.reshape([batch * m, c, h, w]))
+            .reshape([batch, m, self.encoder.embed_dim()]);
+        let embeddings = self.aggregator.with_positions(embeddings, salient.clone());
+        let sub = selection.sub_salient.map(|s| {
+            let idx = Tensor::<B, 2, Int>::from_inner(s.indices);
+            let emb = Tensor::<B, 3>::from_inner(s.embeddings);
+            (self.aggregator.with_positions(emb, idx.clone()), idx)
+        });
+        let (sub_embeddings, sub_indices) = sub.unzip();
+        ForwardOutput {
+            logits: self.aggregator.forward(embeddings, sub_embeddings),
+            salient,
+            sub_salient: sub_indices,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbps_tiling::RemainderPolicy;
+
+    fn plan(drop: f64, shuffle: bool) -> SelectionPlan {
+        let grid = PatchGrid::new([100, 100], 10, 10, RemainderPolicy::Drop).unwrap();
+        SelectionPlan::new(
+            grid,
+            DualBuffer::new(10, 20, 16).unwrap(),
+            PatchDrop::new(drop).unwrap(),
+            shuffle,
+            3,
+        )
+    }
+
+    #[test]
+    fn drop_applies_in_training_only() {
+        let plan = plan(0.5, true);
+        let train = plan.candidates(4, Mode::Train);
+        assert_eq!(train.per_image, 55); // ⌈0.5·90 + 10⌉
+        assert_eq!(train.indices.len(), 4 * 55);
+        assert_eq!(train.chunk, 8); // ⌈16·0.5⌉
+        for _ in 0..3 {
+            let eval = plan.candidates(4, Mode::Eval);
+            assert_eq!(eval.per_image, 100);
+            assert_eq!(eval.chunk, 16);
+            let mut first: Vec<i64> = eval.indices[..100].to_vec();
+            first.sort_unstable();
+            assert_eq!(first, (0..100).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn unshuffled_plan_keeps_grid_order() {
+        let order = plan(0.0, false).candidates(2, Mode::Train);
+        assert_eq!(&order.indices[..5], &[0, 1, 2, 3, 4]);
+        assert_eq!(&order.indices[100..103], &[0, 1, 2]);
+    }
+}

@@ -1,0 +1,138 @@
+//! Results of a run: what `metrics.json` holds and the table the CLI prints.
+
+use std::io::Write;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Result, TrainError};
+
+/// Test figures of one model on one split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EvalFigures {
+    /// Mean loss over tasks and images.
+    pub loss: f64,
+    /// Accuracy per task, as a fraction, in the dataset's task order.
+    pub tasks: Vec<TaskAccuracy>,
+    /// Images evaluated.
+    pub images: usize,
+    /// Seconds the evaluation took.
+    pub seconds: f64,
+}
+
+/// Accuracy of one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskAccuracy {
+    /// Task name.
+    pub task: String,
+    /// Fraction of images right.
+    pub accuracy: f64,
+}
+
+/// Train and validation figures of one epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochFigures {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Mean training accuracy over tasks (%).
+    pub train_accuracy: f64,
+    /// Mean validation loss.
+    pub valid_loss: f64,
+    /// Mean validation accuracy over tasks (%).
+    pub valid_accuracy: f64,
+}
+
+/// Everything measured for one method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MethodReport {
+    /// Method name.
+    pub method: String,
+    /// M, S, L and r.
+    pub selection: SelectionFigures,
+    /// Epochs trained.
+    pub epochs: usize,
+    /// Training wall time in seconds (all epochs, validation included).
+    pub train_seconds: f64,
+    /// Epoch whose weights did best on validation.
+    pub best_epoch: usize,
+    /// Per-epoch history.
+    pub history: Vec<EpochFigures>,
+    /// Test figures of the last epoch's weights.
+    pub test_last: EvalFigures,
+    /// Test figures of the best-on-validation weights.
+    pub test_best_valid: EvalFigures,
+}
+
+/// The selection settings of a method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SelectionFigures {
+    /// Patches per image N.
+    pub n: usize,
+    /// Salient patches M.
+    pub m: usize,
+    /// Sub-salient patches S.
+    pub s: usize,
+    /// Patches per iteration L.
+    pub l: usize,
+    /// Patch-drop ratio r.
+    pub drop: f64,
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Run name.
+    pub run: String,
+    /// The run directory.
+    pub dir: std::path::PathBuf,
+    /// Backend and device.
+    pub device: String,
+    /// Per method, in config order.
+    pub methods: Vec<MethodReport>,
+}
+
+impl RunReport {
+    /// The table the CLI prints: one row per method and task.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10}\n",
+            "method", "task", "test acc", "test acc", "test loss", "epochs", "train time"
+        );
+        out += &format!(
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10}\n",
+            "", "", "(last ep.)", "(best valid)", "(last)", "", ""
+        );
+        for m in &self.methods {
+            for (last, best) in m.test_last.tasks.iter().zip(&m.test_best_valid.tasks) {
+                out += &format!(
+                    "{:<10} {:<10} {:>10.2}% {:>13.2}% {:>9.4} {:>7} {:>9.1}s\n",
+                    m.method,
+                    last.task,
+                    100.0 * last.accuracy,
+                    100.0 * best.accuracy,
+                    m.test_last.loss,
+                    m.epochs,
+                    m.train_seconds
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Writes JSON to `path` through a temporary file and a rename, so a crash never leaves half a file.
+pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let err = |source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = serde_json::to_string_pretty(value).map_err(|e| err(std::io::Error::other(e)))?;
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp).map_err(err)?;
+    file.write_all(text.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}

@@ -1,0 +1,71 @@
+//! Learning rate per optimizer step: linear warm-up, then cosine decay to 0.001·lr (method.md §9).
+
+use burn::optim::LearningRate;
+use burn::optim::lr_scheduler::LrScheduler;
+use burn::tensor::backend::Backend;
+
+/// Linear warm-up over `warmup` steps, then cosine decay to `0.001·peak` at step `total`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WarmupCosine {
+    peak: f64,
+    warmup: usize,
+    total: usize,
+    step: usize,
+}
+
+impl WarmupCosine {
+    /// A schedule peaking at `peak` after `warmup` of `total` steps.
+    pub fn new(peak: f64, warmup: usize, total: usize) -> Self {
+        Self {
+            peak,
+            warmup: warmup.min(total),
+            total: total.max(1),
+            step: 0,
+        }
+    }
+
+    /// The rate at 1-based step `step`.
+    pub fn at(&self, step: usize) -> f64 {
+        let floor = 0.001 * self.peak;
+        if step <= self.warmup {
+            return self.peak * step as f64 / self.warmup.max(1) as f64;
+        }
+        let span = (self.total - self.warmup).max(1) as f64;
+        let progress = ((step - self.warmup) as f64 / span).min(1.0);
+        floor + 0.5 * (self.peak - floor) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+impl LrScheduler for WarmupCosine {
+    type Record<B: Backend> = usize;
+
+    fn step(&mut self) -> LearningRate {
+        self.step += 1;
+        self.at(self.step)
+    }
+
+    fn to_record<B: Backend>(&self) -> usize {
+        self.step
+    }
+
+    fn load_record<B: Backend>(mut self, record: usize) -> Self {
+        self.step = record;
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warms_up_peaks_and_decays_to_the_floor() {
+        let s = WarmupCosine::new(1e-3, 10, 110);
+        assert!((s.at(5) - 5e-4).abs() < 1e-12);
+        assert!((s.at(10) - 1e-3).abs() < 1e-12);
+        assert!(s.at(60) < 1e-3 && s.at(60) > 1e-6);
+        assert!((s.at(110) - 1e-6).abs() < 1e-12);
+        let lrs: Vec<f64> = (10..=110).map(|i| s.at(i)).collect();
+        assert!(lrs.windows(2).all(|w| w[1] <= w[0]));
+    }
+}

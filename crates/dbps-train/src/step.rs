@@ -1,0 +1,179 @@
+//! The burn-train step traits: what one training or validation batch does.
+
+use std::sync::{Arc, Mutex};
+
+use burn::optim::GradientsParams;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor};
+use burn_train::metric::{Adaptor, ItemLazy};
+use burn_train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
+
+use crate::{ImageBatch, PatchClassifier, loss_and_hits};
+
+/// Loss and hits of one batch, still on the device.
+#[derive(Debug)]
+pub struct StepOutput<B: Backend> {
+    /// Mean loss over tasks `[1]`.
+    pub loss: Tensor<B, 1>,
+    /// Correct images per task `[T]`.
+    pub hits: Tensor<B, 1, Int>,
+    /// Images in the batch.
+    pub batch: usize,
+}
+
+/// [`StepOutput`] read back to the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepStats {
+    /// Mean loss over tasks.
+    pub loss: f64,
+    /// Correct images per task.
+    pub hits: Vec<i64>,
+    /// Images in the batch.
+    pub batch: usize,
+}
+
+impl StepStats {
+    /// Accuracy averaged over tasks.
+    pub fn mean_accuracy(&self) -> f64 {
+        let tasks = self.hits.len().max(1) as f64;
+        self.hits
+            .iter()
+            .map(|&h| h as f64 / self.batch as f64)
+            .sum::<f64>()
+            / tasks
+    }
+}
+
+impl<B: Backend> StepOutput<B> {
+    /// Reads the figures back.
+    pub fn stats(self) -> StepStats {
+        StepStats {
+            loss: self
+                .loss
+                .into_data()
+                .iter::<f64>()
+                .next()
+                .unwrap_or(f64::NAN),
+            hits: self.hits.into_data().iter::<i64>().collect(),
+            batch: self.batch,
+        }
+    }
+}
+
+impl<B: Backend> ItemLazy for StepOutput<B> {
+    type ItemSync = StepStats;
+
+    fn sync(self) -> StepStats {
+        self.stats()
+    }
+}
+
+impl Adaptor<StepStats> for StepStats {
+    fn adapt(&self) -> StepStats {
+        self.clone()
+    }
+}
+
+/// Watches the training loss: a non-finite value stops training before it reaches the weights.
+#[derive(Clone, Default)]
+pub struct LossGuard {
+    interrupter: Interrupter,
+    diverged: Arc<Mutex<Option<f64>>>,
+}
+
+impl std::fmt::Debug for LossGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LossGuard")
+            .field("diverged", &self.diverged())
+            .finish()
+    }
+}
+
+impl LossGuard {
+    /// A guard that stops training through `interrupter`.
+    pub fn new(interrupter: Interrupter) -> Self {
+        Self {
+            interrupter,
+            diverged: Arc::default(),
+        }
+    }
+
+    /// The non-finite loss seen, if any.
+    pub fn diverged(&self) -> Option<f64> {
+        *self.diverged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, loss: f64) -> bool {
+        if loss.is_finite() {
+            return true;
+        }
+        *self.diverged.lock().unwrap_or_else(|e| e.into_inner()) = Some(loss);
+        self.interrupter.stop(Some("non-finite training loss"));
+        false
+    }
+}
+
+/// The model as burn-train trains it: a classifier plus its loss guard.
+#[derive(burn::module::Module, Debug)]
+pub struct TrainedClassifier<B: Backend> {
+    /// The classifier.
+    pub classifier: PatchClassifier<B>,
+    #[module(skip)]
+    guard: LossGuard,
+}
+
+impl<B: Backend> TrainedClassifier<B> {
+    /// Wraps a classifier for training.
+    pub fn new(classifier: PatchClassifier<B>, guard: LossGuard) -> Self {
+        Self { classifier, guard }
+    }
+
+    /// Loss and hits of a batch in evaluation mode.
+    pub fn evaluate(&self, batch: ImageBatch<B>) -> StepOutput<B> {
+        let size = batch.images.dims()[0];
+        let out = self.classifier.forward_eval(batch.images);
+        let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
+        StepOutput {
+            loss,
+            hits,
+            batch: size,
+        }
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
+    type Input = ImageBatch<B>;
+    type Output = StepOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
+        let size = batch.images.dims()[0];
+        let out = self.classifier.forward_train(batch.images);
+        let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
+        let value = loss
+            .clone()
+            .into_data()
+            .iter::<f64>()
+            .next()
+            .unwrap_or(f64::NAN);
+        let grads = if self.guard.check(value) {
+            GradientsParams::from_grads(loss.backward(), self)
+        } else {
+            GradientsParams::new()
+        };
+        let item = StepOutput {
+            loss: Tensor::from_inner(loss.inner()),
+            hits,
+            batch: size,
+        };
+        TrainOutput { grads, item }
+    }
+}
+
+impl<B: Backend> InferenceStep for TrainedClassifier<B> {
+    type Input = ImageBatch<B>;
+    type Output = StepOutput<B>;
+
+    fn step(&self, batch: ImageBatch<B>) -> StepOutput<B> {
+        self.evaluate(batch)
+    }
+}

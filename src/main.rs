@@ -1,0 +1,124 @@
+//! `dbps`: train and evaluate IPS / DBPS classifiers on images far too large for a GPU.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand, ValueEnum};
+use dbps_train::{DeviceChoice, RunConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "dbps",
+    version,
+    about = "Iterative (IPS) and dual-buffer (DBPS) patch selection for huge images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Device {
+    /// burn-flex on the CPU.
+    Cpu,
+    /// burn-cuda on GPU 0 (needs a build with `--features cuda`).
+    Cuda,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train every method of a config side by side, then report test accuracy.
+    Train {
+        /// JSON run config; the embedded default (configs/quickstart.json) when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Run directory; defaults to the config's `output_dir` or `runs/<name>` (never overwritten:
+        /// a taken directory gets a `-2`, `-3`, … suffix).
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Override the config's number of epochs.
+        #[arg(long)]
+        epochs: Option<usize>,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
+    },
+    /// Evaluate the best checkpoints of a finished run (or one method folder) on its test split.
+    Eval {
+        /// A run directory written by `dbps train`, or one of its method folders.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
+    },
+}
+
+fn device(choice: Device) -> Result<DeviceChoice> {
+    match choice {
+        Device::Cpu => Ok(DeviceChoice::Cpu),
+        #[cfg(feature = "cuda")]
+        Device::Cuda => Ok(DeviceChoice::Cuda(0)),
+        #[cfg(not(feature = "cuda"))]
+        Device::Cuda => anyhow::bail!(
+            "this dbps was built without CUDA; rebuild with `cargo build --release --features cuda`"
+        ),
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train {
+            config,
+            output,
+            epochs,
+            device: choice,
+        } => {
+            let device = device(choice)?;
+            let mut config = match &config {
+                Some(path) => RunConfig::from_file(path)?,
+                None => RunConfig::quickstart()?,
+            };
+            if let Some(epochs) = epochs {
+                config.train.epochs = epochs;
+                config.validate()?;
+            }
+            let wanted = output
+                .or_else(|| config.output_dir.clone())
+                .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
+            let report = device.train(&config, &wanted)?;
+            println!("{}", report.table());
+            println!("results: {}", report.dir.join("metrics.json").display());
+        }
+        Command::Eval {
+            checkpoint,
+            device: choice,
+        } => {
+            let report = device(choice)?.eval(&checkpoint)?;
+            println!("{}", report.table());
+            println!("results: {}", checkpoint.join("eval.json").display());
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,burn=warn,burn_train=warn")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "dbps project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Run what CI runs: fmt check, clippy (warnings are errors), the CUDA build, all tests.
+    Ci,
+    /// Train the embedded default (IPS and DBPS side by side) and print the table.
+    Quickstart,
+}
+
+/// Runs `cargo <args>` from the workspace root, failing on a non-zero exit.
+fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("==> cargo {}", args.join(" "));
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .current_dir(root)
+        .status()
+        .with_context(|| format!("cannot start cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Task::Ci => {
+            cargo(&["fmt", "--all", "--", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            cargo(&["build", "--features", "cuda"])?;
+            cargo(&["test", "--workspace"])
+        }
+        Task::Quickstart => cargo(&["run", "--", "train"]),
+    }
+}
