@@ -4,6 +4,8 @@ use burn::tensor::{Tensor, backend::Backend};
 use crate::{IdentityEncoder, PatchEncoder, Projector, ResNet};
 
 /// The feature extractor of an [`Encoder`].
+// Built once per model and never moved in a hot loop: boxing would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Backbone<B: Backend> {
     /// A torchvision-layout ResNet with global average pooling.

@@ -7,6 +7,8 @@ use crate::{
 };
 
 /// The aggregation layer proper.
+// Built once per model and never moved in a hot loop: boxing would only add an indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum AggregatorCore<B: Backend> {
     /// IPS cross-attention transformer.
