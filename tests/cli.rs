@@ -15,6 +15,19 @@ fn dbps(args: &[&str]) -> Output {
         .expect("the dbps binary runs")
 }
 
+/// `dbps train --config CONFIG --output RUN [extra…]`.
+fn train(config: &Path, run: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "--config",
+        config.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    dbps(&args)
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dbps-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -62,13 +75,7 @@ fn trains_both_methods_then_evaluates_without_touching_results() {
     let dir = scratch("train");
     let config = write_config(&dir, &tiny_config());
     let run = dir.join("run");
-    let out = dbps(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        run.to_str().unwrap(),
-    ]);
+    let out = train(&config, &run, &[]);
     assert!(out.status.success(), "train failed: {}", stderr(&out));
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -107,15 +114,7 @@ fn trains_both_methods_then_evaluates_without_touching_results() {
     assert_eq!(std::fs::read(run.join("metrics.json")).unwrap(), before);
 
     // The same output again goes to a new directory; the first run is untouched.
-    let out = dbps(&[
-        "train",
-        "--config",
-        config.to_str().unwrap(),
-        "--output",
-        run.to_str().unwrap(),
-        "--epochs",
-        "1",
-    ]);
+    let out = train(&config, &run, &["--epochs", "1"]);
     assert!(
         out.status.success(),
         "second train failed: {}",
@@ -153,13 +152,7 @@ fn rejected(name: &str, edit: impl FnOnce(&mut Value)) -> String {
     let mut config = tiny_config();
     edit(&mut config);
     let path = write_config(&dir, &config);
-    let out = dbps(&[
-        "train",
-        "--config",
-        path.to_str().unwrap(),
-        "--output",
-        dir.join("run").to_str().unwrap(),
-    ]);
+    let out = train(&path, &dir.join("run"), &[]);
     assert!(!out.status.success(), "{name}: a bad config was accepted");
     let err = stderr(&out);
     assert!(
@@ -259,13 +252,7 @@ fn megapixel_mnist_training_loss_decreases() {
     });
     let path = write_config(&dir, &config);
     let run = dir.join("run");
-    let out = dbps(&[
-        "train",
-        "--config",
-        path.to_str().unwrap(),
-        "--output",
-        run.to_str().unwrap(),
-    ]);
+    let out = train(&path, &run, &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let metrics = read_json(&run.join("metrics.json"));
     let history = metrics["methods"][0]["history"].as_array().unwrap().clone();

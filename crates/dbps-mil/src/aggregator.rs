@@ -37,7 +37,7 @@ impl<B: Backend> Aggregator<B> {
                 .iter()
                 .map(|&classes| LinearConfig::new(cfg.embed_dim, classes).init(device))
                 .collect(),
-            positional: cfg.positional,
+            positional: cfg.attention.positional,
             embed_dim: cfg.embed_dim,
         }
     }

@@ -18,16 +18,10 @@ pub enum AggregatorKind {
     DualAttention,
 }
 
-/// Serialisable description of an [`Aggregator`] (the `aggregator` block of a dbps config).
+/// The attention hyper-parameters of method.md §3 (the `aggregator` block of a dbps config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct AggregatorConfig {
-    /// Embedding width D (the encoder's output).
-    pub embed_dim: usize,
-    /// Classes of each task; one query token and one head per task.
-    pub tasks: Vec<usize>,
-    /// Which aggregator.
-    pub kind: AggregatorKind,
+pub struct AttentionSettings {
     /// Heads H.
     pub heads: usize,
     /// Per-head key/query width D_k.
@@ -46,12 +40,10 @@ pub struct AggregatorConfig {
     pub positional: bool,
 }
 
-impl Default for AggregatorConfig {
+impl Default for AttentionSettings {
+    /// The MNIST-like defaults: H = 8, D_k = D_v = 16, D_inner = 512, dropout 0.1, shared weights.
     fn default() -> Self {
         Self {
-            embed_dim: 128,
-            tasks: vec![10],
-            kind: AggregatorKind::default(),
             heads: 8,
             d_k: 16,
             d_v: 16,
@@ -64,13 +56,27 @@ impl Default for AggregatorConfig {
     }
 }
 
+/// Everything needed to build an [`Aggregator`]: width, tasks, kind and attention settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AggregatorConfig {
+    /// Embedding width D (the encoder's output).
+    pub embed_dim: usize,
+    /// Classes of each task; one query token and one head per task.
+    pub tasks: Vec<usize>,
+    /// Which aggregator.
+    pub kind: AggregatorKind,
+    /// Heads, widths, dropout, weight sharing, positions.
+    pub attention: AttentionSettings,
+}
+
 impl AggregatorConfig {
-    /// The MNIST-like defaults of method.md §3 for width `embed_dim` and the given tasks.
+    /// The default attention settings for width `embed_dim` and the given tasks.
     pub fn new(embed_dim: usize, tasks: Vec<usize>) -> Self {
         Self {
             embed_dim,
             tasks,
-            ..Self::default()
+            kind: AggregatorKind::default(),
+            attention: AttentionSettings::default(),
         }
     }
 
@@ -82,46 +88,47 @@ impl AggregatorConfig {
 
     /// Sets the number of heads.
     pub fn with_heads(mut self, heads: usize) -> Self {
-        self.heads = heads;
+        self.attention.heads = heads;
         self
     }
 
     /// Chooses shared (default) or separate weights for the two attentions.
     pub fn with_shared_weights(mut self, shared: bool) -> Self {
-        self.shared_weights = shared;
+        self.attention.shared_weights = shared;
         self
     }
 
     /// Turns the positional encoding on or off.
     pub fn with_positional(mut self, positional: bool) -> Self {
-        self.positional = positional;
+        self.attention.positional = positional;
         self
     }
 
     /// Sets both dropout rates.
     pub fn with_dropout(mut self, dropout: f64) -> Self {
-        self.dropout = dropout;
-        self.attn_dropout = dropout;
+        self.attention.dropout = dropout;
+        self.attention.attn_dropout = dropout;
         self
     }
 
-    pub(crate) fn attention(&self) -> MultiHeadCrossAttentionConfig {
+    pub(crate) fn mhca(&self) -> MultiHeadCrossAttentionConfig {
+        let a = &self.attention;
         MultiHeadCrossAttentionConfig::new(self.embed_dim)
-            .with_heads(self.heads)
-            .with_d_k(self.d_k)
-            .with_d_v(self.d_v)
-            .with_dropout(self.dropout)
-            .with_attn_dropout(self.attn_dropout)
+            .with_heads(a.heads)
+            .with_d_k(a.d_k)
+            .with_d_v(a.d_v)
+            .with_dropout(a.dropout)
+            .with_attn_dropout(a.attn_dropout)
     }
 
     /// Checks the configuration without building anything.
     pub fn validate(&self) -> Result<(), MilError> {
         for (name, value) in [
             ("embed_dim", self.embed_dim),
-            ("heads", self.heads),
-            ("d_k", self.d_k),
-            ("d_v", self.d_v),
-            ("d_inner", self.d_inner),
+            ("heads", self.attention.heads),
+            ("d_k", self.attention.d_k),
+            ("d_v", self.attention.d_v),
+            ("d_inner", self.attention.d_inner),
         ] {
             if value == 0 {
                 return Err(MilError::Zero(name));
@@ -133,7 +140,7 @@ impl AggregatorConfig {
         if self.tasks.contains(&0) {
             return Err(MilError::Zero("tasks[..] (classes per task)"));
         }
-        if self.positional && self.embed_dim % 2 == 1 {
+        if self.attention.positional && self.embed_dim % 2 == 1 {
             return Err(MilError::OddWidth(self.embed_dim));
         }
         Ok(())

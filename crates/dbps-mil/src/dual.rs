@@ -30,12 +30,12 @@ pub struct DualAttentionMil<B: Backend> {
 
 impl<B: Backend> DualAttentionMil<B> {
     pub(crate) fn new(cfg: &AggregatorConfig, device: &B::Device) -> Self {
-        let separate = !cfg.shared_weights;
+        let separate = !cfg.attention.shared_weights;
         Self {
             query: query_tokens(cfg, device),
-            mhca: cfg.attention().init(device),
+            mhca: cfg.mhca().init(device),
             ln1: layer_norm(cfg.embed_dim, device),
-            mhca_sub: separate.then(|| cfg.attention().init(device)),
+            mhca_sub: separate.then(|| cfg.mhca().init(device)),
             ln_sub: separate.then(|| layer_norm(cfg.embed_dim, device)),
             mlp: FeedForward::new(cfg, device),
             ln2: layer_norm(cfg.embed_dim, device),

@@ -19,9 +19,9 @@ pub struct FeedForward<B: Backend> {
 impl<B: Backend> FeedForward<B> {
     pub(crate) fn new(cfg: &AggregatorConfig, device: &B::Device) -> Self {
         Self {
-            fc1: LinearConfig::new(cfg.embed_dim, cfg.d_inner).init(device),
-            fc2: LinearConfig::new(cfg.d_inner, cfg.embed_dim).init(device),
-            dropout: DropoutConfig::new(cfg.dropout).init(),
+            fc1: LinearConfig::new(cfg.embed_dim, cfg.attention.d_inner).init(device),
+            fc2: LinearConfig::new(cfg.attention.d_inner, cfg.embed_dim).init(device),
+            dropout: DropoutConfig::new(cfg.attention.dropout).init(),
         }
     }
 
@@ -41,7 +41,7 @@ pub(crate) fn query_tokens<B: Backend>(
     cfg: &AggregatorConfig,
     device: &B::Device,
 ) -> Param<Tensor<B, 2>> {
-    let bound = 1.0 / (cfg.d_k as f64).sqrt();
+    let bound = 1.0 / (cfg.attention.d_k as f64).sqrt();
     Initializer::Uniform {
         min: -bound,
         max: bound,
@@ -73,7 +73,7 @@ impl<B: Backend> IpsAggregator<B> {
     pub(crate) fn new(cfg: &AggregatorConfig, device: &B::Device) -> Self {
         Self {
             query: query_tokens(cfg, device),
-            mhca: cfg.attention().init(device),
+            mhca: cfg.mhca().init(device),
             ln1: layer_norm(cfg.embed_dim, device),
             mlp: FeedForward::new(cfg, device),
             ln2: layer_norm(cfg.embed_dim, device),

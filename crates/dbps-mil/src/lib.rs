@@ -31,7 +31,7 @@ mod positional;
 
 pub use aggregator::{Aggregator, AggregatorCore};
 pub use attention::{MultiHeadCrossAttention, MultiHeadCrossAttentionConfig};
-pub use config::{AggregatorConfig, AggregatorKind};
+pub use config::{AggregatorConfig, AggregatorKind, AttentionSettings};
 pub use dual::DualAttentionMil;
 pub use error::MilError;
 pub use ips::{FeedForward, IpsAggregator};

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use dbps_data::{MegapixelMnistConfig, SyntheticDigitsConfig};
 use dbps_encoder::EncoderConfig;
-use dbps_mil::{AggregatorConfig, AggregatorKind};
+use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
 use dbps_select::DualBuffer;
 use dbps_tiling::{PatchDrop, PatchGrid, RemainderPolicy};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ pub struct RunConfig {
     pub encoder: EncoderConfig,
     /// The attention settings shared by every method's aggregator.
     #[serde(default)]
-    pub aggregator: AttentionConfig,
+    pub aggregator: AttentionSettings,
     /// The methods to train, in order.
     pub methods: Vec<MethodConfig>,
     /// Optimisation settings.
@@ -60,44 +60,6 @@ pub struct PatchConfig {
     /// What to do with pixels past the last whole patch.
     #[serde(default)]
     pub remainder: RemainderPolicy,
-}
-
-/// Cross-attention settings (method.md §3); width and tasks come from the encoder and dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AttentionConfig {
-    /// Heads H.
-    pub heads: usize,
-    /// Per-head key/query width.
-    pub d_k: usize,
-    /// Per-head value width.
-    pub d_v: usize,
-    /// MLP hidden width.
-    pub d_inner: usize,
-    /// Dropout.
-    pub dropout: f64,
-    /// Attention dropout.
-    pub attn_dropout: f64,
-    /// Share MHCA/LayerNorm weights between DBPS's two attentions.
-    pub shared_weights: bool,
-    /// Sinusoidal positional encoding of patch indices.
-    pub positional: bool,
-}
-
-impl Default for AttentionConfig {
-    fn default() -> Self {
-        let d = AggregatorConfig::default();
-        Self {
-            heads: d.heads,
-            d_k: d.d_k,
-            d_v: d.d_v,
-            d_inner: d.d_inner,
-            dropout: d.dropout,
-            attn_dropout: d.attn_dropout,
-            shared_weights: d.shared_weights,
-            positional: d.positional,
-        }
-    }
 }
 
 /// One method to train: IPS (s = 0, ips aggregator) or DBPS (s > 0, dual attention).
@@ -322,19 +284,11 @@ impl RunConfig {
         embed_dim: usize,
         tasks: Vec<usize>,
     ) -> AggregatorConfig {
-        let a = &self.aggregator;
         AggregatorConfig {
             embed_dim,
             tasks,
             kind,
-            heads: a.heads,
-            d_k: a.d_k,
-            d_v: a.d_v,
-            d_inner: a.d_inner,
-            dropout: a.dropout,
-            attn_dropout: a.attn_dropout,
-            shared_weights: a.shared_weights,
-            positional: a.positional,
+            attention: self.aggregator.clone(),
         }
     }
 }
