@@ -28,21 +28,22 @@ pub struct SyntheticDigitsConfig {
 }
 
 impl Default for SyntheticDigitsConfig {
+    /// The embedded default of `configs/quickstart.json`.
     fn default() -> Self {
         Self {
-            canvas: 320,
-            digit_height: [20, 28],
-            copies: 1,
-            clutter: 40,
-            clutter_size: 20,
-            noise: 0.15,
-            sizes: [1000, 200, 400],
+            canvas: 160,
+            digit_height: [10, 15],
+            copies: 3,
+            clutter: 20,
+            clutter_size: 12,
+            noise: 0.1,
+            sizes: [2000, 200, 400],
             seed: 7,
         }
     }
 }
 
-/// One procedurally drawn digit, class = the digit, on a large noisy, cluttered canvas.
+/// Copies of one procedurally drawn digit (class = the digit) on a large noisy, cluttered canvas.
 #[derive(Debug, Clone)]
 pub struct SyntheticDigits {
     config: SyntheticDigitsConfig,

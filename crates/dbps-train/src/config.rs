@@ -308,6 +308,33 @@ mod tests {
         RunConfig::quickstart().unwrap();
     }
 
+    /// Issue criterion: the embedded default needs selection (N ≥ 100, M ≤ 10 % of N, class
+    /// evidence ≤ 5 % of the image).
+    #[test]
+    fn quickstart_task_needs_selection() {
+        let config = RunConfig::quickstart().unwrap();
+        let n = config.grid().unwrap().len();
+        assert!(n >= 100, "N = {n}");
+        for i in 0..config.methods.len() {
+            let m = config.method_plan(i, n).unwrap().buffer.salient();
+            assert!(m * 10 <= n, "M = {m} is more than 10 % of N = {n}");
+        }
+        let DatasetConfig::SyntheticDigits(data) = &config.dataset else {
+            panic!("the quickstart uses the embedded digits");
+        };
+        let train = dbps_data::SyntheticDigits::new(data, dbps_data::Split::Train).unwrap();
+        for index in 0..50 {
+            let (canvas, _, boxes) = train.draw(index);
+            let evidence: usize = boxes.iter().map(|[_, _, w, h]| w * h).sum();
+            let share = evidence as f64 / (canvas.width * canvas.height) as f64;
+            assert!(
+                share <= 0.05,
+                "canvas {index}: digits cover {:.1} %",
+                100.0 * share
+            );
+        }
+    }
+
     #[test]
     fn m_larger_than_n_is_rejected() {
         let err = with(|v| v["methods"][0]["m"] = 5000.into())

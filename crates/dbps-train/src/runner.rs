@@ -390,3 +390,27 @@ pub fn run<B: AutodiffBackend>(
     }
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taken_run_directories_get_a_suffix() {
+        let base = std::env::temp_dir().join(format!("dbps-fresh-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(
+            base.with_file_name(format!("dbps-fresh-{}-2", std::process::id())),
+        );
+        let _ = std::fs::remove_dir_all(&base);
+        let first = fresh_run_dir(&base).unwrap();
+        assert_eq!(first, base);
+        std::fs::write(first.join("metrics.json"), "{}").unwrap();
+        let second = fresh_run_dir(&base).unwrap();
+        assert_ne!(second, first);
+        assert!(second.to_string_lossy().ends_with("-2"));
+        assert_eq!(
+            std::fs::read_to_string(first.join("metrics.json")).unwrap(),
+            "{}"
+        );
+    }
+}

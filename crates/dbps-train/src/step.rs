@@ -177,3 +177,19 @@ impl<B: Backend> InferenceStep for TrainedClassifier<B> {
         self.evaluate(batch)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_loss_stops_training_and_is_remembered() {
+        let interrupter = Interrupter::new();
+        let guard = LossGuard::new(interrupter.clone());
+        assert!(guard.check(1.5));
+        assert!(!interrupter.should_stop());
+        assert!(!guard.check(f64::NAN));
+        assert!(interrupter.should_stop());
+        assert!(guard.diverged().is_some_and(f64::is_nan));
+    }
+}
