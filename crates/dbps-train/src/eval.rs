@@ -10,7 +10,7 @@ use crate::report::{EvalFigures, write_json_atomic};
 use crate::runner::{
     MANIFEST, MethodManifest, build_classifier, checkpoint_path, evaluate, load_weights,
 };
-use crate::{LossGuard, Result, TrainError, TrainedClassifier};
+use crate::{Result, TrainError, TrainedClassifier, TrainingMonitor};
 
 /// Test figures of one method's best checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,7 +124,7 @@ pub fn eval_checkpoints<B: Backend>(
         let classifier = build_classifier::<B>(&config, manifest.method, &splits.tasks, device)?;
         let checkpoint = checkpoint_path(&method_dir, manifest.best_epoch);
         let model = load_weights(
-            TrainedClassifier::new(classifier, LossGuard::default()),
+            TrainedClassifier::new(classifier, TrainingMonitor::default()),
             &checkpoint,
             device,
         )?;

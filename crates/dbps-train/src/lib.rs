@@ -52,4 +52,4 @@ pub use runner::{
     fresh_run_dir, load_weights, run, train_method,
 };
 pub use schedule::WarmupCosine;
-pub use step::{LossGuard, StepOutput, StepStats, TrainedClassifier};
+pub use step::{StepOutput, StepStats, TrainedClassifier, TrainingMonitor};

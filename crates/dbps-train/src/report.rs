@@ -55,6 +55,8 @@ pub struct MethodReport {
     pub epochs: usize,
     /// Training wall time in seconds (all epochs, validation included).
     pub train_seconds: f64,
+    /// Median milliseconds of one train step: selection, forward and backward of a batch.
+    pub ms_per_step: f64,
     /// Epoch whose weights did best on validation.
     pub best_epoch: usize,
     /// Per-epoch history.
@@ -97,24 +99,25 @@ impl RunReport {
     /// The table the CLI prints: one row per method and task.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10}\n",
-            "method", "task", "test acc", "test acc", "test loss", "epochs", "train time"
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9}\n",
+            "method", "task", "test acc", "test acc", "test loss", "epochs", "train time", "step"
         );
         out += &format!(
-            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10}\n",
-            "", "", "(last ep.)", "(best valid)", "(last)", "", ""
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9}\n",
+            "", "", "(last ep.)", "(best valid)", "(last)", "", "", "(median)"
         );
         for m in &self.methods {
             for (last, best) in m.test_last.tasks.iter().zip(&m.test_best_valid.tasks) {
                 out += &format!(
-                    "{:<10} {:<10} {:>10.2}% {:>13.2}% {:>9.4} {:>7} {:>9.1}s\n",
+                    "{:<10} {:<10} {:>10.2}% {:>13.2}% {:>9.4} {:>7} {:>9.1}s {:>7.0}ms\n",
                     m.method,
                     last.task,
                     100.0 * last.accuracy,
                     100.0 * best.accuracy,
                     m.test_last.loss,
                     m.epochs,
-                    m.train_seconds
+                    m.train_seconds,
+                    m.ms_per_step
                 );
             }
         }

@@ -26,8 +26,8 @@ use crate::report::{
     write_json_atomic,
 };
 use crate::{
-    ImageBatcher, LossGuard, PatchClassifier, ProgressRenderer, Result, SelectionPlan, StepStats,
-    TrainError, TrainedClassifier, WarmupCosine,
+    ImageBatcher, PatchClassifier, ProgressRenderer, Result, SelectionPlan, StepStats, TrainError,
+    TrainedClassifier, TrainingMonitor, WarmupCosine,
 };
 
 /// The recorder of every checkpoint dbps writes.
@@ -211,8 +211,8 @@ pub fn train_method<B: AutodiffBackend>(
     let classifier = build_classifier::<B>(config, index, &splits.tasks, device)?;
     let plan = classifier.plan().clone();
     let interrupter = Interrupter::new();
-    let guard = LossGuard::new(interrupter.clone());
-    let model = TrainedClassifier::new(classifier, guard.clone());
+    let monitor = TrainingMonitor::new(interrupter.clone());
+    let model = TrainedClassifier::new(classifier, monitor.clone());
 
     let batcher = ImageBatcher::new(splits.tasks.clone());
     let loader_train = DataLoaderBuilder::new(batcher.clone())
@@ -259,7 +259,7 @@ pub fn train_method<B: AutodiffBackend>(
         .launch(learner);
     let train_seconds = start.elapsed().as_secs_f64();
     let history = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    if let Some(value) = guard.diverged() {
+    if let Some(value) = monitor.diverged() {
         return Err(TrainError::NonFiniteLoss {
             method: method.name.clone(),
             epoch: history.len() + 1,
@@ -323,6 +323,7 @@ pub fn train_method<B: AutodiffBackend>(
         },
         epochs: history.len(),
         train_seconds,
+        ms_per_step: monitor.median_step_ms().unwrap_or(f64::NAN),
         best_epoch,
         history,
         test_last,

@@ -74,33 +74,53 @@ impl Adaptor<StepStats> for StepStats {
     }
 }
 
-/// Watches the training loss: a non-finite value stops training before it reaches the weights.
+/// Watches training from inside the step: a non-finite loss stops training before it reaches
+/// the weights, and each step's duration is kept for the report.
 #[derive(Clone, Default)]
-pub struct LossGuard {
+pub struct TrainingMonitor {
     interrupter: Interrupter,
     diverged: Arc<Mutex<Option<f64>>>,
+    step_ms: Arc<Mutex<Vec<f64>>>,
 }
 
-impl std::fmt::Debug for LossGuard {
+impl std::fmt::Debug for TrainingMonitor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LossGuard")
+        f.debug_struct("TrainingMonitor")
             .field("diverged", &self.diverged())
             .finish()
     }
 }
 
-impl LossGuard {
-    /// A guard that stops training through `interrupter`.
+impl TrainingMonitor {
+    /// A monitor that stops training through `interrupter`.
     pub fn new(interrupter: Interrupter) -> Self {
         Self {
             interrupter,
-            diverged: Arc::default(),
+            ..Self::default()
         }
     }
 
     /// The non-finite loss seen, if any.
     pub fn diverged(&self) -> Option<f64> {
         *self.diverged.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Median duration of a train step (selection, forward, backward) in milliseconds.
+    pub fn median_step_ms(&self) -> Option<f64> {
+        let mut times = self
+            .step_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        times.sort_by(f64::total_cmp);
+        times.get(times.len() / 2).copied()
+    }
+
+    fn record_step(&self, ms: f64) {
+        self.step_ms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(ms);
     }
 
     fn check(&self, loss: f64) -> bool {
@@ -113,19 +133,22 @@ impl LossGuard {
     }
 }
 
-/// The model as burn-train trains it: a classifier plus its loss guard.
+/// The model as burn-train trains it: a classifier plus its training monitor.
 #[derive(burn::module::Module, Debug)]
 pub struct TrainedClassifier<B: Backend> {
     /// The classifier.
     pub classifier: PatchClassifier<B>,
     #[module(skip)]
-    guard: LossGuard,
+    monitor: TrainingMonitor,
 }
 
 impl<B: Backend> TrainedClassifier<B> {
     /// Wraps a classifier for training.
-    pub fn new(classifier: PatchClassifier<B>, guard: LossGuard) -> Self {
-        Self { classifier, guard }
+    pub fn new(classifier: PatchClassifier<B>, monitor: TrainingMonitor) -> Self {
+        Self {
+            classifier,
+            monitor,
+        }
     }
 
     /// Loss and hits of a batch in evaluation mode.
@@ -146,6 +169,7 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
     type Output = StepOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
+        let start = std::time::Instant::now();
         let size = batch.images.dims()[0];
         let out = self.classifier.forward_train(batch.images);
         let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
@@ -155,11 +179,13 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
             .iter::<f64>()
             .next()
             .unwrap_or(f64::NAN);
-        let grads = if self.guard.check(value) {
+        let grads = if self.monitor.check(value) {
             GradientsParams::from_grads(loss.backward(), self)
         } else {
             GradientsParams::new()
         };
+        self.monitor
+            .record_step(start.elapsed().as_secs_f64() * 1e3);
         let item = StepOutput {
             loss: Tensor::from_inner(loss.inner()),
             hits,
@@ -185,11 +211,21 @@ mod tests {
     #[test]
     fn non_finite_loss_stops_training_and_is_remembered() {
         let interrupter = Interrupter::new();
-        let guard = LossGuard::new(interrupter.clone());
-        assert!(guard.check(1.5));
+        let monitor = TrainingMonitor::new(interrupter.clone());
+        assert!(monitor.check(1.5));
         assert!(!interrupter.should_stop());
-        assert!(!guard.check(f64::NAN));
+        assert!(!monitor.check(f64::NAN));
         assert!(interrupter.should_stop());
-        assert!(guard.diverged().is_some_and(f64::is_nan));
+        assert!(monitor.diverged().is_some_and(f64::is_nan));
+    }
+
+    #[test]
+    fn median_step_time() {
+        let monitor = TrainingMonitor::default();
+        assert_eq!(monitor.median_step_ms(), None);
+        for ms in [30.0, 10.0, 20.0] {
+            monitor.record_step(ms);
+        }
+        assert_eq!(monitor.median_step_ms(), Some(20.0));
     }
 }
