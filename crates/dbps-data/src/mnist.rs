@@ -101,7 +101,7 @@ impl MegapixelMnist {
                 ),
             });
         }
-        let which = Split::ALL.iter().position(|s| *s == split).unwrap_or(0);
+        let which = split.index();
         let bound =
             |k: usize| (config.pools[..k].iter().sum::<f64>() * digits.len() as f64) as usize;
         let (start, end) = (bound(which), bound(which + 1));
@@ -234,10 +234,7 @@ impl Dataset<Sample> for MegapixelMnist {
     }
 
     fn len(&self) -> usize {
-        self.config.sizes[Split::ALL
-            .iter()
-            .position(|s| *s == self.split)
-            .unwrap_or(0)]
+        self.config.sizes[self.split.index()]
     }
 }
 

@@ -16,6 +16,15 @@ impl Split {
     /// All splits.
     pub const ALL: [Split; 3] = [Split::Train, Split::Valid, Split::Test];
 
+    /// Position in [`Split::ALL`], which indexes per-split settings such as `sizes`.
+    pub fn index(self) -> usize {
+        match self {
+            Split::Train => 0,
+            Split::Valid => 1,
+            Split::Test => 2,
+        }
+    }
+
     /// A salt so that the splits draw different canvases from one seed.
     pub(crate) fn salt(self) -> u64 {
         match self {

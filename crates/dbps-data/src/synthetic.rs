@@ -81,7 +81,7 @@ impl SyntheticDigits {
                 reason: format!("{} must lie in 1..={}", config.clutter_size, config.canvas),
             });
         }
-        let len = config.sizes[Split::ALL.iter().position(|s| *s == split).unwrap_or(0)];
+        let len = config.sizes[split.index()];
         Ok(Self {
             config: config.clone(),
             split,

@@ -38,7 +38,7 @@ pub use datasets::{ImageDataset, Splits};
 pub use error::{Result, TrainError};
 pub use eval::{CheckpointEval, EvalReport, eval_checkpoints};
 pub use loss::{loss_and_hits, task_hits, task_loss};
-pub use metrics::{TaskAccuracyMetric, TaskLossMetric};
+pub use metrics::TaskMetric;
 pub use model::{
     CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionPlan, gather_patches,
 };

@@ -8,7 +8,7 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use dbps_encoder::{Encoder, PatchEncoder};
 use dbps_mil::Aggregator;
-use dbps_select::{DualBuffer, SalienceScorer};
+use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
 use dbps_tiling::{PatchDrop, PatchGrid, extract_patches};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 
@@ -182,54 +182,59 @@ impl<B: Backend> PatchClassifier<B> {
             .expect("image size checked against the patch grid when the dataset was opened")
     }
 
-    fn candidates(
-        &self,
-        batch: usize,
-        mode: Mode,
-        device: &B::Device,
-    ) -> (Tensor<B, 2, Int>, DualBuffer) {
+    /// Picks the salient and sub-salient patches of `patches` `[B, N, C, p, p]` (run it on a
+    /// model without autodiff: the result carries no graph).
+    fn select(&self, patches: Tensor<B, 5>, mode: Mode) -> Selection<B> {
+        let [batch, ..] = patches.dims();
         let order = self.plan.candidates(batch, mode);
         let indices = Tensor::from_data(
             TensorData::new(order.indices, [batch, order.per_image]),
-            device,
+            &patches.device(),
         );
         let buffer = self
             .plan
             .buffer
             .with_chunk(order.chunk)
             .expect("chunk sizes are at least 1");
-        (indices, buffer)
+        let candidates = gather_patches(patches, indices.clone());
+        buffer.select(
+            &self.encoder,
+            &AttentionScorer(&self.aggregator),
+            candidates,
+            indices,
+        )
+    }
+
+    /// Adds positions to both bags and aggregates them into logits per task.
+    fn aggregate(
+        &self,
+        salient: PatchBag<B>,
+        sub_salient: Option<PatchBag<B>>,
+    ) -> ForwardOutput<B> {
+        let embeddings = self
+            .aggregator
+            .with_positions(salient.embeddings, salient.indices.clone());
+        let (sub_embeddings, sub_indices) = sub_salient
+            .map(|s| {
+                let indices = s.indices.clone();
+                (
+                    self.aggregator.with_positions(s.embeddings, s.indices),
+                    indices,
+                )
+            })
+            .unzip();
+        ForwardOutput {
+            logits: self.aggregator.forward(embeddings, sub_embeddings),
+            salient: salient.indices,
+            sub_salient: sub_indices,
+        }
     }
 
     /// Evaluation forward on images `[B, C, H, W]`: select among all patches and aggregate the
     /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
     pub fn forward_eval(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
-        let patches = self.patches(images);
-        let (indices, buffer) = self.candidates(patches.dims()[0], Mode::Eval, &patches.device());
-        let candidates = gather_patches(patches, indices.clone());
-        let selection = buffer.select(
-            &self.encoder,
-            &AttentionScorer(&self.aggregator),
-            candidates,
-            indices,
-        );
-        let salient = self.aggregator.with_positions(
-            selection.salient.embeddings,
-            selection.salient.indices.clone(),
-        );
-        let sub = selection.sub_salient.map(|s| {
-            (
-                self.aggregator
-                    .with_positions(s.embeddings, s.indices.clone()),
-                s.indices,
-            )
-        });
-        let (sub_embeddings, sub_indices) = sub.unzip();
-        ForwardOutput {
-            logits: self.aggregator.forward(salient, sub_embeddings),
-            salient: selection.salient.indices,
-            sub_salient: sub_indices,
-        }
+        let selection = self.select(self.patches(images), Mode::Eval);
+        self.aggregate(selection.salient, selection.sub_salient)
     }
 }
 
@@ -239,36 +244,26 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
     /// sub-salient embeddings join as constants.
     pub fn forward_train(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
         let patches = self.patches(images);
-        let [batch, ..] = patches.dims();
-        let frozen = self.valid();
-        let (indices, buffer) = frozen.candidates(batch, Mode::Train, &patches.device());
-        let candidates = gather_patches(patches.clone().inner(), indices.clone());
-        let selection = buffer.select(
-            &frozen.encoder,
-            &AttentionScorer(&frozen.aggregator),
-            candidates,
-            indices,
-        );
+        let selection = self.valid().select(patches.clone().inner(), Mode::Train);
 
-        let salient = Tensor::<B, 2, Int>::from_inner(selection.salient.indices);
-        let chosen = gather_patches(patches, salient.clone());
-        let [_, m, c, h, w] = chosen.dims();
+        let indices = Tensor::<B, 2, Int>::from_inner(selection.salient.indices);
+        let chosen = gather_patches(patches, indices.clone());
+        let [batch, m, c, h, w] = chosen.dims();
         let embeddings = self
             .encoder
             .embed(chosen.reshape([batch * m, c, h, w]))
             .reshape([batch, m, self.encoder.embed_dim()]);
-        let embeddings = self.aggregator.with_positions(embeddings, salient.clone());
-        let sub = selection.sub_salient.map(|s| {
-            let idx = Tensor::<B, 2, Int>::from_inner(s.indices);
-            let emb = Tensor::<B, 3>::from_inner(s.embeddings);
-            (self.aggregator.with_positions(emb, idx.clone()), idx)
+        let sub_salient = selection.sub_salient.map(|s| PatchBag {
+            indices: Tensor::from_inner(s.indices),
+            embeddings: Tensor::from_inner(s.embeddings),
         });
-        let (sub_embeddings, sub_indices) = sub.unzip();
-        ForwardOutput {
-            logits: self.aggregator.forward(embeddings, sub_embeddings),
-            salient,
-            sub_salient: sub_indices,
-        }
+        self.aggregate(
+            PatchBag {
+                indices,
+                embeddings,
+            },
+            sub_salient,
+        )
     }
 }
 

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
 use crate::datasets::{ImageDataset, Splits};
-use crate::metrics::{ACCURACY, LOSS, TaskAccuracyMetric, TaskLossMetric};
+use crate::metrics::{ACCURACY, LOSS, TaskMetric};
 use crate::report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
     write_json_atomic,
@@ -246,7 +246,7 @@ pub fn train_method<B: AutodiffBackend>(
     tracing::info!(method = %method.name, patches = plan.grid.len(), m = plan.buffer.salient(), s = plan.buffer.sub_salient(), l = plan.buffer.chunk(), drop = plan.drop.ratio(), dir = %method_dir.display(), "training");
     let start = Instant::now();
     let result = SupervisedTraining::new(method_dir, loader_train, loader_valid)
-        .metrics((TaskLossMetric::default(), TaskAccuracyMetric::default()))
+        .metrics((TaskMetric::loss(), TaskMetric::accuracy()))
         .num_epochs(train.epochs)
         .with_file_checkpointer(CheckpointRecorder::new())
         .with_checkpointing_strategy(EveryEpoch {
