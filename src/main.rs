@@ -8,6 +8,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use dbps_train::{DeviceChoice, RunConfig};
 
+/// The step meter's peak-memory figure counts heap bytes through this allocator.
+#[global_allocator]
+static ALLOCATOR: dbps_train::TrackingAllocator = dbps_train::TrackingAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "dbps",

@@ -1,5 +1,7 @@
 //! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
 
+mod bench;
+
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -18,7 +20,13 @@ enum Task {
     Ci,
     /// Train the embedded default (IPS and DBPS side by side) and print the table.
     Quickstart,
+    /// Measure speed and memory (docs/performance.md): writes bench/results.json, summary.md, charts.
+    Bench(bench::BenchArgs),
 }
+
+/// The step meter counts heap bytes through this allocator.
+#[global_allocator]
+static ALLOCATOR: dbps_train::TrackingAllocator = dbps_train::TrackingAllocator;
 
 /// Runs `cargo <args>` from the workspace root, failing on a non-zero exit.
 fn cargo(args: &[&str]) -> Result<()> {
@@ -51,5 +59,6 @@ fn main() -> Result<()> {
             cargo(&["test", "--workspace"])
         }
         Task::Quickstart => cargo(&["run", "--", "train"]),
+        Task::Bench(args) => bench::run(args),
     }
 }

@@ -15,3 +15,16 @@ pub enum EncoderError {
     #[error("`encoder.{0}` must be at least 1")]
     Zero(&'static str),
 }
+
+/// Why the native inference path could not run.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum NativeError {
+    /// A kernel rejected its input (shape, channels, size).
+    #[error("native inference path: {0}")]
+    Kernel(#[from] dbps_kernels::KernelError),
+    /// A weight tensor could not be read as f32.
+    #[error(
+        "native inference path: weight `{0}` is not f32 on the host; use the burn path for other dtypes"
+    )]
+    Dtype(&'static str),
+}

@@ -22,14 +22,16 @@ mod config;
 mod encoder;
 mod error;
 mod identity;
+mod native;
 mod projector;
 mod resnet;
 
 pub use batchnorm::{BatchNorm2d, conv_bn};
 pub use config::{EncoderConfig, EncoderName};
 pub use encoder::{Backbone, Encoder};
-pub use error::EncoderError;
+pub use error::{EncoderError, NativeError};
 pub use identity::IdentityEncoder;
+pub use native::{NativeEncoder, NativeResNet};
 pub use projector::Projector;
 pub use resnet::{Downsample, ResNet, ResNetBlock, ResNetDepth};
 

@@ -9,7 +9,7 @@ use dbps_select::DualBuffer;
 use dbps_tiling::{PatchDrop, PatchGrid, RemainderPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, TrainError};
+use crate::{Result, SelectionEngine, TrainError};
 
 /// The embedded default configuration (`configs/quickstart.json`).
 pub const QUICKSTART: &str = include_str!("../../../configs/quickstart.json");
@@ -103,6 +103,9 @@ pub struct TrainConfig {
     pub workers: usize,
     /// Seed of initialisation, data order, patch drop and shuffling.
     pub seed: u64,
+    /// What runs the selection pass's encoder (`auto` or `burn`).
+    #[serde(default)]
+    pub selection_engine: SelectionEngine,
 }
 
 impl Default for TrainConfig {
@@ -116,6 +119,7 @@ impl Default for TrainConfig {
             shuffle_patches: true,
             workers: 1,
             seed: 0,
+            selection_engine: SelectionEngine::default(),
         }
     }
 }

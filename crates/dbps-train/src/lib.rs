@@ -21,6 +21,7 @@ mod datasets;
 mod error;
 mod eval;
 mod loss;
+pub mod meter;
 mod metrics;
 mod model;
 mod renderer;
@@ -38,9 +39,14 @@ pub use datasets::{ImageDataset, Splits};
 pub use error::{Result, TrainError};
 pub use eval::{CheckpointEval, EvalReport, eval_checkpoints};
 pub use loss::{loss_and_hits, task_hits, task_loss};
+pub use meter::{
+    EfficiencyFigures, MeteredOptimizer, StepFigures, StepMeter, TrackingAllocator,
+    live_heap_bytes, peak_heap_bytes, reset_peak_heap,
+};
 pub use metrics::TaskMetric;
 pub use model::{
-    CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionPlan, gather_patches,
+    CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
+    gather_patches,
 };
 pub use renderer::ProgressRenderer;
 pub use report::{

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use dbps_encoder::{Encoder, PatchEncoder};
+use dbps_encoder::{Encoder, NativeEncoder, PatchEncoder};
 use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
 use dbps_tiling::{PatchDrop, PatchGrid, extract_patches};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
+use serde::{Deserialize, Serialize};
 
 /// Whether a forward pass is for training (patch drop on) or evaluation (never a drop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,18 @@ pub enum Mode {
     Train,
     /// Evaluation: every patch, a fixed shuffle.
     Eval,
+}
+
+/// What runs the encoder during selection (the no-gradient pass).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SelectionEngine {
+    /// The dedicated CPU kernels of `dbps-kernels` ([`NativeEncoder`]) when the backend is
+    /// burn-flex and the encoder a ResNet; Burn's own forward everywhere else.
+    #[default]
+    Auto,
+    /// Always Burn's forward (for comparisons; slower on the CPU).
+    Burn,
 }
 
 /// Everything besides weights that decides which patches a classifier looks at.
@@ -32,6 +45,8 @@ pub struct SelectionPlan {
     pub drop: PatchDrop,
     /// Shuffle candidates before selection.
     pub shuffle: bool,
+    /// What runs the encoder during selection.
+    pub engine: SelectionEngine,
     seed: u64,
     steps: Arc<AtomicU64>,
 }
@@ -61,9 +76,15 @@ impl SelectionPlan {
             buffer,
             drop,
             shuffle,
+            engine: SelectionEngine::default(),
             seed,
             steps: Arc::default(),
         }
+    }
+
+    /// The same plan with another selection engine.
+    pub fn with_engine(self, engine: SelectionEngine) -> Self {
+        Self { engine, ..self }
     }
 
     /// Candidate patches for a batch: in training ⌈(1−r)(N−M)+M⌉ random ones per image (method.md §8),
@@ -197,12 +218,27 @@ impl<B: Backend> PatchClassifier<B> {
             .with_chunk(order.chunk)
             .expect("chunk sizes are at least 1");
         let candidates = gather_patches(patches, indices.clone());
-        buffer.select(
-            &self.encoder,
-            &AttentionScorer(&self.aggregator),
-            candidates,
-            indices,
-        )
+        let scorer = AttentionScorer(&self.aggregator);
+        match self.native_encoder() {
+            Some(native) => buffer.select(&native, &scorer, candidates, indices),
+            None => buffer.select(&self.encoder, &scorer, candidates, indices),
+        }
+    }
+
+    /// The encoder frozen onto the CPU kernels, when the plan and the backend allow it. Frozen
+    /// per call: the weights change with every optimizer step.
+    fn native_encoder(&self) -> Option<NativeEncoder<B>> {
+        let host = std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::CpuBackend>();
+        if self.plan.engine != SelectionEngine::Auto || !host {
+            return None;
+        }
+        match NativeEncoder::freeze(&self.encoder)? {
+            Ok(native) => Some(native),
+            Err(e) => {
+                tracing::warn!(error = %e, "selection falls back to Burn's encoder forward");
+                None
+            }
+        }
     }
 
     /// Adds positions to both bags and aggregates them into logits per task.

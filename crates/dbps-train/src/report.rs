@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, TrainError};
+use crate::{EfficiencyFigures, Result, TrainError};
 
 /// Test figures of one model on one split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,8 @@ pub struct EpochFigures {
     pub valid_loss: f64,
     /// Mean validation accuracy over tasks (%).
     pub valid_accuracy: f64,
+    /// Time and peak memory per optimizer step over the epoch (see [`crate::meter`]).
+    pub efficiency: Option<EfficiencyFigures>,
 }
 
 /// Everything measured for one method.
@@ -55,8 +57,8 @@ pub struct MethodReport {
     pub epochs: usize,
     /// Training wall time in seconds (all epochs, validation included).
     pub train_seconds: f64,
-    /// Median milliseconds of one train step: selection, forward and backward of a batch.
-    pub ms_per_step: f64,
+    /// Time and peak memory per optimizer step in the last epoch (see [`crate::meter`]).
+    pub efficiency: Option<EfficiencyFigures>,
     /// Epoch whose weights did best on validation.
     pub best_epoch: usize,
     /// Per-epoch history.
@@ -99,17 +101,25 @@ impl RunReport {
     /// The table the CLI prints: one row per method and task.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9}\n",
-            "method", "task", "test acc", "test acc", "test loss", "epochs", "train time", "step"
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9} {:>9}\n",
+            "method",
+            "task",
+            "test acc",
+            "test acc",
+            "test loss",
+            "epochs",
+            "train time",
+            "step",
+            "step mem"
         );
         out += &format!(
-            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9}\n",
-            "", "", "(last ep.)", "(best valid)", "(last)", "", "", "(median)"
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9} {:>9}\n",
+            "", "", "(last ep.)", "(best valid)", "(last)", "", "", "(mean)", "(peak)"
         );
         for m in &self.methods {
             for (last, best) in m.test_last.tasks.iter().zip(&m.test_best_valid.tasks) {
                 out += &format!(
-                    "{:<10} {:<10} {:>10.2}% {:>13.2}% {:>9.4} {:>7} {:>9.1}s {:>7.0}ms\n",
+                    "{:<10} {:<10} {:>10.2}% {:>13.2}% {:>9.4} {:>7} {:>9.1}s {:>9} {:>9}\n",
                     m.method,
                     last.task,
                     100.0 * last.accuracy,
@@ -117,7 +127,13 @@ impl RunReport {
                     m.test_last.loss,
                     m.epochs,
                     m.train_seconds,
-                    m.ms_per_step
+                    m.efficiency
+                        .as_ref()
+                        .map_or_else(|| "-".into(), |e| format!("{:.0}ms", e.ms_per_step)),
+                    m.efficiency
+                        .as_ref()
+                        .and_then(|e| e.peak_step_bytes)
+                        .map_or_else(|| "-".into(), |b| format!("{:.0}MB", b as f64 / 1e6)),
                 );
             }
         }

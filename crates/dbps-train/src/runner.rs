@@ -26,8 +26,9 @@ use crate::report::{
     write_json_atomic,
 };
 use crate::{
-    ImageBatcher, PatchClassifier, ProgressRenderer, Result, SelectionPlan, StepStats, TrainError,
-    TrainedClassifier, TrainingMonitor, WarmupCosine,
+    EfficiencyFigures, ImageBatcher, MeteredOptimizer, PatchClassifier, ProgressRenderer, Result,
+    SelectionPlan, StepMeter, StepStats, TrainError, TrainedClassifier, TrainingMonitor,
+    WarmupCosine,
 };
 
 /// The recorder of every checkpoint dbps writes.
@@ -69,7 +70,8 @@ pub fn build_classifier<B: Backend>(
         plan.drop,
         config.train.shuffle_patches,
         config.train.seed,
-    );
+    )
+    .with_engine(config.train.selection_engine);
     let model = PatchClassifier::new(encoder, aggregator, selection);
     // Burn initialises parameters lazily, and every clone (such as the `valid()` copy that runs
     // selection) would draw its own values: materialise them once so all copies agree.
@@ -81,6 +83,7 @@ pub fn build_classifier<B: Backend>(
 struct EveryEpoch {
     history: Arc<Mutex<Vec<EpochFigures>>>,
     method: String,
+    meter: StepMeter,
 }
 
 impl CheckpointingStrategy for EveryEpoch {
@@ -100,7 +103,9 @@ impl CheckpointingStrategy for EveryEpoch {
             train_accuracy: get(ACCURACY, Split::Train),
             valid_loss: get(LOSS, Split::Valid),
             valid_accuracy: get(ACCURACY, Split::Valid),
+            efficiency: EfficiencyFigures::from_steps(&self.meter.steps()),
         };
+        self.meter.clear();
         tracing::info!(
             method = %self.method,
             epoch,
@@ -108,6 +113,8 @@ impl CheckpointingStrategy for EveryEpoch {
             train_acc = figures.train_accuracy,
             valid_loss = figures.valid_loss,
             valid_acc = figures.valid_accuracy,
+            ms_per_step = figures.efficiency.as_ref().map(|e| e.ms_per_step),
+            peak_step_mb = figures.efficiency.as_ref().and_then(|e| e.peak_step_bytes).map(|b| b as f64 / 1e6),
             "epoch done"
         );
         self.history
@@ -238,7 +245,7 @@ pub fn train_method<B: AutodiffBackend>(
         .init();
     let learner = Learner::new(
         model,
-        optimizer,
+        MeteredOptimizer::<_, B>::new(optimizer, monitor.meter().clone(), device.clone()),
         WarmupCosine::new(train.lr, warmup, total_steps),
     );
     let history = Arc::new(Mutex::new(Vec::new()));
@@ -252,6 +259,7 @@ pub fn train_method<B: AutodiffBackend>(
         .with_checkpointing_strategy(EveryEpoch {
             history: history.clone(),
             method: method.name.clone(),
+            meter: monitor.meter().clone(),
         })
         .with_interrupter(interrupter)
         .with_application_logger(None)
@@ -323,7 +331,7 @@ pub fn train_method<B: AutodiffBackend>(
         },
         epochs: history.len(),
         train_seconds,
-        ms_per_step: monitor.median_step_ms().unwrap_or(f64::NAN),
+        efficiency: history.last().and_then(|e| e.efficiency.clone()),
         best_epoch,
         history,
         test_last,

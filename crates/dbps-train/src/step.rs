@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor};
 use burn_train::metric::{Adaptor, ItemLazy};
 use burn_train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 
-use crate::{ImageBatch, PatchClassifier, loss_and_hits};
+use crate::{ImageBatch, PatchClassifier, StepMeter, loss_and_hits};
 
 /// Loss and hits of one batch, still on the device.
 #[derive(Debug)]
@@ -75,12 +75,13 @@ impl Adaptor<StepStats> for StepStats {
 }
 
 /// Watches training from inside the step: a non-finite loss stops training before it reaches
-/// the weights, and each step's duration is kept for the report.
+/// the weights, and the [`StepMeter`] clock starts with each step's selection (a
+/// [`crate::MeteredOptimizer`] sharing the meter stops it).
 #[derive(Clone, Default)]
 pub struct TrainingMonitor {
     interrupter: Interrupter,
     diverged: Arc<Mutex<Option<f64>>>,
-    step_ms: Arc<Mutex<Vec<f64>>>,
+    meter: StepMeter,
 }
 
 impl std::fmt::Debug for TrainingMonitor {
@@ -105,22 +106,9 @@ impl TrainingMonitor {
         *self.diverged.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Median duration of a train step (selection, forward, backward) in milliseconds.
-    pub fn median_step_ms(&self) -> Option<f64> {
-        let mut times = self
-            .step_ms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        times.sort_by(f64::total_cmp);
-        times.get(times.len() / 2).copied()
-    }
-
-    fn record_step(&self, ms: f64) {
-        self.step_ms
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(ms);
+    /// The step meter this monitor starts.
+    pub fn meter(&self) -> &StepMeter {
+        &self.meter
     }
 
     fn check(&self, loss: f64) -> bool {
@@ -169,7 +157,7 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
     type Output = StepOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
-        let start = std::time::Instant::now();
+        self.monitor.meter.begin();
         let size = batch.images.dims()[0];
         let out = self.classifier.forward_train(batch.images);
         let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
@@ -184,8 +172,6 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
         } else {
             GradientsParams::new()
         };
-        self.monitor
-            .record_step(start.elapsed().as_secs_f64() * 1e3);
         let item = StepOutput {
             loss: Tensor::from_inner(loss.inner()),
             hits,
@@ -217,15 +203,5 @@ mod tests {
         assert!(!monitor.check(f64::NAN));
         assert!(interrupter.should_stop());
         assert!(monitor.diverged().is_some_and(f64::is_nan));
-    }
-
-    #[test]
-    fn median_step_time() {
-        let monitor = TrainingMonitor::default();
-        assert_eq!(monitor.median_step_ms(), None);
-        for ms in [30.0, 10.0, 20.0] {
-            monitor.record_step(ms);
-        }
-        assert_eq!(monitor.median_step_ms(), Some(20.0));
     }
 }

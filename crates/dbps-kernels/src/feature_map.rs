@@ -1,0 +1,74 @@
+//! Channels-last feature maps, the layout every kernel here reads and writes.
+
+use crate::KernelError;
+
+/// A batch of feature maps stored channels-last (`[n, h, w, c]`, NHWC): one pixel's channels are
+/// contiguous, so a convolution tap is one contiguous run and a pixel is one GEMM row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FeatureMap {
+    /// Values, `n · h · w · c` of them.
+    pub data: Vec<f32>,
+    /// Images.
+    pub n: usize,
+    /// Rows.
+    pub h: usize,
+    /// Columns.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+}
+
+impl FeatureMap {
+    /// Wraps channels-last values, checking that their count matches the shape.
+    pub fn new(data: Vec<f32>, [n, h, w, c]: [usize; 4]) -> Result<Self, KernelError> {
+        if data.len() != n * h * w * c {
+            return Err(KernelError::Shape {
+                what: "feature map",
+                expected: n * h * w * c,
+                got: data.len(),
+            });
+        }
+        Ok(Self { data, n, h, w, c })
+    }
+
+    /// Converts channels-first values `[n, c, h, w]` (burn's and PyTorch's layout).
+    pub fn from_nchw(nchw: &[f32], [n, c, h, w]: [usize; 4]) -> Result<Self, KernelError> {
+        if nchw.len() != n * c * h * w {
+            return Err(KernelError::Shape {
+                what: "NCHW input",
+                expected: n * c * h * w,
+                got: nchw.len(),
+            });
+        }
+        if c == 1 {
+            return Self::new(nchw.to_vec(), [n, h, w, c]);
+        }
+        let plane = h * w;
+        let mut data = vec![0f32; nchw.len()];
+        for (img, out) in data.chunks_exact_mut(plane * c).enumerate() {
+            let src = &nchw[img * plane * c..(img + 1) * plane * c];
+            for (px, pixel) in out.chunks_exact_mut(c).enumerate() {
+                for (ch, v) in pixel.iter_mut().enumerate() {
+                    *v = src[ch * plane + px];
+                }
+            }
+        }
+        Self::new(data, [n, h, w, c])
+    }
+
+    /// Pixels over the whole batch: the GEMM row count.
+    pub fn pixels(&self) -> usize {
+        self.n * self.h * self.w
+    }
+
+    /// `[n, h, w, c]`.
+    pub fn shape(&self) -> [usize; 4] {
+        [self.n, self.h, self.w, self.c]
+    }
+
+    /// The channels of pixel `(img, y, x)`.
+    pub(crate) fn pixel(&self, img: usize, y: usize, x: usize) -> &[f32] {
+        let start = ((img * self.h + y) * self.w + x) * self.c;
+        &self.data[start..start + self.c]
+    }
+}

@@ -1,0 +1,248 @@
+//! Every kernel against a direct, loop-by-loop reference written from the definitions, on every
+//! instruction set this CPU runs.
+
+use dbps_kernels::{
+    ConvSpec, FeatureMap, Isa, KernelError, PackedConv, global_average_pool, max_pool,
+};
+use proptest::prelude::*;
+
+/// Deterministic values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// conv2d on NCHW input and OIHW weights, straight from the definition, in f64; output NHWC,
+/// with each output's sum of |terms| (what float rounding error scales with).
+fn naive_conv(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    weight: &[f32],
+    bias: &[f32],
+    spec: ConvSpec,
+) -> (Vec<f32>, Vec<f32>, [usize; 4]) {
+    let k = spec.kernel;
+    let oh = (h + 2 * spec.padding - k) / spec.stride + 1;
+    let ow = (w + 2 * spec.padding - k) / spec.stride + 1;
+    let mut out = vec![0f32; n * oh * ow * spec.c_out];
+    let mut magnitude = vec![0f32; out.len()];
+    for img in 0..n {
+        for co in 0..spec.c_out {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut acc = bias[co] as f64;
+                    let mut mag = (bias[co] as f64).abs();
+                    for ci in 0..c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let iy = (y * spec.stride + ky) as isize - spec.padding as isize;
+                                let ix = (xo * spec.stride + kx) as isize - spec.padding as isize;
+                                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                    continue;
+                                }
+                                let xv = x[((img * c + ci) * h + iy as usize) * w + ix as usize];
+                                let wv = weight[((co * c + ci) * k + ky) * k + kx];
+                                acc += xv as f64 * wv as f64;
+                                mag += (xv as f64 * wv as f64).abs();
+                            }
+                        }
+                    }
+                    let at = ((img * oh + y) * ow + xo) * spec.c_out + co;
+                    out[at] = acc as f32;
+                    magnitude[at] = mag as f32;
+                }
+            }
+        }
+    }
+    (out, magnitude, [n, oh, ow, spec.c_out])
+}
+
+/// f32 sums of `magnitude`-sized terms, in any order, stay within a few ulps of that magnitude.
+fn assert_close(got: &[f32], want: &[f32], magnitude: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, ((g, w), m)) in got.iter().zip(want).zip(magnitude).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-6 * (1.0 + m + w.abs()),
+            "{what}: element {i}: got {g}, want {w}"
+        );
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    h: usize,
+    w: usize,
+    residual: bool,
+    relu: bool,
+}
+
+fn cases() -> impl Strategy<Value = Case> {
+    (
+        1usize..4,
+        1usize..40,
+        1usize..70,
+        prop_oneof![Just(1usize), Just(3), Just(7)],
+        1usize..3,
+        0usize..4,
+        (any::<bool>(), any::<bool>()),
+    )
+        .prop_flat_map(
+            |(n, c_in, c_out, kernel, stride, padding, (residual, relu))| {
+                let min = kernel.saturating_sub(2 * padding).max(1);
+                (min..min + 12, min..min + 12).prop_map(move |(h, w)| Case {
+                    n,
+                    c_in,
+                    c_out,
+                    kernel,
+                    stride,
+                    padding,
+                    h,
+                    w,
+                    residual,
+                    relu,
+                })
+            },
+        )
+}
+
+fn check_conv(case: &Case, isa: Isa) {
+    let spec = ConvSpec {
+        c_in: case.c_in,
+        c_out: case.c_out,
+        kernel: case.kernel,
+        stride: case.stride,
+        padding: case.padding,
+    };
+    let shape = [case.n, case.c_in, case.h, case.w];
+    let x = values(shape.iter().product(), 1);
+    let weight = values(case.c_out * case.c_in * case.kernel * case.kernel, 2);
+    let bias = values(case.c_out, 3);
+    let (mut want, mut magnitude, out_shape) = naive_conv(&x, shape, &weight, &bias, spec);
+    let residual = case.residual.then(|| {
+        let r = values(want.len(), 4);
+        for ((w, m), r) in want.iter_mut().zip(&mut magnitude).zip(&r) {
+            *w += r;
+            *m += r.abs();
+        }
+        FeatureMap::new(r, out_shape).unwrap()
+    });
+    if case.relu {
+        want.iter_mut().for_each(|v| *v = v.max(0.0));
+    }
+    let conv = PackedConv::new(spec, &weight, &bias, isa).unwrap();
+    let input = FeatureMap::from_nchw(&x, shape).unwrap();
+    let got = conv.forward(&input, residual.as_ref(), case.relu).unwrap();
+    assert_eq!(got.shape(), out_shape);
+    assert_close(&got.data, &want, &magnitude, &format!("{isa} {case:?}"));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn convolution_matches_the_definition(case in cases()) {
+        for isa in Isa::available() {
+            check_conv(&case, isa);
+        }
+    }
+}
+
+#[test]
+fn deep_convolution_crosses_depth_blocks() {
+    // depth 9 · 64 = 576 spans three 256-deep passes; 70 output channels leave a partial panel.
+    let case = Case {
+        n: 2,
+        c_in: 64,
+        c_out: 70,
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+        h: 9,
+        w: 7,
+        residual: true,
+        relu: true,
+    };
+    for isa in Isa::available() {
+        check_conv(&case, isa);
+    }
+}
+
+#[test]
+fn max_pool_matches_the_definition() {
+    let (n, c, h, w) = (2, 5, 9, 8);
+    let x = values(n * c * h * w, 7);
+    let got = max_pool(&FeatureMap::from_nchw(&x, [n, c, h, w]).unwrap(), 3, 2, 1).unwrap();
+    let (oh, ow) = (5, 4);
+    assert_eq!(got.shape(), [n, oh, ow, c]);
+    for img in 0..n {
+        for ch in 0..c {
+            for y in 0..oh {
+                for xo in 0..ow {
+                    let mut m = f32::NEG_INFINITY;
+                    for iy in (2 * y).saturating_sub(1)..(2 * y + 2).min(h) {
+                        for ix in (2 * xo).saturating_sub(1)..(2 * xo + 2).min(w) {
+                            m = m.max(x[((img * c + ch) * h + iy) * w + ix]);
+                        }
+                    }
+                    assert_eq!(got.data[((img * oh + y) * ow + xo) * c + ch], m);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn global_average_pool_is_the_per_channel_mean() {
+    let (n, c, h, w) = (3, 4, 5, 6);
+    let x = values(n * c * h * w, 9);
+    let got = global_average_pool(&FeatureMap::from_nchw(&x, [n, c, h, w]).unwrap());
+    for img in 0..n {
+        for ch in 0..c {
+            let plane = &x[(img * c + ch) * h * w..][..h * w];
+            let mean = plane.iter().map(|&v| v as f64).sum::<f64>() / (h * w) as f64;
+            assert!((got[img * c + ch] as f64 - mean).abs() < 1e-5);
+        }
+    }
+}
+
+#[test]
+fn bad_inputs_are_reported() {
+    let spec = ConvSpec {
+        c_in: 3,
+        c_out: 4,
+        kernel: 7,
+        stride: 2,
+        padding: 0,
+    };
+    let conv = PackedConv::new(spec, &[0.0; 4 * 3 * 49], &[0.0; 4], Isa::Portable).unwrap();
+    let small = FeatureMap::new(vec![0.0; 5 * 5 * 3], [1, 5, 5, 3]).unwrap();
+    assert!(matches!(
+        conv.forward(&small, None, false),
+        Err(KernelError::TooSmall { .. })
+    ));
+    let wrong = FeatureMap::new(vec![0.0; 9 * 9], [1, 9, 9, 1]).unwrap();
+    assert_eq!(
+        conv.forward(&wrong, None, false).unwrap_err(),
+        KernelError::Channels {
+            expected: 3,
+            got: 1
+        }
+    );
+    assert!(PackedConv::new(spec, &[0.0; 3], &[0.0; 4], Isa::Portable).is_err());
+    assert!(FeatureMap::new(vec![0.0; 3], [1, 2, 2, 1]).is_err());
+}

@@ -1,0 +1,258 @@
+//! The measurements: training steps through the production step and optimizer wrapper,
+//! no-gradient encoder throughput, and inference per batch.
+
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
+use burn::optim::{AdamWConfig, Optimizer};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Distribution, Tensor};
+use burn_train::{Interrupter, TrainStep};
+use dbps_data::TaskKind;
+use dbps_encoder::{NativeEncoder, PatchEncoder};
+use dbps_mil::AggregatorConfig;
+use dbps_select::DualBuffer;
+use dbps_tiling::{PatchDrop, PatchGrid, RemainderPolicy};
+use dbps_train::{
+    EfficiencyFigures, ImageBatch, MeteredOptimizer, PatchClassifier, SelectionEngine,
+    SelectionPlan, TaskTargets, TrainedClassifier, TrainingMonitor, peak_heap_bytes,
+    reset_peak_heap,
+};
+use serde::Serialize;
+
+use super::scenario::{Geometry, Method};
+
+type Cpu = Flex;
+type CpuAd = Autodiff<Flex>;
+
+/// Images per batch in every measurement (the papers' protocol).
+pub const BATCH: usize = 16;
+
+/// A classifier for `geometry` and `method` with fresh weights, selection on `engine`.
+fn classifier<B: Backend>(
+    geometry: &Geometry,
+    method: &Method,
+    engine: SelectionEngine,
+    device: &B::Device,
+) -> Result<PatchClassifier<B>> {
+    let grid = PatchGrid::new(
+        [geometry.height, geometry.width],
+        geometry.patch,
+        geometry.patch,
+        RemainderPolicy::Drop,
+    )?;
+    let encoder = geometry.encoder.init::<B>(device)?;
+    let aggregator = AggregatorConfig {
+        embed_dim: encoder.embed_dim(),
+        tasks: geometry.tasks.iter().map(|t| t.classes).collect(),
+        kind: method.aggregator,
+        attention: geometry.attention.clone(),
+    }
+    .init(device)?;
+    let plan = SelectionPlan::new(
+        grid,
+        DualBuffer::new(method.m, method.s, method.l)?,
+        PatchDrop::new(method.drop)?,
+        true,
+        0,
+    )
+    .with_engine(engine);
+    let model = PatchClassifier::new(encoder, aggregator, plan);
+    // Materialise lazily initialised parameters once, as the trainer does.
+    let record = model.clone().into_record();
+    Ok(model.load_record(record))
+}
+
+/// A batch of random images (uniform [0, 1] for one channel, standard normal otherwise: what
+/// MNIST canvases and ImageNet-normalised photos look like) with random targets.
+fn random_batch<B: Backend>(geometry: &Geometry, device: &B::Device) -> ImageBatch<B> {
+    let shape = [BATCH, geometry.channels, geometry.height, geometry.width];
+    let distribution = if geometry.channels == 1 {
+        Distribution::Uniform(0.0, 1.0)
+    } else {
+        Distribution::Normal(0.0, 1.0)
+    };
+    let images = Tensor::random(shape, distribution, device);
+    let targets = geometry
+        .tasks
+        .iter()
+        .map(|task| match task.kind {
+            TaskKind::Softmax => TaskTargets::Classes(
+                Tensor::<B, 1>::random(
+                    [BATCH],
+                    Distribution::Uniform(0.0, task.classes as f64),
+                    device,
+                )
+                .int()
+                .clamp(0, task.classes as i64 - 1),
+            ),
+            TaskKind::MultiLabel => TaskTargets::MultiHot(Tensor::<B, 2>::random(
+                [BATCH, task.classes],
+                Distribution::Bernoulli(0.5),
+                device,
+            )),
+        })
+        .collect();
+    ImageBatch { images, targets }
+}
+
+/// Time and memory of training steps (method.md §10).
+#[derive(Debug, Clone, Serialize)]
+pub struct StepResult {
+    /// Geometry name.
+    pub geometry: String,
+    /// Method name.
+    pub method: String,
+    /// Patches per image N.
+    pub n: usize,
+    /// Selection engine.
+    pub engine: SelectionEngine,
+    /// Steps run (the first and last are not averaged).
+    pub steps_run: usize,
+    /// What the meter averaged.
+    pub figures: EfficiencyFigures,
+    /// Milliseconds of every step, in order.
+    pub all_ms: Vec<f64>,
+}
+
+/// Runs `steps` optimizer steps of one method on one random batch.
+pub fn train_steps(
+    geometry: &Geometry,
+    method: &Method,
+    engine: SelectionEngine,
+    steps: usize,
+) -> Result<StepResult> {
+    let device = Default::default();
+    CpuAd::seed(&device, 0);
+    let monitor = TrainingMonitor::new(Interrupter::new());
+    let mut model = TrainedClassifier::new(
+        classifier::<CpuAd>(geometry, method, engine, &device)?,
+        monitor.clone(),
+    );
+    let mut optimizer = MeteredOptimizer::<_, CpuAd>::new(
+        AdamWConfig::new().with_weight_decay(0.1).init(),
+        monitor.meter().clone(),
+        device,
+    );
+    let batch = random_batch::<CpuAd>(geometry, &device);
+    for _ in 0..steps {
+        let out = TrainStep::step(&model, batch.clone());
+        model = optimizer.step(1e-4, model, out.grads);
+    }
+    let all = monitor.meter().steps();
+    Ok(StepResult {
+        geometry: geometry.name.clone(),
+        method: method.name.clone(),
+        n: geometry.patches(),
+        engine,
+        steps_run: all.len(),
+        figures: EfficiencyFigures::from_steps(&all).context("no step completed")?,
+        all_ms: all.iter().map(|s| s.ms).collect(),
+    })
+}
+
+/// No-gradient encoder throughput.
+#[derive(Debug, Clone, Serialize)]
+pub struct EncoderResult {
+    /// Geometry whose encoder and patch size this is.
+    pub geometry: String,
+    /// `native` (dbps-kernels) or `burn`.
+    pub engine: String,
+    /// Patches per call.
+    pub batch: usize,
+    /// Median patches per second.
+    pub patches_per_s: f64,
+    /// Calls timed.
+    pub calls: usize,
+}
+
+/// Median throughput of `embed` on a batch of 64 patches, over about `seconds`.
+pub fn encoder_throughput(
+    geometry: &Geometry,
+    native: bool,
+    seconds: f64,
+) -> Result<EncoderResult> {
+    const PATCHES: usize = 64;
+    let device = Default::default();
+    let encoder = geometry.encoder.init::<Cpu>(&device)?;
+    let shape = [PATCHES, geometry.channels, geometry.patch, geometry.patch];
+    let patches = Tensor::<Cpu, 4>::random(shape, Distribution::Uniform(0.0, 1.0), &device);
+    let frozen = if native {
+        Some(NativeEncoder::freeze(&encoder).context("no native path for this encoder")??)
+    } else {
+        None
+    };
+    let embed = |p: Tensor<Cpu, 4>| match &frozen {
+        Some(f) => f.embed(p),
+        None => encoder.embed(p),
+    };
+    for _ in 0..2 {
+        embed(patches.clone()).into_data();
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    while start.elapsed().as_secs_f64() < seconds || times.len() < 3 {
+        let t = Instant::now();
+        embed(patches.clone()).into_data();
+        times.push(t.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(EncoderResult {
+        geometry: geometry.name.clone(),
+        engine: if native { "native" } else { "burn" }.into(),
+        batch: PATCHES,
+        patches_per_s: PATCHES as f64 / times[times.len() / 2],
+        calls: times.len(),
+    })
+}
+
+/// Evaluation cost of one batch of 16 (the paper's Table 3).
+#[derive(Debug, Clone, Serialize)]
+pub struct InferenceResult {
+    /// Geometry name.
+    pub geometry: String,
+    /// Method name.
+    pub method: String,
+    /// Mean milliseconds per batch (first call excluded).
+    pub ms_per_batch: f64,
+    /// Peak heap bytes above the level before the call (tracking allocator).
+    pub peak_bytes: Option<u64>,
+    /// Batches timed.
+    pub batches: usize,
+}
+
+/// Mean time and peak memory of `forward_eval` on a batch of 16, over `batches` calls after one
+/// warm-up call.
+pub fn inference_cost(
+    geometry: &Geometry,
+    method: &Method,
+    batches: usize,
+) -> Result<InferenceResult> {
+    let device = Default::default();
+    let model = classifier::<Cpu>(geometry, method, SelectionEngine::Auto, &device)?;
+    let batch = random_batch::<Cpu>(geometry, &device);
+    let _ = model.forward_eval(batch.images.clone()).logits[0]
+        .clone()
+        .into_data();
+    let mut total = 0.0;
+    let mut peak = None::<u64>;
+    for _ in 0..batches {
+        let base = reset_peak_heap();
+        let t = Instant::now();
+        let out = model.forward_eval(batch.images.clone());
+        let _ = out.logits[0].clone().into_data();
+        total += t.elapsed().as_secs_f64() * 1e3;
+        if let (Some(base), Some(p)) = (base, peak_heap_bytes()) {
+            peak = Some(peak.unwrap_or(0).max(p.saturating_sub(base)));
+        }
+    }
+    Ok(InferenceResult {
+        geometry: geometry.name.clone(),
+        method: method.name.clone(),
+        ms_per_batch: total / batches.max(1) as f64,
+        peak_bytes: peak,
+        batches,
+    })
+}
