@@ -44,6 +44,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn main() -> Result<()> {
+    dbps_train::retain_freed_memory();
     match Cli::parse().command {
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;

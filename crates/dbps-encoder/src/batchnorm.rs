@@ -7,7 +7,6 @@
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::Conv2d;
-use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, backend::Backend};
 
@@ -84,16 +83,17 @@ impl<B: Backend> BatchNorm2d<B> {
 
 /// `bn(conv(x))`; in inference mode as one convolution with folded weights and bias.
 pub fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let [kh, kw] = conv.kernel_size;
+    let options = ConvOptions::new(conv.stride, [kh / 2, kw / 2], conv.dilation, conv.groups);
     if B::ad_enabled(&x.device()) {
-        return bn.forward(conv.forward(x));
+        let bias = conv.bias.as_ref().map(|b| b.val());
+        return bn.forward(crate::conv2d(x, conv.weight.val(), bias, options));
     }
     let (scale, shift) = bn.inference_affine();
     let weight = conv.weight.val();
     let c_out = weight.dims()[0];
     let weight = weight * scale.reshape([c_out, 1, 1, 1]);
-    let [kh, kw] = conv.kernel_size;
-    let options = ConvOptions::new(conv.stride, [kh / 2, kw / 2], conv.dilation, conv.groups);
-    conv2d(x, weight, Some(shift), options)
+    crate::conv2d(x, weight, Some(shift), options)
 }
 
 #[cfg(test)]

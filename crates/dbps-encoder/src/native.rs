@@ -133,7 +133,33 @@ impl NativeResNet {
     }
 
     /// Pooled features `[n, D]` (row-major) of patches `[n, C, h, w]` given channels-first.
+    ///
+    /// Patches go through in groups of [`NativeResNet::GROUP`]: a group's feature maps stay in
+    /// the last-level cache, and buffers that size are recycled by the allocator instead of
+    /// being mapped afresh (and page-faulted in) for every layer.
     pub fn embed(&self, patches: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, NativeError> {
+        let [n, c, h, w] = shape;
+        let per_patch = c * h * w;
+        if patches.len() != n * per_patch {
+            return Err(dbps_kernels::KernelError::Shape {
+                what: "patches",
+                expected: n * per_patch,
+                got: patches.len(),
+            }
+            .into());
+        }
+        let mut out = Vec::with_capacity(n * self.out_dim);
+        for (g, group) in patches.chunks(Self::GROUP * per_patch.max(1)).enumerate() {
+            let count = (n - g * Self::GROUP).min(Self::GROUP);
+            out.extend(self.embed_group(group, [count, c, h, w])?);
+        }
+        Ok(out)
+    }
+
+    /// Patches per pass through the network.
+    pub const GROUP: usize = 64;
+
+    fn embed_group(&self, patches: &[f32], shape: [usize; 4]) -> Result<Vec<f32>, NativeError> {
         let x = FeatureMap::from_nchw(patches, shape)?;
         let x = self.stem.forward(&x, None, true)?;
         // torchvision's stem pooling: 3×3, stride 2, padding 1.

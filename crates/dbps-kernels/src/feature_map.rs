@@ -56,6 +56,24 @@ impl FeatureMap {
         Self::new(data, [n, h, w, c])
     }
 
+    /// The same values channels-first, `[n, c, h, w]`.
+    pub fn to_nchw(&self) -> Vec<f32> {
+        let plane = self.h * self.w;
+        if self.c == 1 {
+            return self.data.clone();
+        }
+        let mut out = vec![0f32; self.data.len()];
+        for (img, src) in self.data.chunks_exact(plane * self.c).enumerate() {
+            let dst = &mut out[img * plane * self.c..][..plane * self.c];
+            for (px, pixel) in src.chunks_exact(self.c).enumerate() {
+                for (ch, &v) in pixel.iter().enumerate() {
+                    dst[ch * plane + px] = v;
+                }
+            }
+        }
+        out
+    }
+
     /// Pixels over the whole batch: the GEMM row count.
     pub fn pixels(&self) -> usize {
         self.n * self.h * self.w

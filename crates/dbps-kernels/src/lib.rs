@@ -4,7 +4,9 @@
 //! into the convolutions, so it can run on kernels built for inference only: channels-last
 //! maps ([`FeatureMap`]), convolutions whose weights are packed once ([`PackedConv`]) and whose
 //! bias, residual add and ReLU happen as the output is stored, max pooling without indices and
-//! global average pooling. The microkernel's instruction set ([`Isa`]) is chosen at run time,
+//! global average pooling; and, for the gradient pass, convolution forward, input gradient and
+//! weight gradient on channels-first buffers ([`conv2d_forward`], [`conv2d_input_grad`],
+//! [`conv2d_weight_grad`]). The microkernel's instruction set ([`Isa`]) is chosen at run time,
 //! so one binary runs on AVX2-only and AVX-512 machines.
 //!
 //! This crate knows nothing of Burn or of any network: `dbps-encoder` assembles a ResNet
@@ -26,12 +28,15 @@
 mod conv;
 mod error;
 mod feature_map;
+mod gemm;
 mod isa;
 mod microkernel;
 mod pool;
+mod train;
 
 pub use conv::{ConvSpec, PackedConv};
 pub use error::KernelError;
 pub use feature_map::FeatureMap;
 pub use isa::Isa;
 pub use pool::{global_average_pool, max_pool};
+pub use train::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad};

@@ -20,6 +20,7 @@ pub mod config;
 mod datasets;
 mod error;
 mod eval;
+mod heap;
 mod loss;
 pub mod meter;
 mod metrics;
@@ -38,6 +39,7 @@ pub use config::{MethodPlan, RunConfig};
 pub use datasets::{ImageDataset, Splits};
 pub use error::{Result, TrainError};
 pub use eval::{CheckpointEval, EvalReport, eval_checkpoints};
+pub use heap::retain_freed_memory;
 pub use loss::{loss_and_hits, task_hits, task_loss};
 pub use meter::{
     EfficiencyFigures, MeteredOptimizer, StepFigures, StepMeter, TrackingAllocator,

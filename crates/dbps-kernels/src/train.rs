@@ -1,0 +1,166 @@
+//! Convolution for the gradient pass: forward, input gradient and weight gradient on
+//! channels-first buffers (Burn's and PyTorch's layout), each turned into one GEMM on the
+//! microkernels of [`crate::gemm`].
+//!
+//! - forward: `y = conv(x, W)`, as [`PackedConv::forward`] with the weights packed per call;
+//! - input gradient: `dX = col2im(dY · Wᵀ)` — a GEMM over output pixels whose rows are scattered
+//!   back onto the input taps they came from, image by image so no two threads add to one pixel;
+//! - weight gradient: `dW = dYᵀ · im2col(x)` — a GEMM whose depth runs over every output pixel of
+//!   the batch, split into one partial sum per thread and added up at the end.
+
+use rayon::prelude::*;
+
+use crate::conv::rows_per_block;
+use crate::gemm::{Epilogue, PackedPanels, gemm};
+use crate::{ConvSpec, FeatureMap, Isa, KernelError, PackedConv};
+
+/// Output pixels per packed block of the weight gradient.
+const PIXEL_BLOCK: usize = 256;
+
+/// `[n, c, h, w]` of an NCHW buffer, checked against its length.
+fn nhwc(data: &[f32], [n, c, h, w]: [usize; 4]) -> Result<FeatureMap, KernelError> {
+    FeatureMap::from_nchw(data, [n, c, h, w])
+}
+
+/// `y = conv(x, W) + bias`: `x` `[n, c_in, h, w]`, `W` `[c_out, c_in, k, k]`, both
+/// channels-first; returns `y` channels-first with its shape `[n, c_out, oh, ow]`.
+pub fn conv2d_forward(
+    x: &[f32],
+    x_shape: [usize; 4],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    spec: ConvSpec,
+    isa: Isa,
+) -> Result<(Vec<f32>, [usize; 4]), KernelError> {
+    let zeros = vec![0.0; spec.c_out];
+    let conv = PackedConv::new(spec, weight, bias.unwrap_or(&zeros), isa)?;
+    let y = conv.forward(&nhwc(x, x_shape)?, None, false)?;
+    Ok((y.to_nchw(), [y.n, y.c, y.h, y.w]))
+}
+
+/// dL/dx of `y = conv(x, W)` from `dy` `[n, c_out, oh, ow]`, for an input of `x_shape`
+/// `[n, c_in, h, w]`; channels-first in and out.
+pub fn conv2d_input_grad(
+    dy: &[f32],
+    x_shape: [usize; 4],
+    weight: &[f32],
+    spec: ConvSpec,
+    isa: Isa,
+) -> Result<Vec<f32>, KernelError> {
+    spec.check(weight.len(), None)?;
+    let [n, c_in, h, w] = x_shape;
+    let [_, oh, ow, c_out] = spec.out_shape([n, h, w, c_in])?;
+    let dy = nhwc(dy, [n, c_out, oh, ow])?;
+    let depth = spec.depth();
+    // Wᵀ: depth c_out, one column per (tap, input channel).
+    let wt = PackedPanels::pack(isa, c_out, depth, |co, row| {
+        weight[spec.weight_index(co, row)]
+    });
+    let mut dx = vec![0f32; n * h * w * c_in];
+    if dx.is_empty() || dy.data.is_empty() {
+        return Ok(FeatureMap::new(dx, [n, h, w, c_in])?.to_nchw());
+    }
+    let per_image = oh * ow;
+    let block = rows_per_block(isa, per_image);
+    let k = spec.kernel;
+    dx.par_chunks_mut(h * w * c_in).enumerate().for_each_init(
+        Vec::new,
+        |cols: &mut Vec<f32>, (img, dx_img)| {
+            for first in (0..per_image).step_by(block) {
+                let count = block.min(per_image - first);
+                cols.resize(count * depth, 0.0);
+                let a = &dy.data[(img * per_image + first) * c_out..];
+                gemm(a, c_out, count, &wt, cols, depth, Epilogue::PLAIN);
+                for (i, taps) in cols.chunks_exact(depth).take(count).enumerate() {
+                    let (y, x) = ((first + i) / ow, (first + i) % ow);
+                    for ky in 0..k {
+                        let iy = (y * spec.stride + ky).wrapping_sub(spec.padding);
+                        if iy >= h {
+                            continue;
+                        }
+                        for kx in 0..k {
+                            let ix = (x * spec.stride + kx).wrapping_sub(spec.padding);
+                            if ix >= w {
+                                continue;
+                            }
+                            let src = &taps[(ky * k + kx) * c_in..][..c_in];
+                            let dst = &mut dx_img[(iy * w + ix) * c_in..][..c_in];
+                            for (d, s) in dst.iter_mut().zip(src) {
+                                *d += s;
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    );
+    Ok(FeatureMap::new(dx, [n, h, w, c_in])?.to_nchw())
+}
+
+/// dL/dW `[c_out, c_in, k, k]` of `y = conv(x, W)` from `x` `[n, c_in, h, w]` and `dy`
+/// `[n, c_out, oh, ow]`, channels-first.
+pub fn conv2d_weight_grad(
+    x: &[f32],
+    x_shape: [usize; 4],
+    dy: &[f32],
+    spec: ConvSpec,
+    isa: Isa,
+) -> Result<Vec<f32>, KernelError> {
+    let [n, c_in, h, w] = x_shape;
+    let [_, oh, ow, c_out] = spec.out_shape([n, h, w, c_in])?;
+    let per_image = oh * ow;
+    let pixels = n * per_image;
+    if dy.len() != n * c_out * per_image {
+        return Err(KernelError::Shape {
+            what: "output gradient",
+            expected: n * c_out * per_image,
+            got: dy.len(),
+        });
+    }
+    let input = nhwc(x, x_shape)?;
+    let depth = spec.depth();
+    // dYᵀ with every pixel of the batch along a row: `[c_out, n · oh · ow]`.
+    let mut dy_t = vec![0f32; c_out * pixels];
+    for img in 0..n {
+        for co in 0..c_out {
+            dy_t[co * pixels + img * per_image..][..per_image]
+                .copy_from_slice(&dy[(img * c_out + co) * per_image..][..per_image]);
+        }
+    }
+    let tasks = rayon::current_num_threads().max(1);
+    let span = pixels.div_ceil(tasks).max(1);
+    let partial = |first: usize| {
+        let last = (first + span).min(pixels);
+        let mut sum = vec![0f32; c_out * depth];
+        let mut cols = Vec::new();
+        for start in (first..last).step_by(PIXEL_BLOCK) {
+            let count = PIXEL_BLOCK.min(last - start);
+            cols.resize(count * depth, 0.0);
+            spec.im2col(&input, [oh, ow], start, count, &mut cols);
+            let b = PackedPanels::from_rows(isa, &cols, count, depth);
+            let epilogue = Epilogue {
+                accumulate: true,
+                ..Epilogue::PLAIN
+            };
+            gemm(&dy_t[start..], pixels, c_out, &b, &mut sum, depth, epilogue);
+        }
+        sum
+    };
+    let total = (0..pixels)
+        .step_by(span)
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(partial)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; c_out * depth]);
+    let mut out = vec![0f32; total.len()];
+    for co in 0..c_out {
+        for row in 0..depth {
+            out[spec.weight_index(co, row)] = total[co * depth + row];
+        }
+    }
+    Ok(out)
+}
