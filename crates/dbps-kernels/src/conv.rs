@@ -11,6 +11,7 @@
 use rayon::prelude::*;
 
 use crate::gemm::{Epilogue, PackedPanels, gemm};
+use crate::winograd::WinogradConv;
 use crate::{FeatureMap, Isa, KernelError};
 
 /// Shape of a square convolution (torchvision's ResNets use nothing else).
@@ -48,13 +49,16 @@ impl ConvSpec {
 }
 
 /// A convolution with its weights packed for one [`Isa`]'s microkernel; bias and the epilogue
-/// are applied as the output is stored.
+/// are applied as the output is stored. 3×3 stride-1 convolutions with at least 128 input
+/// channels run as Winograd F(2×2, 3×3) (2.25× fewer multiplies), every other one as im2col +
+/// GEMM.
 #[derive(Debug, Clone)]
 pub struct PackedConv {
     spec: ConvSpec,
     /// Depth (tap row, tap column, input channel) × output channels.
     weights: PackedPanels,
     bias: Vec<f32>,
+    winograd: Option<WinogradConv>,
 }
 
 impl ConvSpec {
@@ -164,6 +168,35 @@ impl PackedConv {
         bias: &[f32],
         isa: Isa,
     ) -> Result<Self, KernelError> {
+        let mut conv = Self::direct(spec, weight, bias, isa)?;
+        if WinogradConv::worthwhile(&spec) {
+            conv.winograd = Some(WinogradConv::new(spec, weight, bias, isa));
+        }
+        Ok(conv)
+    }
+
+    /// As [`PackedConv::new`], but Winograd F(2×2, 3×3) wherever the shape allows it (3×3,
+    /// stride 1, padding 1), whatever the channel count.
+    pub fn winograd(
+        spec: ConvSpec,
+        weight: &[f32],
+        bias: &[f32],
+        isa: Isa,
+    ) -> Result<Self, KernelError> {
+        let mut conv = Self::direct(spec, weight, bias, isa)?;
+        if WinogradConv::applies(&spec) {
+            conv.winograd = Some(WinogradConv::new(spec, weight, bias, isa));
+        }
+        Ok(conv)
+    }
+
+    /// As [`PackedConv::new`], but always im2col + GEMM (what Winograd is tested against).
+    pub fn direct(
+        spec: ConvSpec,
+        weight: &[f32],
+        bias: &[f32],
+        isa: Isa,
+    ) -> Result<Self, KernelError> {
         spec.check(weight.len(), Some(bias.len()))?;
         let weights = PackedPanels::pack(isa, spec.depth(), spec.c_out, |row, co| {
             weight[spec.weight_index(co, row)]
@@ -172,6 +205,7 @@ impl PackedConv {
             spec,
             weights,
             bias: bias.to_vec(),
+            winograd: None,
         })
     }
 
@@ -200,6 +234,9 @@ impl PackedConv {
                 expected: shape,
                 got: res.shape(),
             });
+        }
+        if let Some(winograd) = &self.winograd {
+            return winograd.forward(input, residual, relu);
         }
         let [n, oh, ow, c_out] = shape;
         let rows = n * oh * ow;

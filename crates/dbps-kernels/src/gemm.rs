@@ -106,13 +106,11 @@ pub(crate) fn gemm(
     if let Some(bias) = epilogue.bias {
         assert!(bias.len() >= b.cols, "bias is shorter than C's columns");
     }
-    let zeros;
+    // A zero bias, read as far as it reaches (shorter than C's columns is fine: the rest is 0).
+    static ZEROS: [f32; 32] = [0.0; 32];
     let start_bias = match (epilogue.bias, epilogue.accumulate) {
         (Some(bias), _) => Some(bias),
-        (None, false) => {
-            zeros = vec![0f32; b.cols];
-            Some(&zeros[..])
-        }
+        (None, false) => Some(&ZEROS[..]),
         (None, true) => None,
     };
     if depth == 0 {
@@ -121,7 +119,7 @@ pub(crate) fn gemm(
             for j in 0..b.cols {
                 let v = &mut c[r * ldc + j];
                 if let Some(bias) = start_bias {
-                    *v = bias[j];
+                    *v = bias.get(j).copied().unwrap_or(0.0);
                 }
                 if let Some(res) = epilogue.residual {
                     *v += res[r * ldc + j];
@@ -142,8 +140,10 @@ pub(crate) fn gemm(
             let bias_tile: Option<[f32; 32]> =
                 (k0 == 0).then_some(start_bias).flatten().map(|bias| {
                     let mut t = [0f32; 32];
-                    let n = nr.min(b.cols - col0);
-                    t[..n].copy_from_slice(&bias[col0..col0 + n]);
+                    let n = nr.min(b.cols - col0).min(bias.len().saturating_sub(col0));
+                    if n > 0 {
+                        t[..n].copy_from_slice(&bias[col0..col0 + n]);
+                    }
                     t
                 });
             for row0 in (0..rows).step_by(mr) {

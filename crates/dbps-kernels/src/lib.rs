@@ -33,6 +33,7 @@ mod isa;
 mod microkernel;
 mod pool;
 mod train;
+mod winograd;
 
 pub use conv::{ConvSpec, PackedConv};
 pub use error::KernelError;

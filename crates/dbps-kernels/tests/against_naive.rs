@@ -121,7 +121,13 @@ fn cases() -> impl Strategy<Value = Case> {
         )
 }
 
+type Constructor = fn(ConvSpec, &[f32], &[f32], Isa) -> Result<PackedConv, KernelError>;
+
 fn check_conv(case: &Case, isa: Isa) {
+    check_conv_with(case, isa, PackedConv::new);
+}
+
+fn check_conv_with(case: &Case, isa: Isa, build: Constructor) {
     let spec = ConvSpec {
         c_in: case.c_in,
         c_out: case.c_out,
@@ -145,7 +151,7 @@ fn check_conv(case: &Case, isa: Isa) {
     if case.relu {
         want.iter_mut().for_each(|v| *v = v.max(0.0));
     }
-    let conv = PackedConv::new(spec, &weight, &bias, isa).unwrap();
+    let conv = build(spec, &weight, &bias, isa).unwrap();
     let input = FeatureMap::from_nchw(&x, shape).unwrap();
     let got = conv.forward(&input, residual.as_ref(), case.relu).unwrap();
     assert_eq!(got.shape(), out_shape);
@@ -364,5 +370,28 @@ fn weight_gradient_spans_pixel_blocks_and_threads() {
     };
     for isa in Isa::available() {
         check_grads(&case, isa);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// 3×3 stride-1 padding-1 convolutions take the Winograd path: odd sizes leave partial
+    /// 2×2 tiles, odd channel counts partial panels.
+    #[test]
+    fn winograd_matches_the_definition(
+        n in 1usize..3,
+        c_in in 1usize..40,
+        c_out in 1usize..70,
+        h in 1usize..12,
+        w in 1usize..12,
+        residual in any::<bool>(),
+        relu in any::<bool>(),
+    ) {
+        let case = Case { n, c_in, c_out, kernel: 3, stride: 1, padding: 1, h, w, residual, relu };
+        for isa in Isa::available() {
+            check_conv_with(&case, isa, PackedConv::winograd);
+            check_conv_with(&case, isa, PackedConv::direct);
+        }
     }
 }
