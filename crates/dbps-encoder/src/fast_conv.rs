@@ -7,7 +7,7 @@
 //! (a specialisation that costs one comparison per call) rather than by a trait bound that every
 //! generic model type would have to carry.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -17,20 +17,11 @@ use burn::backend::{Autodiff, Flex};
 use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive, backend::Backend};
-use dbps_kernels::{ConvSpec, Isa, conv2d_forward, conv2d_input_grad, conv2d_weight_grad};
+use dbps_kernels::{
+    ConvSpec, Isa, conv2d_forward, conv2d_input_grad, conv2d_weight_grad, same_type as cast,
+};
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
-
-/// `value` as type `T` when it is one (type ids equal), otherwise `value` back.
-fn cast<S: 'static, T: 'static>(value: S) -> Result<T, S> {
-    let boxed: Box<dyn Any> = Box::new(value);
-    match boxed.downcast::<T>() {
-        Ok(t) => Ok(*t),
-        Err(original) => Err(*original
-            .downcast::<S>()
-            .expect("a failed downcast returns the original value")),
-    }
-}
 
 /// The kernels' description of a convolution, when they support it: square kernel, equal
 /// strides and paddings, no dilation, no groups.

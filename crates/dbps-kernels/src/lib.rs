@@ -32,6 +32,7 @@ mod gemm;
 mod isa;
 mod microkernel;
 mod pool;
+mod route;
 mod train;
 mod winograd;
 
@@ -40,4 +41,5 @@ pub use error::KernelError;
 pub use feature_map::FeatureMap;
 pub use isa::Isa;
 pub use pool::{global_average_pool, max_pool};
+pub use route::same_type;
 pub use train::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad};

@@ -50,6 +50,12 @@ pub fn conv2d_input_grad(
     spec.check(weight.len(), None)?;
     let [n, c_in, h, w] = x_shape;
     let [_, oh, ow, c_out] = spec.out_shape([n, h, w, c_in])?;
+    if spec.stride == 1 && 2 * spec.padding + 1 == spec.kernel {
+        // A "same" stride-1 convolution's input gradient is the same convolution of dY with the
+        // filters flipped and input/output channels swapped — so it takes the forward path
+        // (Winograd included).
+        return same_conv_input_grad(dy, x_shape, weight, spec, isa);
+    }
     let dy = nhwc(dy, [n, c_out, oh, ow])?;
     let depth = spec.depth();
     // Wᵀ: depth c_out, one column per (tap, input channel).
@@ -95,6 +101,36 @@ pub fn conv2d_input_grad(
         },
     );
     Ok(FeatureMap::new(dx, [n, h, w, c_in])?.to_nchw())
+}
+
+/// [`conv2d_input_grad`] of a stride-1 convolution padded to keep its size:
+/// `dX = conv(dY, W')` with `W'[ci, co, ky, kx] = W[co, ci, k−1−ky, k−1−kx]`.
+fn same_conv_input_grad(
+    dy: &[f32],
+    [n, c_in, h, w]: [usize; 4],
+    weight: &[f32],
+    spec: ConvSpec,
+    isa: Isa,
+) -> Result<Vec<f32>, KernelError> {
+    let k = spec.kernel;
+    let mut flipped = vec![0f32; weight.len()];
+    for co in 0..spec.c_out {
+        for ci in 0..c_in {
+            for ky in 0..k {
+                for kx in 0..k {
+                    flipped[((ci * spec.c_out + co) * k + (k - 1 - ky)) * k + (k - 1 - kx)] =
+                        weight[((co * c_in + ci) * k + ky) * k + kx];
+                }
+            }
+        }
+    }
+    let transposed = ConvSpec {
+        c_in: spec.c_out,
+        c_out: c_in,
+        ..spec
+    };
+    let (dx, _) = conv2d_forward(dy, [n, spec.c_out, h, w], &flipped, None, transposed, isa)?;
+    Ok(dx)
 }
 
 /// dL/dW `[c_out, c_in, k, k]` of `y = conv(x, W)` from `x` `[n, c_in, h, w]` and `dy`

@@ -101,11 +101,8 @@ impl DualBuffer {
         Self::new(self.salient, self.sub_salient, chunk)
     }
 
-    /// Runs selection over candidates `[B, K, C, p, p]` with grid indices `[B, K]`, in that order.
-    ///
-    /// P_M starts as the first M candidates and P_S empty; each chunk C_L is embedded, then
-    /// P_M ← Top-M(P_M ∪ P_S ∪ C_L) and P_S ← Top-S((P_M ∪ P_S ∪ C_L) − P_M) (paper eq. 3–4),
-    /// with scores recomputed over the whole union. With K ≤ M every candidate is salient.
+    /// Runs selection over candidates `[B, K, C, p, p]` held in memory, with grid indices
+    /// `[B, K]`, in that order (see [`DualBuffer::select_from`]).
     pub fn select<B, E, S>(
         &self,
         encoder: &E,
@@ -118,14 +115,36 @@ impl DualBuffer {
         E: PatchEncoder<B>,
         S: SalienceScorer<B>,
     {
-        let [batch, candidates, ..] = patches.dims();
+        self.select_from(encoder, scorer, &InMemoryCandidates::new(patches, indices))
+    }
+
+    /// Runs selection over the candidates of `source`, asking it for one chunk at a time, so
+    /// only L candidates per image are ever cut and embedded together.
+    ///
+    /// P_M starts as the first M candidates and P_S empty; each chunk C_L is embedded, then
+    /// P_M ← Top-M(P_M ∪ P_S ∪ C_L) and P_S ← Top-S((P_M ∪ P_S ∪ C_L) − P_M) (paper eq. 3–4),
+    /// with scores recomputed over the whole union. The top-k stays on the device. With K ≤ M
+    /// every candidate is salient.
+    pub fn select_from<B, E, S, C>(&self, encoder: &E, scorer: &S, source: &C) -> Selection<B>
+    where
+        B: Backend,
+        E: PatchEncoder<B>,
+        S: SalienceScorer<B>,
+        C: CandidateChunks<B>,
+    {
+        let (batch, candidates) = (source.batch(), source.candidates());
+        let indices = source.indices();
         assert_eq!(
             indices.dims(),
             [batch, candidates],
             "one grid index per candidate patch"
         );
         let embed = |start: usize, end: usize| PatchBag {
-            embeddings: embed_range(encoder, &patches, start, end),
+            embeddings: encoder.embed(source.chunk(start, end)).reshape([
+                batch,
+                end - start,
+                encoder.embed_dim(),
+            ]),
             indices: indices.clone().slice([0..batch, start..end]),
         };
         let first = self.salient.min(candidates);
@@ -139,10 +158,10 @@ impl DualBuffer {
                     .flatten()
                     .collect(),
             );
-            let order = scorer
-                .score(union.embeddings.clone(), union.indices.clone())
-                .argsort_descending(1);
             let kept_sub = self.sub_salient.min(union.len() - self.salient);
+            let (_, order) = scorer
+                .score(union.embeddings.clone(), union.indices.clone())
+                .topk_with_indices(self.salient + kept_sub, 1);
             salient = union.gather(order.clone().slice([0..batch, 0..self.salient]));
             sub_salient = (kept_sub > 0).then(|| {
                 union.gather(order.slice([0..batch, self.salient..self.salient + kept_sub]))
@@ -155,22 +174,55 @@ impl DualBuffer {
     }
 }
 
-/// Embeds candidates `start..end` of every image: `[B, end − start, D]`.
-fn embed_range<B: Backend, E: PatchEncoder<B>>(
-    encoder: &E,
-    patches: &Tensor<B, 5>,
-    start: usize,
-    end: usize,
-) -> Tensor<B, 3> {
-    let [batch, _, c, h, w] = patches.dims();
-    let n = end - start;
-    let chunk = patches
-        .clone()
-        .slice([0..batch, start..end, 0..c, 0..h, 0..w])
-        .reshape([batch * n, c, h, w]);
-    encoder
-        .embed(chunk)
-        .reshape([batch, n, encoder.embed_dim()])
+/// Where selection gets its candidate patches from, a chunk at a time.
+pub trait CandidateChunks<B: Backend> {
+    /// Images B.
+    fn batch(&self) -> usize;
+
+    /// Candidates per image K.
+    fn candidates(&self) -> usize;
+
+    /// Grid indices of the candidates `[B, K]`, in processing order.
+    fn indices(&self) -> Tensor<B, 2, Int>;
+
+    /// Candidates `start..end` of every image, image-major: `[B · (end − start), C, p, p]`.
+    fn chunk(&self, start: usize, end: usize) -> Tensor<B, 4>;
+}
+
+/// Candidates already cut, `[B, K, C, p, p]`, with their grid indices `[B, K]`.
+#[derive(Debug, Clone)]
+pub struct InMemoryCandidates<B: Backend> {
+    patches: Tensor<B, 5>,
+    indices: Tensor<B, 2, Int>,
+}
+
+impl<B: Backend> InMemoryCandidates<B> {
+    /// Wraps cut patches and their indices.
+    pub fn new(patches: Tensor<B, 5>, indices: Tensor<B, 2, Int>) -> Self {
+        Self { patches, indices }
+    }
+}
+
+impl<B: Backend> CandidateChunks<B> for InMemoryCandidates<B> {
+    fn batch(&self) -> usize {
+        self.patches.dims()[0]
+    }
+
+    fn candidates(&self) -> usize {
+        self.patches.dims()[1]
+    }
+
+    fn indices(&self) -> Tensor<B, 2, Int> {
+        self.indices.clone()
+    }
+
+    fn chunk(&self, start: usize, end: usize) -> Tensor<B, 4> {
+        let [batch, _, c, h, w] = self.patches.dims();
+        self.patches
+            .clone()
+            .slice([0..batch, start..end, 0..c, 0..h, 0..w])
+            .reshape([batch * (end - start), c, h, w])
+    }
 }
 
 #[cfg(test)]

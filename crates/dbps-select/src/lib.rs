@@ -36,7 +36,7 @@
 mod buffer;
 mod error;
 
-pub use buffer::{DualBuffer, PatchBag, Selection};
+pub use buffer::{CandidateChunks, DualBuffer, InMemoryCandidates, PatchBag, Selection};
 pub use dbps_encoder::PatchEncoder;
 pub use error::SelectError;
 

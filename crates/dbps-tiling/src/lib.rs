@@ -12,11 +12,13 @@
 //! assert_eq!(grid.origin(12), [100, 200]);
 //! ```
 
+mod cut;
 mod drop;
 mod error;
 mod extract;
 mod grid;
 
+pub use cut::cut_patches;
 pub use drop::PatchDrop;
 pub use error::TilingError;
 pub use extract::extract_patches;

@@ -16,6 +16,7 @@
 
 mod backend;
 mod batch;
+mod candidates;
 pub mod config;
 mod datasets;
 mod error;
@@ -35,6 +36,7 @@ pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice};
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTrainBackend};
 pub use batch::{ImageBatch, ImageBatcher, TaskTargets};
+pub use candidates::{ImageCandidates, cut_selected};
 pub use config::{MethodPlan, RunConfig};
 pub use datasets::{ImageDataset, Splits};
 pub use error::{Result, TrainError};
@@ -48,7 +50,6 @@ pub use meter::{
 pub use metrics::TaskMetric;
 pub use model::{
     CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
-    gather_patches,
 };
 pub use renderer::ProgressRenderer;
 pub use report::{

@@ -5,11 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor};
 use dbps_encoder::{Encoder, NativeEncoder, PatchEncoder};
 use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
-use dbps_tiling::{PatchDrop, PatchGrid, extract_patches};
+use dbps_tiling::{PatchDrop, PatchGrid};
+
+use crate::candidates::{ImageCandidates, cut_selected};
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
@@ -166,23 +168,6 @@ pub struct ForwardOutput<B: Backend> {
     pub sub_salient: Option<Tensor<B, 2, Int>>,
 }
 
-/// Patches `[B, N, C, p, p]` at per-image positions `[B, k]`: `[B, k, C, p, p]`.
-pub fn gather_patches<B: Backend>(
-    patches: Tensor<B, 5>,
-    indices: Tensor<B, 2, Int>,
-) -> Tensor<B, 5> {
-    let [b, n, c, h, w] = patches.dims();
-    let k = indices.dims()[1];
-    let offsets = Tensor::<B, 1, Int>::arange(0..b as i64, &indices.device())
-        .mul_scalar(n as i64)
-        .reshape([b, 1]);
-    let flat = (indices + offsets).reshape([b * k]);
-    patches
-        .reshape([b * n, c, h, w])
-        .select(0, flat)
-        .reshape([b, k, c, h, w])
-}
-
 impl<B: Backend> PatchClassifier<B> {
     /// Joins the parts.
     pub fn new(encoder: Encoder<B>, aggregator: Aggregator<B>, plan: SelectionPlan) -> Self {
@@ -198,30 +183,21 @@ impl<B: Backend> PatchClassifier<B> {
         &self.plan
     }
 
-    fn patches(&self, images: Tensor<B, 4>) -> Tensor<B, 5> {
-        extract_patches(&self.plan.grid, images)
-            .expect("image size checked against the patch grid when the dataset was opened")
-    }
-
-    /// Picks the salient and sub-salient patches of `patches` `[B, N, C, p, p]` (run it on a
-    /// model without autodiff: the result carries no graph).
-    fn select(&self, patches: Tensor<B, 5>, mode: Mode) -> Selection<B> {
-        let [batch, ..] = patches.dims();
+    /// Picks the salient and sub-salient patches of images `[B, C, H, W]`, cutting candidates
+    /// a chunk at a time (run it on a model without autodiff: the result carries no graph).
+    fn select(&self, images: Tensor<B, 4>, mode: Mode) -> Selection<B> {
+        let [batch, ..] = images.dims();
         let order = self.plan.candidates(batch, mode);
-        let indices = Tensor::from_data(
-            TensorData::new(order.indices, [batch, order.per_image]),
-            &patches.device(),
-        );
         let buffer = self
             .plan
             .buffer
             .with_chunk(order.chunk)
             .expect("chunk sizes are at least 1");
-        let candidates = gather_patches(patches, indices.clone());
+        let source = ImageCandidates::new(&self.plan.grid, images, order);
         let scorer = AttentionScorer(&self.aggregator);
         match self.native_encoder() {
-            Some(native) => buffer.select(&native, &scorer, candidates, indices),
-            None => buffer.select(&self.encoder, &scorer, candidates, indices),
+            Some(native) => buffer.select_from(&native, &scorer, &source),
+            None => buffer.select_from(&self.encoder, &scorer, &source),
         }
     }
 
@@ -269,7 +245,7 @@ impl<B: Backend> PatchClassifier<B> {
     /// Evaluation forward on images `[B, C, H, W]`: select among all patches and aggregate the
     /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
     pub fn forward_eval(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
-        let selection = self.select(self.patches(images), Mode::Eval);
+        let selection = self.select(images, Mode::Eval);
         self.aggregate(selection.salient, selection.sub_salient)
     }
 }
@@ -279,15 +255,17 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
     /// inference mode; only the M salient patches are re-embedded with gradients, the S
     /// sub-salient embeddings join as constants.
     pub fn forward_train(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
-        let patches = self.patches(images);
-        let selection = self.valid().select(patches.clone().inner(), Mode::Train);
+        let selection = self.valid().select(images.clone().inner(), Mode::Train);
 
-        let indices = Tensor::<B, 2, Int>::from_inner(selection.salient.indices);
-        let chosen = gather_patches(patches, indices.clone());
-        let [batch, m, c, h, w] = chosen.dims();
+        // The M winners are cut again from the images, this time on the autodiff tape.
+        let winners = selection.salient.indices.clone();
+        let [batch, m] = winners.dims();
+        let positions: Vec<i64> = winners.clone().into_data().iter::<i64>().collect();
+        let chosen = cut_selected(&self.plan.grid, &images, &positions, m);
+        let indices = Tensor::<B, 2, Int>::from_inner(winners);
         let embeddings = self
             .encoder
-            .embed(chosen.reshape([batch * m, c, h, w]))
+            .embed(chosen)
             .reshape([batch, m, self.encoder.embed_dim()]);
         let sub_salient = selection.sub_salient.map(|s| PatchBag {
             indices: Tensor::from_inner(s.indices),
