@@ -41,6 +41,15 @@ fn kernel_spec(weight: [usize; 4], options: &ConvOptions<2>) -> Option<ConvSpec>
     })
 }
 
+/// Runs `f` on a tensor's values: borrowed in place when they are contiguous f32 (no copy of
+/// a feature map that is also saved for the backward pass), copied otherwise.
+fn with_host<R>(tensor: &FloatTensor<Flex>, f: impl FnOnce(&[f32]) -> R) -> R {
+    match tensor.as_slice::<f32>() {
+        Some(values) => f(values),
+        None => f(&host(tensor.clone())),
+    }
+}
+
 fn host(tensor: FloatTensor<Flex>) -> Vec<f32> {
     Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(tensor))
         .into_data()
@@ -84,7 +93,7 @@ pub fn conv2d<B: Backend>(
             unreachable!("B is Flex")
         };
         let y = forward(x, weight, bias, spec);
-        return cast(y).ok().expect("B is Flex");
+        return cast(y).unwrap_or_else(|_| unreachable!("B is Flex"));
     }
     if backend == TypeId::of::<Ad>() && bias.is_none() {
         let (Ok(x), Ok(weight)) = (
@@ -94,7 +103,7 @@ pub fn conv2d<B: Backend>(
             unreachable!("B is Autodiff<Flex>")
         };
         let y = tracked_forward(x, weight, spec);
-        return cast(y).ok().expect("B is Autodiff<Flex>");
+        return cast(y).unwrap_or_else(|_| unreachable!("B is Autodiff<Flex>"));
     }
     burn_conv2d(x, weight, bias, options)
 }
@@ -108,14 +117,15 @@ fn forward(
     let shape = x.dims();
     let device = x.device();
     let bias = bias.map(host_1d);
-    let (y, y_shape) = conv2d_forward(
-        &host(x.into_primitive().tensor()),
-        shape,
-        &host(weight.into_primitive().tensor()),
-        bias.as_deref(),
-        spec,
-        Isa::detect(),
-    )
+    let (x, weight) = (
+        x.into_primitive().tensor(),
+        weight.into_primitive().tensor(),
+    );
+    let (y, y_shape) = with_host(&x, |x| {
+        with_host(&weight, |w| {
+            conv2d_forward(x, shape, w, bias.as_deref(), spec, Isa::detect())
+        })
+    })
     .expect("convolution shapes were checked by the module that owns the weights");
     Tensor::from_data(TensorData::new(y, y_shape), &device)
 }
@@ -130,21 +140,25 @@ impl Backward<Flex, 2> for KernelConvBackward {
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_weight] = ops.parents;
-        let dy = host(grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node);
         let (x, weight, spec) = ops.state;
         let x_shape: [usize; 4] =
             Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x.clone())).dims();
         let isa = Isa::detect();
         let err = "gradient shapes follow the forward pass";
-        if let Some(node) = node_x {
-            let dx = conv2d_input_grad(&dy, x_shape, &host(weight.clone()), spec, isa).expect(err);
-            grads.register::<Flex>(node.id, device_tensor(dx, x_shape));
-        }
-        if let Some(node) = node_weight {
-            let dw = conv2d_weight_grad(&host(x), x_shape, &dy, spec, isa).expect(err);
-            let shape = [spec.c_out, spec.c_in, spec.kernel, spec.kernel];
-            grads.register::<Flex>(node.id, device_tensor(dw, shape));
-        }
+        with_host(&dy, |dy| {
+            if let Some(node) = node_x {
+                let dx = with_host(&weight, |w| conv2d_input_grad(dy, x_shape, w, spec, isa))
+                    .expect(err);
+                grads.register::<Flex>(node.id, device_tensor(dx, x_shape));
+            }
+            if let Some(node) = node_weight {
+                let dw =
+                    with_host(&x, |x| conv2d_weight_grad(x, x_shape, dy, spec, isa)).expect(err);
+                let shape = [spec.c_out, spec.c_in, spec.kernel, spec.kernel];
+                grads.register::<Flex>(node.id, device_tensor(dw, shape));
+            }
+        });
     }
 }
 

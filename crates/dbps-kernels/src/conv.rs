@@ -93,6 +93,21 @@ impl ConvSpec {
         Ok(())
     }
 
+    /// Calls `f(co, row, w)` for every weight `w` of `[c_out, c_in, k, k]` (PyTorch's layout,
+    /// read in order) with its GEMM depth row `row` = (ky · k + kx) · c_in + ci.
+    pub(crate) fn for_each_weight(&self, weight: &[f32], mut f: impl FnMut(usize, usize, f32)) {
+        let k = self.kernel;
+        let mut values = weight.iter();
+        for co in 0..self.c_out {
+            for ci in 0..self.c_in {
+                for tap in 0..k * k {
+                    let w = *values.next().expect("weight length checked");
+                    f(co, tap * self.c_in + ci, w);
+                }
+            }
+        }
+    }
+
     /// Index of weight `[co, ci, ky, kx]` in PyTorch's layout, for GEMM depth row `row`.
     pub(crate) fn weight_index(&self, co: usize, row: usize) -> usize {
         let k = self.kernel;
@@ -168,11 +183,7 @@ impl PackedConv {
         bias: &[f32],
         isa: Isa,
     ) -> Result<Self, KernelError> {
-        let mut conv = Self::direct(spec, weight, bias, isa)?;
-        if WinogradConv::worthwhile(&spec) {
-            conv.winograd = Some(WinogradConv::new(spec, weight, bias, isa));
-        }
-        Ok(conv)
+        Self::build(spec, weight, bias, isa, WinogradConv::worthwhile(&spec))
     }
 
     /// As [`PackedConv::new`], but Winograd F(2×2, 3×3) wherever the shape allows it (3×3,
@@ -183,11 +194,7 @@ impl PackedConv {
         bias: &[f32],
         isa: Isa,
     ) -> Result<Self, KernelError> {
-        let mut conv = Self::direct(spec, weight, bias, isa)?;
-        if WinogradConv::applies(&spec) {
-            conv.winograd = Some(WinogradConv::new(spec, weight, bias, isa));
-        }
-        Ok(conv)
+        Self::build(spec, weight, bias, isa, WinogradConv::applies(&spec))
     }
 
     /// As [`PackedConv::new`], but always im2col + GEMM (what Winograd is tested against).
@@ -197,15 +204,24 @@ impl PackedConv {
         bias: &[f32],
         isa: Isa,
     ) -> Result<Self, KernelError> {
+        Self::build(spec, weight, bias, isa, false)
+    }
+
+    fn build(
+        spec: ConvSpec,
+        weight: &[f32],
+        bias: &[f32],
+        isa: Isa,
+        winograd: bool,
+    ) -> Result<Self, KernelError> {
         spec.check(weight.len(), Some(bias.len()))?;
-        let weights = PackedPanels::pack(isa, spec.depth(), spec.c_out, |row, co| {
-            weight[spec.weight_index(co, row)]
-        });
+        let mut weights = PackedPanels::zeros(isa, spec.depth(), spec.c_out);
+        spec.for_each_weight(weight, |co, row, w| weights.set(row, co, w));
         Ok(Self {
             spec,
             weights,
             bias: bias.to_vec(),
-            winograd: None,
+            winograd: winograd.then(|| WinogradConv::new(spec, weight, bias, isa)),
         })
     }
 

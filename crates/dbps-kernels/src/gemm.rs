@@ -42,9 +42,49 @@ impl PackedPanels {
         }
     }
 
-    /// Packs a row-major `depth × cols` matrix.
-    pub fn from_rows(isa: Isa, rows: &[f32], depth: usize, cols: usize) -> Self {
-        Self::pack(isa, depth, cols, |r, c| rows[r * cols + c])
+    /// Sets element `(row, col)` of a packing made by [`PackedPanels::zeros`].
+    #[inline(always)]
+    pub fn set(&mut self, row: usize, col: usize, value: f32) {
+        let nr = self.isa.nr();
+        self.data[((col / nr) * self.depth + row) * nr + col % nr] = value;
+    }
+
+    /// An all-zero `depth × cols` packing, to be filled with [`PackedPanels::set`].
+    pub fn zeros(isa: Isa, depth: usize, cols: usize) -> Self {
+        Self {
+            isa,
+            depth,
+            cols,
+            data: vec![0f32; cols.div_ceil(isa.nr()) * depth * isa.nr()],
+        }
+    }
+
+    /// Packs a row-major `depth × cols` matrix into `self`, reusing its buffer: whole
+    /// NR-wide runs are copied (this runs once per pixel block of every weight gradient).
+    pub fn repack_rows(&mut self, rows: &[f32], depth: usize, cols: usize) {
+        let nr = self.isa.nr();
+        let panels = cols.div_ceil(nr);
+        self.depth = depth;
+        self.cols = cols;
+        self.data.clear();
+        self.data.resize(panels * depth * nr, 0.0);
+        for (r, src) in rows.chunks_exact(cols).take(depth).enumerate() {
+            for panel in 0..panels {
+                let c0 = panel * nr;
+                let n = nr.min(cols - c0);
+                self.data[(panel * depth + r) * nr..][..n].copy_from_slice(&src[c0..c0 + n]);
+            }
+        }
+    }
+
+    /// An empty packing for `isa`, to be filled by [`PackedPanels::repack_rows`].
+    pub fn empty(isa: Isa) -> Self {
+        Self {
+            isa,
+            depth: 0,
+            cols: 0,
+            data: Vec::new(),
+        }
     }
 }
 

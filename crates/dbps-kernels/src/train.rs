@@ -59,9 +59,8 @@ pub fn conv2d_input_grad(
     let dy = nhwc(dy, [n, c_out, oh, ow])?;
     let depth = spec.depth();
     // Wᵀ: depth c_out, one column per (tap, input channel).
-    let wt = PackedPanels::pack(isa, c_out, depth, |co, row| {
-        weight[spec.weight_index(co, row)]
-    });
+    let mut wt = PackedPanels::zeros(isa, c_out, depth);
+    spec.for_each_weight(weight, |co, row, w| wt.set(co, row, w));
     let mut dx = vec![0f32; n * h * w * c_in];
     if dx.is_empty() || dy.data.is_empty() {
         return Ok(FeatureMap::new(dx, [n, h, w, c_in])?.to_nchw());
@@ -169,11 +168,12 @@ pub fn conv2d_weight_grad(
         let last = (first + span).min(pixels);
         let mut sum = vec![0f32; c_out * depth];
         let mut cols = Vec::new();
+        let mut b = PackedPanels::empty(isa);
         for start in (first..last).step_by(PIXEL_BLOCK) {
             let count = PIXEL_BLOCK.min(last - start);
             cols.resize(count * depth, 0.0);
             spec.im2col(&input, [oh, ow], start, count, &mut cols);
-            let b = PackedPanels::from_rows(isa, &cols, count, depth);
+            b.repack_rows(&cols, count, depth);
             let epilogue = Epilogue {
                 accumulate: true,
                 ..Epilogue::PLAIN

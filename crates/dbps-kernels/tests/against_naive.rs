@@ -92,6 +92,23 @@ struct Case {
     relu: bool,
 }
 
+impl Case {
+    fn spec(&self) -> ConvSpec {
+        ConvSpec {
+            c_in: self.c_in,
+            c_out: self.c_out,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+        }
+    }
+
+    /// Input shape, channels-first.
+    fn shape(&self) -> [usize; 4] {
+        [self.n, self.c_in, self.h, self.w]
+    }
+}
+
 fn cases() -> impl Strategy<Value = Case> {
     (
         1usize..4,
@@ -128,14 +145,7 @@ fn check_conv(case: &Case, isa: Isa) {
 }
 
 fn check_conv_with(case: &Case, isa: Isa, build: Constructor) {
-    let spec = ConvSpec {
-        c_in: case.c_in,
-        c_out: case.c_out,
-        kernel: case.kernel,
-        stride: case.stride,
-        padding: case.padding,
-    };
-    let shape = [case.n, case.c_in, case.h, case.w];
+    let (spec, shape) = (case.spec(), case.shape());
     let x = values(shape.iter().product(), 1);
     let weight = values(case.c_out * case.c_in * case.kernel * case.kernel, 2);
     let bias = values(case.c_out, 3);
@@ -302,14 +312,7 @@ fn naive_grads(
 }
 
 fn check_grads(case: &Case, isa: Isa) {
-    let spec = ConvSpec {
-        c_in: case.c_in,
-        c_out: case.c_out,
-        kernel: case.kernel,
-        stride: case.stride,
-        padding: case.padding,
-    };
-    let shape = [case.n, case.c_in, case.h, case.w];
+    let (spec, shape) = (case.spec(), case.shape());
     let x = values(shape.iter().product(), 11);
     let weight = values(case.c_out * case.c_in * case.kernel * case.kernel, 12);
     let (y, y_shape) = conv2d_forward(&x, shape, &weight, None, spec, isa).unwrap();

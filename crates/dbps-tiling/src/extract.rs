@@ -11,15 +11,7 @@ pub fn extract_patches<B: Backend>(
     images: Tensor<B, 4>,
 ) -> Result<Tensor<B, 5>, TilingError> {
     let [batch, channels, height, width] = images.dims();
-    let [want_h, want_w] = grid.image_size();
-    if [height, width] != [want_h, want_w] {
-        return Err(TilingError::ImageSizeMismatch {
-            want_h,
-            want_w,
-            got_h: height,
-            got_w: width,
-        });
-    }
+    grid.check_image([height, width])?;
     let p = grid.patch();
     let images = match grid.remainder() {
         RemainderPolicy::ZeroPad if grid.padded_size() != [height, width] => {

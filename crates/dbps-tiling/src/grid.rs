@@ -108,6 +108,20 @@ impl PatchGrid {
         [side(self.rows, self.height), side(self.cols, self.width)]
     }
 
+    /// Checks that an image of `[height, width]` is the one the grid was built for.
+    pub fn check_image(&self, [height, width]: [usize; 2]) -> Result<(), TilingError> {
+        let [want_h, want_w] = self.image_size();
+        if [height, width] != [want_h, want_w] {
+            return Err(TilingError::ImageSizeMismatch {
+                want_h,
+                want_w,
+                got_h: height,
+                got_w: width,
+            });
+        }
+        Ok(())
+    }
+
     /// Top-left pixel `[y, x]` of patch `index` (row-major).
     ///
     /// # Panics

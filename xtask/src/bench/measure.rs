@@ -158,7 +158,9 @@ pub fn train_steps(
 pub struct EncoderResult {
     /// Geometry whose encoder and patch size this is.
     pub geometry: String,
-    /// `native` (dbps-kernels) or `burn`.
+    /// `native`: the ResNet frozen onto dbps-kernels (channels-last, BatchNorm folded,
+    /// Winograd), what selection runs; `module`: the Burn module's forward (channels-first
+    /// tensors, Burn's pooling and element-wise ops, convolutions routed to dbps-kernels).
     pub engine: String,
     /// Patches per call.
     pub batch: usize,
@@ -201,7 +203,7 @@ pub fn encoder_throughput(
     times.sort_by(f64::total_cmp);
     Ok(EncoderResult {
         geometry: geometry.name.clone(),
-        engine: if native { "native" } else { "burn" }.into(),
+        engine: if native { "native" } else { "module" }.into(),
         batch: PATCHES,
         patches_per_s: PATCHES as f64 / times[times.len() / 2],
         calls: times.len(),

@@ -1,6 +1,6 @@
 //! The settings the bench measures: the paper's geometries and methods (method.md §11).
 
-use dbps_data::{TaskKind, TaskSpec};
+use dbps_data::{MegapixelMnist, TaskSpec};
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorKind, AttentionSettings};
 
@@ -44,16 +44,7 @@ impl Geometry {
                 positional: true,
                 ..AttentionSettings::default()
             },
-            tasks: vec![
-                TaskSpec::softmax("majority", 10),
-                TaskSpec::softmax("max", 10),
-                TaskSpec::softmax("top", 10),
-                TaskSpec {
-                    name: "multi".into(),
-                    kind: TaskKind::MultiLabel,
-                    classes: 10,
-                },
-            ],
+            tasks: MegapixelMnist::tasks(),
         }
     }
 
