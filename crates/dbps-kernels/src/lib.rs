@@ -1,4 +1,5 @@
-//! CPU inference kernels for the no-gradient selection pass of dbps.
+//! CPU kernels for dbps: the whole encoder of the no-gradient selection pass, and the
+//! convolutions (with both gradients) of the gradient pass.
 //!
 //! Selection embeds every candidate patch once, without gradients and with BatchNorm folded
 //! into the convolutions, so it can run on kernels built for inference only: channels-last

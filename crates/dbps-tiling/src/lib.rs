@@ -1,5 +1,6 @@
-//! Cutting huge images into patches: the [`PatchGrid`] geometry, patch extraction from image
-//! tensors, and the training-time [`PatchDrop`] of DBPS (method.md §1 and §8).
+//! Cutting huge images into patches: the [`PatchGrid`] geometry, [`cut_patches`] (only the
+//! patches asked for: what selection and the gradient pass use), whole-grid extraction from
+//! image tensors, and the training-time [`PatchDrop`] of DBPS (method.md §1 and §8).
 //!
 //! This crate knows tensors but no Burn modules: it is geometry and index bookkeeping only.
 //!
