@@ -18,7 +18,8 @@ use burn::tensor::module::conv2d as burn_conv2d;
 use burn::tensor::ops::{ConvOptions, FloatTensor};
 use burn::tensor::{Tensor, TensorData, TensorPrimitive, backend::Backend};
 use dbps_kernels::{
-    ConvSpec, Isa, conv2d_forward, conv2d_input_grad, conv2d_weight_grad, same_type as cast,
+    ConvSpec, Isa, KernelError, conv2d_forward, conv2d_input_grad, conv2d_weight_grad,
+    same_type as cast,
 };
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
@@ -53,17 +54,8 @@ fn with_host<R>(tensor: &FloatTensor<Flex>, f: impl FnOnce(&[f32]) -> R) -> R {
 fn host(tensor: FloatTensor<Flex>) -> Vec<f32> {
     Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(tensor))
         .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32")
-}
-
-fn host_1d(tensor: Tensor<Flex, 1>) -> Vec<f32> {
-    tensor
-        .into_data()
-        .convert::<f32>()
-        .into_vec::<f32>()
-        .expect("converted to f32")
+        .iter::<f32>()
+        .collect()
 }
 
 fn device_tensor(values: Vec<f32>, shape: [usize; 4]) -> FloatTensor<Flex> {
@@ -92,7 +84,9 @@ pub fn conv2d<B: Backend>(
         ) else {
             unreachable!("B is Flex")
         };
-        let y = forward(x, weight, bias, spec);
+        // Shapes the kernels reject (Burn would reject them too) get Burn's own error.
+        let y = forward(x.clone(), weight.clone(), bias.clone(), spec)
+            .unwrap_or_else(|_| burn_conv2d(x, weight, bias, options));
         return cast(y).unwrap_or_else(|_| unreachable!("B is Flex"));
     }
     if backend == TypeId::of::<Ad>() && bias.is_none() {
@@ -102,7 +96,8 @@ pub fn conv2d<B: Backend>(
         ) else {
             unreachable!("B is Autodiff<Flex>")
         };
-        let y = tracked_forward(x, weight, spec);
+        let y = tracked_forward(x.clone(), weight.clone(), spec)
+            .unwrap_or_else(|_| burn_conv2d(x, weight, None, options));
         return cast(y).unwrap_or_else(|_| unreachable!("B is Autodiff<Flex>"));
     }
     burn_conv2d(x, weight, bias, options)
@@ -113,10 +108,10 @@ fn forward(
     weight: Tensor<Flex, 4>,
     bias: Option<Tensor<Flex, 1>>,
     spec: ConvSpec,
-) -> Tensor<Flex, 4> {
+) -> Result<Tensor<Flex, 4>, KernelError> {
     let shape = x.dims();
     let device = x.device();
-    let bias = bias.map(host_1d);
+    let bias: Option<Vec<f32>> = bias.map(|b| b.into_data().iter::<f32>().collect());
     let (x, weight) = (
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
@@ -125,9 +120,8 @@ fn forward(
         with_host(&weight, |w| {
             conv2d_forward(x, shape, w, bias.as_deref(), spec, Isa::detect())
         })
-    })
-    .expect("convolution shapes were checked by the module that owns the weights");
-    Tensor::from_data(TensorData::new(y, y_shape), &device)
+    })?;
+    Ok(Tensor::from_data(TensorData::new(y, y_shape), &device))
 }
 
 /// The backward step of [`tracked_forward`]: input and weight gradients on the kernels.
@@ -163,7 +157,11 @@ impl Backward<Flex, 2> for KernelConvBackward {
 }
 
 /// Forward on the kernels, recorded on the autodiff tape with [`KernelConvBackward`].
-fn tracked_forward(x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, spec: ConvSpec) -> Tensor<Ad, 4> {
+fn tracked_forward(
+    x: Tensor<Ad, 4>,
+    weight: Tensor<Ad, 4>,
+    spec: ConvSpec,
+) -> Result<Tensor<Ad, 4>, KernelError> {
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
     let y = forward(
@@ -171,7 +169,7 @@ fn tracked_forward(x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, spec: ConvSpec) -> T
         Tensor::from_primitive(TensorPrimitive::Float(weight.primitive.clone())),
         None,
         spec,
-    )
+    )?
     .into_primitive()
     .tensor();
     let out = match KernelConvBackward
@@ -182,7 +180,7 @@ fn tracked_forward(x: Tensor<Ad, 4>, weight: Tensor<Ad, 4>, spec: ConvSpec) -> T
         OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, spec), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    Tensor::from_primitive(TensorPrimitive::Float(out))
+    Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))
 }
 
 #[cfg(test)]

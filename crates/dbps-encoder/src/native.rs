@@ -12,7 +12,7 @@ use dbps_kernels::{ConvSpec, FeatureMap, Isa, PackedConv, global_average_pool, m
 
 use crate::batchnorm::BatchNorm2d;
 use crate::error::NativeError;
-use crate::{Encoder, PatchEncoder, Projector, ResNet, ResNetBlock};
+use crate::{Encoder, PatchEncoder, ResNet, ResNetBlock};
 
 fn host_f32<B: Backend, const D: usize>(
     tensor: Tensor<B, D>,
@@ -176,8 +176,9 @@ impl NativeResNet {
 #[derive(Debug, Clone)]
 pub struct NativeEncoder<B: Backend> {
     backbone: NativeResNet,
-    projector: Option<Projector<B>>,
-    dim: usize,
+    /// The encoder it was frozen from: its projector runs on Burn, and it embeds inputs the
+    /// kernels reject.
+    fallback: Encoder<B>,
 }
 
 impl<B: Backend> NativeEncoder<B> {
@@ -194,8 +195,7 @@ impl<B: Backend> NativeEncoder<B> {
         };
         Some(NativeResNet::new(net, isa).map(|backbone| Self {
             backbone,
-            projector: encoder.projector.clone(),
-            dim: encoder.embed_dim(),
+            fallback: encoder.clone(),
         }))
     }
 
@@ -207,22 +207,26 @@ impl<B: Backend> NativeEncoder<B> {
 
 impl<B: Backend> PatchEncoder<B> for NativeEncoder<B> {
     fn embed_dim(&self) -> usize {
-        self.dim
+        self.fallback.embed_dim()
     }
 
     fn embed(&self, patches: Tensor<B, 4>) -> Tensor<B, 2> {
         let shape = patches.dims();
         let device = patches.device();
-        let pixels = host_f32(patches, "patches").expect("patches are f32 on the CPU backend");
-        let features = self
-            .backbone
-            .embed(&pixels, shape)
-            .expect("patch size checked against the encoder when the run was configured");
+        let pixels: Vec<f32> = patches.clone().into_data().iter::<f32>().collect();
+        let features = match self.backbone.embed(&pixels, shape) {
+            Ok(features) => features,
+            Err(e) => {
+                // Burn's forward reports such an input in its own words.
+                tracing::warn!(error = %e, "native encoder rejected the patches; using Burn's");
+                return self.fallback.embed(patches);
+            }
+        };
         let features = Tensor::from_data(
             TensorData::new(features, [shape[0], self.backbone.out_dim()]),
             &device,
         );
-        match &self.projector {
+        match &self.fallback.projector {
             Some(p) => p.forward(features),
             None => features,
         }

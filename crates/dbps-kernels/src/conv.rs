@@ -96,14 +96,11 @@ impl ConvSpec {
     /// Calls `f(co, row, w)` for every weight `w` of `[c_out, c_in, k, k]` (PyTorch's layout,
     /// read in order) with its GEMM depth row `row` = (ky · k + kx) · c_in + ci.
     pub(crate) fn for_each_weight(&self, weight: &[f32], mut f: impl FnMut(usize, usize, f32)) {
-        let k = self.kernel;
-        let mut values = weight.iter();
-        for co in 0..self.c_out {
-            for ci in 0..self.c_in {
-                for tap in 0..k * k {
-                    let w = *values.next().expect("weight length checked");
-                    f(co, tap * self.c_in + ci, w);
-                }
+        let taps = self.kernel * self.kernel;
+        for (filter, values) in weight.chunks_exact(taps).enumerate() {
+            let (co, ci) = (filter / self.c_in, filter % self.c_in);
+            for (tap, &w) in values.iter().enumerate() {
+                f(co, tap * self.c_in + ci, w);
             }
         }
     }
