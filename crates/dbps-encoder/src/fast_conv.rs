@@ -9,6 +9,7 @@
 
 use std::any::TypeId;
 
+use crate::flex_host::{device_tensor, with_host};
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
 use burn::backend::autodiff::grads::Gradients;
@@ -40,28 +41,6 @@ fn kernel_spec(weight: [usize; 4], options: &ConvOptions<2>) -> Option<ConvSpec>
         stride: options.stride[0],
         padding: options.padding[0],
     })
-}
-
-/// Runs `f` on a tensor's values: borrowed in place when they are contiguous f32 (no copy of
-/// a feature map that is also saved for the backward pass), copied otherwise.
-fn with_host<R>(tensor: &FloatTensor<Flex>, f: impl FnOnce(&[f32]) -> R) -> R {
-    match tensor.as_slice::<f32>() {
-        Some(values) => f(values),
-        None => f(&host(tensor.clone())),
-    }
-}
-
-fn host(tensor: FloatTensor<Flex>) -> Vec<f32> {
-    Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(tensor))
-        .into_data()
-        .iter::<f32>()
-        .collect()
-}
-
-fn device_tensor(values: Vec<f32>, shape: [usize; 4]) -> FloatTensor<Flex> {
-    Tensor::<Flex, 4>::from_data(TensorData::new(values, shape), &Default::default())
-        .into_primitive()
-        .tensor()
 }
 
 /// `conv2d(x, weight, bias, options)` (Burn's semantics), on `dbps-kernels` for burn-flex with

@@ -136,29 +136,96 @@ impl ConvSpec {
     pub(crate) fn im2col(
         &self,
         input: &FeatureMap,
-        [oh, ow]: [usize; 2],
+        out_size: [usize; 2],
         first: usize,
         count: usize,
         cols: &mut [f32],
     ) {
-        let (c_in, kernel) = (self.c_in, self.kernel);
         let depth = self.depth();
-        for (i, row) in cols.chunks_exact_mut(depth).take(count).enumerate() {
+        self.for_each_tap_run(input, out_size, first, count, |row, col, run| {
+            let dst = &mut cols[row * depth + col..][..run.len()];
+            match run {
+                TapRun::Copy(src) => dst.copy_from_slice(src),
+                TapRun::Zeros(_) => dst.fill(0.0),
+            }
+        });
+    }
+
+    /// As [`ConvSpec::im2col`], but straight into `packed` (resized to `count × depth`), the
+    /// layout the weight gradient's GEMM reads: one copy of the taps instead of two.
+    pub(crate) fn im2col_packed(
+        &self,
+        input: &FeatureMap,
+        out_size: [usize; 2],
+        first: usize,
+        count: usize,
+        packed: &mut PackedPanels,
+    ) {
+        packed.reshape(count, self.depth());
+        self.for_each_tap_run(input, out_size, first, count, |row, col, run| {
+            packed.write_run(row, col, run)
+        });
+    }
+
+    /// Calls `f(row, col, run)` for the taps of output pixels `first..first + count`: `row` is
+    /// the pixel's im2col row, `col` the depth position where `run` starts. A kernel row that
+    /// lies wholly inside the input is one run of k · c_in floats (for a 3-channel stem, 7 runs
+    /// per pixel instead of 49); elsewhere every tap is its own run or zeros.
+    fn for_each_tap_run(
+        &self,
+        input: &FeatureMap,
+        [oh, ow]: [usize; 2],
+        first: usize,
+        count: usize,
+        mut f: impl FnMut(usize, usize, TapRun<'_>),
+    ) {
+        let (c_in, kernel) = (self.c_in, self.kernel);
+        let span = kernel * c_in;
+        for i in 0..count {
             let pixel = first + i;
             let (img, rest) = (pixel / (oh * ow), pixel % (oh * ow));
             let (y, x) = (rest / ow, rest % ow);
+            let x0 = (x * self.stride).wrapping_sub(self.padding);
+            let whole_row = x * self.stride >= self.padding && x0 + kernel <= input.w;
             for ky in 0..kernel {
                 let iy = (y * self.stride + ky).wrapping_sub(self.padding);
-                for kx in 0..kernel {
-                    let ix = (x * self.stride + kx).wrapping_sub(self.padding);
-                    let dst = &mut row[(ky * kernel + kx) * c_in..][..c_in];
-                    if iy < input.h && ix < input.w {
-                        dst.copy_from_slice(input.pixel(img, iy, ix));
-                    } else {
-                        dst.fill(0.0);
+                let col = ky * span;
+                if iy >= input.h {
+                    f(i, col, TapRun::Zeros(span));
+                } else if whole_row {
+                    let start = ((img * input.h + iy) * input.w + x0) * c_in;
+                    f(i, col, TapRun::Copy(&input.data[start..start + span]));
+                } else {
+                    for kx in 0..kernel {
+                        let ix = x0.wrapping_add(kx);
+                        let run = if ix < input.w {
+                            TapRun::Copy(input.pixel(img, iy, ix))
+                        } else {
+                            TapRun::Zeros(c_in)
+                        };
+                        f(i, col + kx * c_in, run);
                     }
                 }
             }
+        }
+    }
+}
+
+/// A run of consecutive im2col values: input channels to copy, or padding.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum TapRun<'a> {
+    /// Values read from the input.
+    Copy(&'a [f32]),
+    /// This many zeros (the kernel hangs over the border).
+    Zeros(usize),
+}
+
+impl TapRun<'_> {
+    /// Values in the run.
+    pub fn len(&self) -> usize {
+        match self {
+            TapRun::Copy(src) => src.len(),
+            TapRun::Zeros(n) => *n,
         }
     }
 }

@@ -3,6 +3,7 @@
 //! weight gradient) runs on.
 
 use crate::Isa;
+use crate::conv::TapRun;
 use crate::microkernel::{self, Tile};
 
 /// Depth per pass: a 256 × NR block of B stays in L1/L2 while every row tile of A streams past.
@@ -59,21 +60,34 @@ impl PackedPanels {
         }
     }
 
-    /// Packs a row-major `depth × cols` matrix into `self`, reusing its buffer: whole
-    /// NR-wide runs are copied (this runs once per pixel block of every weight gradient).
-    pub fn repack_rows(&mut self, rows: &[f32], depth: usize, cols: usize) {
+    /// Makes `self` a `depth × cols` packing, reusing its buffer. Values are left as they
+    /// were when the shape is unchanged (the caller overwrites every element below `cols`, and
+    /// the padding lanes past it are still zero); otherwise everything becomes zero.
+    pub fn reshape(&mut self, depth: usize, cols: usize) {
+        if (depth, cols) != (self.depth, self.cols) {
+            self.depth = depth;
+            self.cols = cols;
+            self.data.clear();
+            self.data
+                .resize(cols.div_ceil(self.isa.nr()) * depth * self.isa.nr(), 0.0);
+        }
+    }
+
+    /// Writes `run` into row `row` from column `col` on, across panel boundaries.
+    #[inline(always)]
+    pub fn write_run(&mut self, row: usize, col: usize, run: TapRun<'_>) {
         let nr = self.isa.nr();
-        let panels = cols.div_ceil(nr);
-        self.depth = depth;
-        self.cols = cols;
-        self.data.clear();
-        self.data.resize(panels * depth * nr, 0.0);
-        for (r, src) in rows.chunks_exact(cols).take(depth).enumerate() {
-            for panel in 0..panels {
-                let c0 = panel * nr;
-                let n = nr.min(cols - c0);
-                self.data[(panel * depth + r) * nr..][..n].copy_from_slice(&src[c0..c0 + n]);
+        let (mut col, mut done, len) = (col, 0, run.len());
+        while done < len {
+            let (panel, lane) = (col / nr, col % nr);
+            let n = (nr - lane).min(len - done);
+            let dst = &mut self.data[(panel * self.depth + row) * nr + lane..][..n];
+            match run {
+                TapRun::Copy(src) => dst.copy_from_slice(&src[done..done + n]),
+                TapRun::Zeros(_) => dst.fill(0.0),
             }
+            col += n;
+            done += n;
         }
     }
 

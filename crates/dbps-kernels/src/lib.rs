@@ -26,6 +26,7 @@
 //! assert_eq!(out.data[0], 2.0 * 4.0 + 0.5); // a corner sees 4
 //! ```
 
+mod batch_norm;
 mod conv;
 mod error;
 mod feature_map;
@@ -37,6 +38,7 @@ mod route;
 mod train;
 mod winograd;
 
+pub use batch_norm::{BatchNormGrads, BatchStats, batch_norm_backward, batch_norm_forward};
 pub use conv::{ConvSpec, PackedConv};
 pub use error::KernelError;
 pub use feature_map::FeatureMap;

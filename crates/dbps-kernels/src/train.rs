@@ -167,13 +167,10 @@ pub fn conv2d_weight_grad(
     let partial = |first: usize| {
         let last = (first + span).min(pixels);
         let mut sum = vec![0f32; c_out * depth];
-        let mut cols = Vec::new();
         let mut b = PackedPanels::empty(isa);
         for start in (first..last).step_by(PIXEL_BLOCK) {
             let count = PIXEL_BLOCK.min(last - start);
-            cols.resize(count * depth, 0.0);
-            spec.im2col(&input, [oh, ow], start, count, &mut cols);
-            b.repack_rows(&cols, count, depth);
+            spec.im2col_packed(&input, [oh, ow], start, count, &mut b);
             let epilogue = Epilogue {
                 accumulate: true,
                 ..Epilogue::PLAIN

@@ -2,8 +2,9 @@
 //! instruction set this CPU runs.
 
 use dbps_kernels::{
-    ConvSpec, FeatureMap, Isa, KernelError, PackedConv, conv2d_forward, conv2d_input_grad,
-    conv2d_weight_grad, global_average_pool, max_pool,
+    BatchStats, ConvSpec, FeatureMap, Isa, KernelError, PackedConv, batch_norm_backward,
+    batch_norm_forward, conv2d_forward, conv2d_input_grad, conv2d_weight_grad, global_average_pool,
+    max_pool,
 };
 use proptest::prelude::*;
 
@@ -397,4 +398,138 @@ proptest! {
             check_conv_with(&case, isa, PackedConv::direct);
         }
     }
+}
+
+/// Training-mode BatchNorm from the definition in f64: `L = Σ seed · (γ (x − μ)/√(σ² + ε) + β)`
+/// with the batch's own μ and biased σ² of each channel over `[n, ·, plane]`.
+fn naive_batch_norm_loss(
+    x: &[f64],
+    [n, c, plane]: [usize; 3],
+    gamma: &[f64],
+    beta: &[f64],
+    seed: &[f64],
+) -> (f64, Vec<f64>) {
+    let eps = 1e-5;
+    let m = (n * plane) as f64;
+    let mut loss = 0.0;
+    let mut y = vec![0.0; x.len()];
+    for ch in 0..c {
+        let at = |img: usize, i: usize| (img * c + ch) * plane + i;
+        let mut mean = 0.0;
+        for img in 0..n {
+            for i in 0..plane {
+                mean += x[at(img, i)] / m;
+            }
+        }
+        let mut var = 0.0;
+        for img in 0..n {
+            for i in 0..plane {
+                var += (x[at(img, i)] - mean).powi(2) / m;
+            }
+        }
+        for img in 0..n {
+            for i in 0..plane {
+                let v = gamma[ch] * (x[at(img, i)] - mean) / (var + eps).sqrt() + beta[ch];
+                y[at(img, i)] = v;
+                loss += seed[at(img, i)] * v;
+            }
+        }
+    }
+    (loss, y)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(16))]
+
+    /// Output against the definition, and all three gradients against central differences of
+    /// the f64 loss.
+    #[test]
+    fn batch_norm_matches_the_definition(
+        n in 1usize..4, c in 1usize..5, plane in 1usize..40, seed in 0u64..1000,
+    ) {
+        prop_assume!(n * plane > 1);
+        let shape = [n, c, plane];
+        let len = n * c * plane;
+        let x: Vec<f32> = values(len, seed).iter().map(|v| 3.0 * v + 0.5).collect();
+        let gamma: Vec<f32> = values(c, seed + 1).iter().map(|v| v + 1.5).collect();
+        let beta = values(c, seed + 2);
+        let dy = values(len, seed + 3);
+        let wide = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<_>>();
+        let (x64, g64, b64, dy64) = (wide(&x), wide(&gamma), wide(&beta), wide(&dy));
+        let (y, stats) = batch_norm_forward(&x, shape, &gamma, &beta, 1e-5).unwrap();
+        let (_, y_ref) = naive_batch_norm_loss(&x64, shape, &g64, &b64, &dy64);
+        for (a, b) in y.iter().zip(&y_ref) {
+            prop_assert!((*a as f64 - b).abs() < 1e-4, "output {a} vs {b}");
+        }
+        let grads = batch_norm_backward(&dy, &x, shape, &stats, &gamma, 1e-5).unwrap();
+        let h = 1e-4;
+        let diff = |f: &dyn Fn(f64) -> f64| (f(h) - f(-h)) / (2.0 * h);
+        for i in 0..len {
+            let d = diff(&|e| {
+                let mut xp = x64.clone();
+                xp[i] += e;
+                naive_batch_norm_loss(&xp, shape, &g64, &b64, &dy64).0
+            });
+            prop_assert!((grads.input[i] as f64 - d).abs() < 2e-3, "dx[{i}] {} vs {d}", grads.input[i]);
+        }
+        for ch in 0..c {
+            let dg = diff(&|e| {
+                let mut gp = g64.clone();
+                gp[ch] += e;
+                naive_batch_norm_loss(&x64, shape, &gp, &b64, &dy64).0
+            });
+            let db = diff(&|e| {
+                let mut bp = b64.clone();
+                bp[ch] += e;
+                naive_batch_norm_loss(&x64, shape, &g64, &bp, &dy64).0
+            });
+            prop_assert!((grads.gamma[ch] as f64 - dg).abs() < 2e-3, "dγ {} vs {dg}", grads.gamma[ch]);
+            prop_assert!((grads.beta[ch] as f64 - db).abs() < 2e-3, "dβ {} vs {db}", grads.beta[ch]);
+        }
+    }
+}
+
+#[test]
+fn batch_norm_rejects_mismatched_shapes() {
+    let err = batch_norm_forward(&[0.0; 10], [2, 2, 3], &[1.0; 2], &[0.0; 2], 1e-5).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::Shape {
+                expected: 12,
+                got: 10,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = batch_norm_forward(&[0.0; 12], [2, 2, 3], &[1.0; 3], &[0.0; 2], 1e-5).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::Shape {
+                expected: 2,
+                got: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let stats = BatchStats {
+        mean: vec![0.0; 2],
+        var: vec![1.0; 2],
+    };
+    let err = batch_norm_backward(&[0.0; 11], &[0.0; 12], [2, 2, 3], &stats, &[1.0; 2], 1e-5)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            KernelError::Shape {
+                expected: 12,
+                got: 11,
+                ..
+            }
+        ),
+        "{err}"
+    );
 }

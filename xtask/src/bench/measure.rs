@@ -117,6 +117,71 @@ pub struct StepResult {
     pub all_ms: Vec<f64>,
 }
 
+/// One method's model, optimizer, meter and batch, stepped on demand.
+struct StepRunner {
+    geometry: String,
+    method: String,
+    n: usize,
+    engine: SelectionEngine,
+    model: Option<TrainedClassifier<CpuAd>>,
+    optimizer: MeteredOptimizer<
+        burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, TrainedClassifier<CpuAd>, CpuAd>,
+        CpuAd,
+    >,
+    monitor: TrainingMonitor,
+    batch: ImageBatch<CpuAd>,
+}
+
+impl StepRunner {
+    fn new(geometry: &Geometry, method: &Method, engine: SelectionEngine) -> Result<Self> {
+        let device = Default::default();
+        CpuAd::seed(&device, 0);
+        let monitor = TrainingMonitor::new(Interrupter::new());
+        let model = TrainedClassifier::new(
+            classifier::<CpuAd>(geometry, method, engine, &device)?,
+            monitor.clone(),
+        );
+        let optimizer = MeteredOptimizer::new(
+            AdamWConfig::new().with_weight_decay(0.1).init(),
+            monitor.meter().clone(),
+            device,
+        );
+        Ok(Self {
+            geometry: geometry.name.clone(),
+            method: method.name.clone(),
+            n: geometry.patches(),
+            engine,
+            model: Some(model),
+            optimizer,
+            monitor,
+            batch: random_batch::<CpuAd>(geometry, &device),
+        })
+    }
+
+    /// One training step and optimizer step, metered.
+    fn step(&mut self) {
+        let model = self
+            .model
+            .take()
+            .expect("the model is put back after every step");
+        let out = TrainStep::step(&model, self.batch.clone());
+        self.model = Some(self.optimizer.step(1e-4, model, out.grads));
+    }
+
+    fn result(self) -> Result<StepResult> {
+        let all = self.monitor.meter().steps();
+        Ok(StepResult {
+            geometry: self.geometry,
+            method: self.method,
+            n: self.n,
+            engine: self.engine,
+            steps_run: all.len(),
+            figures: EfficiencyFigures::from_steps(&all).context("no step completed")?,
+            all_ms: all.iter().map(|s| s.ms).collect(),
+        })
+    }
+}
+
 /// Runs `steps` optimizer steps of one method on one random batch.
 pub fn train_steps(
     geometry: &Geometry,
@@ -124,33 +189,29 @@ pub fn train_steps(
     engine: SelectionEngine,
     steps: usize,
 ) -> Result<StepResult> {
-    let device = Default::default();
-    CpuAd::seed(&device, 0);
-    let monitor = TrainingMonitor::new(Interrupter::new());
-    let mut model = TrainedClassifier::new(
-        classifier::<CpuAd>(geometry, method, engine, &device)?,
-        monitor.clone(),
-    );
-    let mut optimizer = MeteredOptimizer::<_, CpuAd>::new(
-        AdamWConfig::new().with_weight_decay(0.1).init(),
-        monitor.meter().clone(),
-        device,
-    );
-    let batch = random_batch::<CpuAd>(geometry, &device);
+    Ok(train_steps_interleaved(geometry, std::slice::from_ref(method), engine, steps)?.remove(0))
+}
+
+/// Runs `steps` optimizer steps of each method, taking turns (method 1, 2, …, 1, 2, …), so that
+/// the ratios between methods compare steps taken minutes apart at most rather than one
+/// method's run against another's: on a shared 2-core machine the speed drifts by ±10 % over
+/// a quarter of an hour.
+pub fn train_steps_interleaved(
+    geometry: &Geometry,
+    methods: &[Method],
+    engine: SelectionEngine,
+    steps: usize,
+) -> Result<Vec<StepResult>> {
+    let mut runners = methods
+        .iter()
+        .map(|m| StepRunner::new(geometry, m, engine))
+        .collect::<Result<Vec<_>>>()?;
     for _ in 0..steps {
-        let out = TrainStep::step(&model, batch.clone());
-        model = optimizer.step(1e-4, model, out.grads);
+        for runner in &mut runners {
+            runner.step();
+        }
     }
-    let all = monitor.meter().steps();
-    Ok(StepResult {
-        geometry: geometry.name.clone(),
-        method: method.name.clone(),
-        n: geometry.patches(),
-        engine,
-        steps_run: all.len(),
-        figures: EfficiencyFigures::from_steps(&all).context("no step completed")?,
-        all_ms: all.iter().map(|s| s.ms).collect(),
-    })
+    runners.into_iter().map(StepRunner::result).collect()
 }
 
 /// No-gradient encoder throughput.
@@ -257,4 +318,28 @@ pub fn inference_cost(
         peak_bytes: peak,
         batches,
     })
+}
+
+/// Forward and backward milliseconds of the gradient pass alone: `patches` patches through the
+/// encoder on the autodiff backend (train mode), summed, then differentiated. For profiling.
+pub fn gradient_pass(
+    geometry: &Geometry,
+    patches: usize,
+    repeats: usize,
+) -> Result<Vec<(f64, f64)>> {
+    let device = Default::default();
+    let encoder = geometry.encoder.init::<CpuAd>(&device)?;
+    let shape = [patches, geometry.channels, geometry.patch, geometry.patch];
+    let input = Tensor::<CpuAd, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let mut out = Vec::new();
+    for _ in 0..repeats {
+        let t = Instant::now();
+        let loss = encoder.embed(input.clone()).sum();
+        let forward = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        let grads = loss.backward();
+        drop(grads);
+        out.push((forward, t.elapsed().as_secs_f64() * 1e3));
+    }
+    Ok(out)
 }

@@ -146,12 +146,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
         Ok(r)
     };
     steps.push(step(&mnist, &mnist_ips, steps_per_run)?);
-    for m in [
+    let cqu_methods = [
         Method::ips(12, 32),
         Method::dbps(12, 60, 32, 0.0),
         Method::dbps(12, 60, 32, 0.3),
-    ] {
-        steps.push(step(&cqu, &m, steps_per_run)?);
+    ];
+    log(format!(
+        "train steps: {} / {} taking turns ({steps_per_run} steps each)",
+        cqu.name,
+        cqu_methods
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    for r in measure::train_steps_interleaved(&cqu, &cqu_methods, engine, steps_per_run)? {
+        log(format!(
+            "  {}: {:.0} ms/step, peak {:.1} MB",
+            r.method,
+            r.figures.ms_per_step,
+            r.figures.peak_step_bytes.unwrap_or(0) as f64 / 1e6
+        ));
+        steps.push(r);
     }
 
     let sides: &[usize] = if args.quick { &[3000] } else { &[3000, 6000] };
@@ -217,6 +233,11 @@ fn profile(name: &str) -> Result<()> {
         "cqu-ips" => (Geometry::cqu(), Method::ips(12, 32)),
         "cqu-dbps" => (Geometry::cqu(), Method::dbps(12, 60, 32, 0.0)),
         "cqu-drop" => (Geometry::cqu(), Method::dbps(12, 60, 32, 0.3)),
+        "cqu-grad" => {
+            let r = measure::gradient_pass(&Geometry::cqu(), 12 * measure::BATCH, 3)?;
+            log(format!("cqu-grad: (forward, backward) {r:?} ms"));
+            return Ok(());
+        }
         "encoders" => {
             for g in [Geometry::megapixel_mnist(1500), Geometry::cqu()] {
                 let r = measure::encoder_throughput(&g, true, 5.0)?;
@@ -227,7 +248,9 @@ fn profile(name: &str) -> Result<()> {
             }
             return Ok(());
         }
-        other => bail!("--profile {other}: use mnist, cqu-ips, cqu-dbps or cqu-drop"),
+        other => {
+            bail!("--profile {other}: use mnist, cqu-ips, cqu-dbps, cqu-drop, cqu-grad or encoders")
+        }
     };
     let r = measure::train_steps(&geometry, &method, SelectionEngine::Auto, 3)?;
     log(format!("{name}: steps {:?} ms", r.all_ms));
