@@ -37,6 +37,7 @@ mod pool;
 mod route;
 mod train;
 mod winograd;
+mod winograd_grad;
 
 pub use batch_norm::{BatchNormGrads, BatchStats, batch_norm_backward, batch_norm_forward};
 pub use conv::{ConvSpec, PackedConv};

@@ -66,7 +66,7 @@ fn copy_out(dst: &mut [f32], src: &[f32; LANES], len: usize) {
 
 /// Input transform `Bᵀ d B` of a 4×4 tile, Bᵀ = [[1,0,−1,0],[0,1,1,0],[0,−1,1,0],[0,1,0,−1]],
 /// for every channel: `d[i]` is tap i's channel run; result ξ goes to `out[ξ · stride ..]`.
-fn input_transform(d: &[&[f32]; 16], out: &mut [f32], stride: usize, c: usize) {
+pub(crate) fn input_transform(d: &[&[f32]; 16], out: &mut [f32], stride: usize, c: usize) {
     for c0 in (0..c).step_by(LANES) {
         let len = LANES.min(c - c0);
         let mut x = [[0f32; LANES]; 16];

@@ -377,6 +377,29 @@ fn weight_gradient_spans_pixel_blocks_and_threads() {
     }
 }
 
+#[test]
+fn winograd_weight_gradient_matches_the_definition() {
+    // ≥ 512 input channels: the weight gradient takes the Winograd path. Odd sizes leave
+    // partial tiles at the edges; 3 · 12 · 11 = 396 tiles span several blocks and threads.
+    for (n, h, w, c_out) in [(2, 5, 7, 16), (3, 23, 21, 16)] {
+        let case = Case {
+            n,
+            c_in: 512,
+            c_out,
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+            h,
+            w,
+            residual: false,
+            relu: false,
+        };
+        for isa in Isa::available() {
+            check_grads(&case, isa);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
 
