@@ -226,3 +226,25 @@ pub(crate) fn gemm(
         }
     }
 }
+
+/// Runs `partial(first)` for every `span`-long range of `0..total` on the thread pool and adds
+/// the results (each `len` long) element-wise: the reduction of GEMMs whose depth is split
+/// between threads (each thread owns one accumulator, so no two threads add to one value).
+pub(crate) fn sum_partials(
+    total: usize,
+    span: usize,
+    len: usize,
+    partial: impl Fn(usize) -> Vec<f32> + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    (0..total)
+        .step_by(span.max(1))
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(partial)
+        .reduce_with(|mut a, b| {
+            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+            a
+        })
+        .unwrap_or_else(|| vec![0f32; len])
+}

@@ -13,7 +13,7 @@
 use rayon::prelude::*;
 
 use crate::conv::rows_per_block;
-use crate::gemm::{Epilogue, PackedPanels, gemm};
+use crate::gemm::{Epilogue, PackedPanels, gemm, sum_partials};
 use crate::winograd::WinogradConv;
 use crate::winograd_grad;
 use crate::{ConvSpec, FeatureMap, Isa, KernelError, PackedConv};
@@ -193,16 +193,7 @@ pub fn conv2d_weight_grad(
         }
         sum
     };
-    let total = (0..pixels)
-        .step_by(span)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(partial)
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0f32; c_out * depth]);
+    let total = sum_partials(pixels, span, c_out * depth, partial);
     let mut out = vec![0f32; total.len()];
     for co in 0..c_out {
         for row in 0..depth {

@@ -100,6 +100,26 @@ pub(crate) fn input_transform(d: &[&[f32]; 16], out: &mut [f32], stride: usize, 
     }
 }
 
+/// The 16 input pixels (channel runs) under the 4×4 tile whose 2×2 outputs start at
+/// `(2·ty, 2·tx)` of image `img`; `zeros` (one pixel's worth) where the tile hangs over the
+/// padding.
+pub(crate) fn tile_taps<'a>(
+    input: &'a FeatureMap,
+    img: usize,
+    [ty, tx]: [usize; 2],
+    zeros: &'a [f32],
+) -> [&'a [f32]; 16] {
+    std::array::from_fn(|i| {
+        let iy = (2 * ty + i / 4).wrapping_sub(1);
+        let ix = (2 * tx + i % 4).wrapping_sub(1);
+        if iy < input.h && ix < input.w {
+            input.pixel(img, iy, ix)
+        } else {
+            zeros
+        }
+    })
+}
+
 /// The output buffer, shared by tasks that write disjoint pixels of it.
 struct OutPtr(*mut f32);
 // SAFETY: tasks write disjoint elements (one tile's pixels each) and nothing reads the buffer
@@ -188,15 +208,7 @@ impl WinogradConv {
                         let tile = first + t;
                         let (img, rest) = (tile / tiles_per_image, tile % tiles_per_image);
                         let (ty, tx) = (rest / tw, rest % tw);
-                        let taps: [&[f32]; 16] = std::array::from_fn(|i| {
-                            let iy = (2 * ty + i / 4).wrapping_sub(1);
-                            let ix = (2 * tx + i % 4).wrapping_sub(1);
-                            if iy < h && ix < w {
-                                input.pixel(img, iy, ix)
-                            } else {
-                                &zeros[..]
-                            }
-                        });
+                        let taps = tile_taps(input, img, [ty, tx], &zeros);
                         input_transform(&taps, &mut v[t * c_in..], count * c_in, c_in);
                     }
                     for xi in 0..16 {

@@ -9,11 +9,10 @@
 //! tiles), then `dW[co, ci] = Gᵀ M[co, ci] G`. Per 2×2 block of outputs that is 16 multiplies
 //! per channel pair instead of im2col's 36 (Lavin & Gray, 2016).
 
-use rayon::prelude::*;
-
 use crate::conv::TapRun;
+use crate::gemm::sum_partials;
 use crate::gemm::{Epilogue, PackedPanels, gemm};
-use crate::winograd::input_transform;
+use crate::winograd::{input_transform, tile_taps};
 use crate::{ConvSpec, FeatureMap, Isa};
 
 /// Tiles per packed block of one thread's pass.
@@ -103,15 +102,7 @@ pub(crate) fn weight_grad(
                 let tile = start + t;
                 let (img, rest) = (tile / per_image, tile % per_image);
                 let (ty, tx) = (rest / tw, rest % tw);
-                let taps: [&[f32]; 16] = std::array::from_fn(|i| {
-                    let iy = (2 * ty + i / 4).wrapping_sub(1);
-                    let ix = (2 * tx + i % 4).wrapping_sub(1);
-                    if iy < h && ix < w {
-                        input.pixel(img, iy, ix)
-                    } else {
-                        &zeros[..]
-                    }
-                });
+                let taps = tile_taps(input, img, [ty, tx], &zeros);
                 input_transform(&taps, &mut s.v[t * c_in..], count * c_in, c_in);
                 // The tile's 2×2 output gradients; past the map's edge they are zero.
                 let grad = |dy_: usize, dx_: usize| {
@@ -154,16 +145,7 @@ pub(crate) fn weight_grad(
         }
         s.m
     };
-    let m = (0..total)
-        .step_by(span)
-        .collect::<Vec<_>>()
-        .into_par_iter()
-        .map(partial)
-        .reduce_with(|mut a, b| {
-            a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-            a
-        })
-        .unwrap_or_else(|| vec![0f32; 16 * c_out * c_in]);
+    let m = sum_partials(total, span, 16 * c_out * c_in, partial);
     let mut out = vec![0f32; c_out * c_in * 9];
     for co in 0..c_out {
         for ci in 0..c_in {
