@@ -45,6 +45,10 @@ enum Command {
         /// Override the config's number of epochs.
         #[arg(long)]
         epochs: Option<usize>,
+        /// torchvision ResNet weights to start from (`.pth` or `.safetensors`); overrides the
+        /// config's `encoder.weights`.
+        #[arg(long)]
+        weights: Option<PathBuf>,
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
@@ -78,15 +82,22 @@ fn run(cli: Cli) -> Result<()> {
             config,
             output,
             epochs,
+            weights,
             device: choice,
         } => {
             let device = device(choice)?;
+            let overridden = epochs.is_some() || weights.is_some();
             let mut config = match &config {
                 Some(path) => RunConfig::from_file(path)?,
                 None => RunConfig::quickstart()?,
             };
             if let Some(epochs) = epochs {
                 config.train.epochs = epochs;
+            }
+            if let Some(weights) = weights {
+                config.encoder.weights = Some(weights);
+            }
+            if overridden {
                 config.validate()?;
             }
             let wanted = output

@@ -216,6 +216,29 @@ fn missing_config_file_is_named() {
     );
 }
 
+/// `--weights` with a file that is not a state dict: the file is named, no run directory is made.
+#[test]
+fn bad_weight_file_is_named_before_the_run_starts() {
+    let dir = scratch("weights");
+    let path = write_config(&dir, &tiny_config());
+    let weights = dir.join("notes.pth");
+    std::fs::write(&weights, "not a state dict").unwrap();
+    let out = train(
+        &path,
+        &dir.join("run"),
+        &["--weights", weights.to_str().unwrap()],
+    );
+    assert!(!out.status.success(), "a text file was accepted as weights");
+    let err = stderr(&out);
+    assert!(
+        err.contains(weights.to_str().unwrap())
+            && err.contains(".safetensors")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!dir.join("run").exists(), "a run directory was created");
+}
+
 /// The shared MNIST digits: `$DBPS_MNIST_DIR`, else `../shared/data/mnist` beside the checkout.
 fn mnist_dir() -> Option<PathBuf> {
     let candidates = [

@@ -26,8 +26,8 @@ pub struct BatchNorm2d<B: Backend> {
     pub running_mean: RunningState<Tensor<B, 1>>,
     /// Running (unbiased) variance, used in inference mode.
     pub running_var: RunningState<Tensor<B, 1>>,
-    momentum: f64,
-    epsilon: f64,
+    pub(crate) momentum: f64,
+    pub(crate) epsilon: f64,
 }
 
 /// Multiplies channel `c` of `x` `[N, C, H, W]` by `scale[c]` and adds `shift[c]`.

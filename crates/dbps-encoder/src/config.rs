@@ -1,7 +1,10 @@
 use burn::tensor::backend::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::{Backbone, Encoder, EncoderError, IdentityEncoder, Projector, ResNet, ResNetDepth};
+use crate::{
+    Backbone, Encoder, EncoderError, IdentityEncoder, Projector, ResNet, ResNetDepth,
+    TorchvisionWeights,
+};
 
 /// Which backbone an [`EncoderConfig`] builds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +45,9 @@ pub struct EncoderConfig {
     pub projector: Option<usize>,
     /// Feature width of precomputed features (identity encoder only).
     pub feature_dim: usize,
+    /// torchvision weights to start from (`.pth` or `.safetensors`, ResNets only); fresh
+    /// Kaiming-initialised weights when absent.
+    pub weights: Option<std::path::PathBuf>,
 }
 
 impl Default for EncoderConfig {
@@ -53,13 +59,25 @@ impl Default for EncoderConfig {
             width: 64,
             projector: None,
             feature_dim: 512,
+            weights: None,
         }
     }
 }
 
 impl EncoderConfig {
-    /// Checks the configuration without building anything.
+    /// Checks the configuration; with `weights` set, also reads the file and loads it into a
+    /// CPU copy of the model, so a missing, unreadable or mismatched weight file fails here,
+    /// before any run directory exists.
     pub fn validate(&self) -> Result<EncoderName, EncoderError> {
+        let name = self.validate_fields()?;
+        if self.weights.is_some() {
+            self.build::<burn::backend::Flex>(name, &Default::default())?;
+        }
+        Ok(name)
+    }
+
+    /// The checks that need no file.
+    fn validate_fields(&self) -> Result<EncoderName, EncoderError> {
         let name: EncoderName = self.name.parse()?;
         if let EncoderName::ResNet(_) = name {
             if self.stages != 2 && self.stages != 4 {
@@ -73,6 +91,8 @@ impl EncoderConfig {
             }
         } else if self.feature_dim == 0 {
             return Err(EncoderError::Zero("feature_dim"));
+        } else if self.weights.is_some() {
+            return Err(EncoderError::WeightsUnused(self.name.clone()));
         }
         if self.projector == Some(0) {
             return Err(EncoderError::Zero("projector"));
@@ -80,16 +100,24 @@ impl EncoderConfig {
         Ok(name)
     }
 
-    /// Builds the encoder with freshly initialised weights.
+    /// Builds the encoder: freshly initialised weights, or those of `weights`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Encoder<B>, EncoderError> {
-        let backbone = match self.validate()? {
-            EncoderName::ResNet(depth) => Backbone::ResNet(ResNet::new(
-                depth,
-                self.stages,
-                self.in_channels,
-                self.width,
-                device,
-            )),
+        self.build(self.validate_fields()?, device)
+    }
+
+    fn build<B: Backend>(
+        &self,
+        name: EncoderName,
+        device: &B::Device,
+    ) -> Result<Encoder<B>, EncoderError> {
+        let backbone = match name {
+            EncoderName::ResNet(depth) => {
+                let resnet = ResNet::new(depth, self.stages, self.in_channels, self.width, device);
+                Backbone::ResNet(match &self.weights {
+                    Some(path) => resnet.load_torchvision(&TorchvisionWeights::open(path)?)?,
+                    None => resnet,
+                })
+            }
             EncoderName::Identity => Backbone::Identity(IdentityEncoder::new(self.feature_dim)),
         };
         let projector = self

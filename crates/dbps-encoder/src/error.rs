@@ -14,6 +14,14 @@ pub enum EncoderError {
     /// A size that must be positive is zero.
     #[error("`encoder.{0}` must be at least 1")]
     Zero(&'static str),
+    /// `encoder.weights` names a file for an encoder that takes none.
+    #[error(
+        "`encoder.weights` is set for encoder `{0}`, which has no weights to load: remove it, or use a ResNet"
+    )]
+    WeightsUnused(String),
+    /// The weight file could not be read or does not fit the model.
+    #[error(transparent)]
+    Weights(#[from] crate::WeightsError),
 }
 
 /// Why the native inference path could not run.

@@ -28,6 +28,7 @@ mod identity;
 mod native;
 mod projector;
 mod resnet;
+mod weights;
 
 pub use batchnorm::{BatchNorm2d, conv_bn};
 pub use config::{EncoderConfig, EncoderName};
@@ -38,6 +39,7 @@ pub use identity::IdentityEncoder;
 pub use native::{NativeEncoder, NativeResNet};
 pub use projector::Projector;
 pub use resnet::{Downsample, ResNet, ResNetBlock, ResNetDepth};
+pub use weights::{HostTensor, TorchvisionWeights, WeightsError};
 
 use burn::tensor::{Tensor, backend::Backend};
 

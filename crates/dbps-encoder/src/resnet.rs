@@ -147,7 +147,7 @@ pub struct ResNet<B: Backend> {
     pub layer3: Vec<ResNetBlock<B>>,
     /// Stage 4 (empty when `stages = 2`).
     pub layer4: Vec<ResNetBlock<B>>,
-    out_dim: usize,
+    pub(crate) out_dim: usize,
 }
 
 impl<B: Backend> ResNet<B> {

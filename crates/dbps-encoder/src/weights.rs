@@ -1,0 +1,368 @@
+//! torchvision ResNet weights from a local file: a state dict saved with `torch.save` (`.pth`,
+//! `.pt`, read by burn-store's PyTorch reader) or a `.safetensors` file.
+//!
+//! Names follow torchvision exactly — `conv1.weight`, `bn1.{weight,bias,running_mean,
+//! running_var}`, `layer2.0.conv1.weight`, `layer2.0.downsample.0.weight` (the 1×1 convolution),
+//! `layer2.0.downsample.1.*` (its BatchNorm) — with no remapping: dbps's modules carry the same
+//! names (BatchNorm's `weight`/`bias` are its γ/β). `fc.*`, `num_batches_tracked` and the layers a
+//! truncated model lacks (`layer3`, `layer4` of a 2-stage ResNet) are ignored. A model with one
+//! input channel takes conv1 as the RGB kernel summed over its three input channels (what a
+//! grey image replicated to RGB would see).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::tensor::{Tensor, TensorData, backend::Backend};
+
+use crate::batchnorm::BatchNorm2d;
+use crate::{Downsample, ResNet, ResNetBlock};
+
+/// What can be wrong with a weight file or between it and the model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WeightsError {
+    /// The file cannot be read as a state dict.
+    #[error(
+        "cannot read weight file {path}: {reason}; give a torchvision state dict saved with torch.save (.pth, .pt) or a .safetensors file"
+    )]
+    NotAWeightFile {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A tensor the model needs is not in the file.
+    #[error(
+        "weight file {path} has no tensor `{tensor}` (shape {expected:?}), which this model needs: use the state dict of the same torchvision architecture (encoder.name, encoder.stages)"
+    )]
+    Missing {
+        /// The file.
+        path: PathBuf,
+        /// torchvision name of the tensor.
+        tensor: String,
+        /// Shape the model needs.
+        expected: Vec<usize>,
+    },
+    /// A tensor's shape differs from the model's.
+    #[error(
+        "tensor `{tensor}` in {path} has shape {found:?}, this model needs {expected:?}: check encoder.name, encoder.width and encoder.in_channels against the file"
+    )]
+    Shape {
+        /// The file.
+        path: PathBuf,
+        /// torchvision name of the tensor.
+        tensor: String,
+        /// Shape the model needs.
+        expected: Vec<usize>,
+        /// Shape in the file.
+        found: Vec<usize>,
+    },
+    /// The file holds a tensor of a kept stage that the model has no place for.
+    #[error(
+        "weight file {path} holds `{tensor}`, which this model has no place for: the file is for another architecture (check encoder.name)"
+    )]
+    Unexpected {
+        /// The file.
+        path: PathBuf,
+        /// torchvision name of the tensor.
+        tensor: String,
+    },
+}
+
+/// One tensor of a weight file, as f32 on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// Dimensions.
+    pub shape: Vec<usize>,
+    /// Row-major values.
+    pub values: Vec<f32>,
+}
+
+/// The floating-point tensors of a state dict, by name.
+#[derive(Debug, Clone)]
+pub struct TorchvisionWeights {
+    path: PathBuf,
+    tensors: HashMap<String, HostTensor>,
+}
+
+impl TorchvisionWeights {
+    /// Reads `path` by its extension: `.safetensors`, or `.pth` / `.pt` / `.bin` (PyTorch).
+    /// Integer tensors (`num_batches_tracked`) are skipped.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, WeightsError> {
+        let path = path.as_ref().to_path_buf();
+        let fail = |reason: String| WeightsError::NotAWeightFile {
+            path: path.clone(),
+            reason,
+        };
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let tensors = match extension.as_deref() {
+            Some("safetensors") => read_safetensors(&path).map_err(fail)?,
+            Some("pth" | "pt" | "bin") => read_pytorch(&path).map_err(fail)?,
+            _ => {
+                return Err(fail(
+                    "the name ends neither in .safetensors nor in .pth/.pt/.bin".into(),
+                ));
+            }
+        };
+        if tensors.is_empty() {
+            return Err(fail("it holds no floating-point tensor".into()));
+        }
+        Ok(Self { path, tensors })
+    }
+
+    /// The file these weights came from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The tensor called `name`, if the file has it.
+    pub fn get(&self, name: &str) -> Option<&HostTensor> {
+        self.tensors.get(name)
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+}
+
+fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, String> {
+    use safetensors::{Dtype, SafeTensors};
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (name, view) in file.tensors() {
+        let data = view.data();
+        let values: Vec<f32> = match view.dtype() {
+            Dtype::F32 => data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            Dtype::F64 => data
+                .chunks_exact(8)
+                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .collect(),
+            Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::BOOL => continue,
+            other => return Err(format!("tensor `{name}` is {other:?}; save it as float32")),
+        };
+        out.insert(
+            name,
+            HostTensor {
+                shape: view.shape().to_vec(),
+                values,
+            },
+        );
+    }
+    Ok(out)
+}
+
+fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>, String> {
+    let reader = burn_store::pytorch::PytorchReader::new(path).map_err(|e| e.to_string())?;
+    let mut out = HashMap::new();
+    for (name, snapshot) in reader.into_tensors() {
+        if !snapshot.dtype.is_float() {
+            continue;
+        }
+        let data = snapshot
+            .to_data()
+            .map_err(|e| format!("tensor `{name}`: {e:?}"))?;
+        let values = data
+            .convert::<f32>()
+            .into_vec::<f32>()
+            .map_err(|e| format!("tensor `{name}`: {e:?}"))?;
+        out.insert(
+            name,
+            HostTensor {
+                shape: snapshot.shape.to_vec(),
+                values,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Walks a model's parameters by torchvision name, taking each from the file.
+struct Loader<'a> {
+    weights: &'a TorchvisionWeights,
+    /// Names taken so far.
+    used: Vec<String>,
+}
+
+impl Loader<'_> {
+    /// The values of `name`, checked against `expected`.
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, WeightsError> {
+        let tensor = self
+            .weights
+            .get(name)
+            .ok_or_else(|| WeightsError::Missing {
+                path: self.weights.path.clone(),
+                tensor: name.into(),
+                expected: expected.to_vec(),
+            })?;
+        if tensor.shape != expected {
+            return Err(WeightsError::Shape {
+                path: self.weights.path.clone(),
+                tensor: name.into(),
+                expected: expected.to_vec(),
+                found: tensor.shape.clone(),
+            });
+        }
+        self.used.push(name.into());
+        Ok(tensor.values.clone())
+    }
+
+    fn conv<B: Backend>(&mut self, conv: Conv2d<B>, name: &str) -> Result<Conv2d<B>, WeightsError> {
+        let dims = conv.weight.dims();
+        let values = self.take(&format!("{name}.weight"), &dims)?;
+        Ok(Conv2d {
+            weight: param(values, dims, &conv.weight.device()),
+            ..conv
+        })
+    }
+
+    /// conv1 of a model with `c` input channels: the file's kernel as it is for c = 3, summed
+    /// over its RGB channels for c = 1.
+    fn stem<B: Backend>(&mut self, conv: Conv2d<B>) -> Result<Conv2d<B>, WeightsError> {
+        let [c_out, c_in, kh, kw] = conv.weight.dims();
+        if c_in != 1 {
+            return self.conv(conv, "conv1");
+        }
+        let rgb = self.take("conv1.weight", &[c_out, 3, kh, kw])?;
+        let taps = kh * kw;
+        let summed: Vec<f32> = (0..c_out * taps)
+            .map(|i| {
+                let (co, tap) = (i / taps, i % taps);
+                (0..3).map(|ci| rgb[(co * 3 + ci) * taps + tap]).sum()
+            })
+            .collect();
+        Ok(Conv2d {
+            weight: param(summed, [c_out, 1, kh, kw], &conv.weight.device()),
+            ..conv
+        })
+    }
+
+    fn bn<B: Backend>(
+        &mut self,
+        bn: BatchNorm2d<B>,
+        name: &str,
+    ) -> Result<BatchNorm2d<B>, WeightsError> {
+        let dims = bn.gamma.dims();
+        let device = bn.gamma.device();
+        let mut vector = |field: &str| -> Result<Tensor<B, 1>, WeightsError> {
+            let values = self.take(&format!("{name}.{field}"), &dims)?;
+            Ok(Tensor::from_data(TensorData::new(values, dims), &device))
+        };
+        let gamma = vector("weight")?;
+        let beta = vector("bias")?;
+        let mean = vector("running_mean")?;
+        let var = vector("running_var")?;
+        Ok(BatchNorm2d {
+            gamma: Param::from_tensor(gamma),
+            beta: Param::from_tensor(beta),
+            running_mean: RunningState::new(mean),
+            running_var: RunningState::new(var),
+            ..bn
+        })
+    }
+
+    fn block<B: Backend>(
+        &mut self,
+        block: ResNetBlock<B>,
+        name: &str,
+    ) -> Result<ResNetBlock<B>, WeightsError> {
+        Ok(ResNetBlock {
+            conv1: self.conv(block.conv1, &format!("{name}.conv1"))?,
+            bn1: self.bn(block.bn1, &format!("{name}.bn1"))?,
+            conv2: self.conv(block.conv2, &format!("{name}.conv2"))?,
+            bn2: self.bn(block.bn2, &format!("{name}.bn2"))?,
+            conv3: block
+                .conv3
+                .map(|c| self.conv(c, &format!("{name}.conv3")))
+                .transpose()?,
+            bn3: block
+                .bn3
+                .map(|b| self.bn(b, &format!("{name}.bn3")))
+                .transpose()?,
+            downsample: block
+                .downsample
+                .map(|d| -> Result<_, WeightsError> {
+                    Ok(Downsample {
+                        conv: self.conv(d.conv, &format!("{name}.downsample.0"))?,
+                        bn: self.bn(d.bn, &format!("{name}.downsample.1"))?,
+                    })
+                })
+                .transpose()?,
+        })
+    }
+
+    fn layer<B: Backend>(
+        &mut self,
+        blocks: Vec<ResNetBlock<B>>,
+        name: &str,
+    ) -> Result<Vec<ResNetBlock<B>>, WeightsError> {
+        blocks
+            .into_iter()
+            .enumerate()
+            .map(|(i, b)| self.block(b, &format!("{name}.{i}")))
+            .collect()
+    }
+
+    /// Fails on a tensor of a kept part (`conv1`, `bn1`, a kept `layerK`) that nothing took.
+    fn finish(&self, kept_layers: usize) -> Result<(), WeightsError> {
+        let kept = |name: &str| {
+            let head = name.split('.').next().unwrap_or("");
+            matches!(head, "conv1" | "bn1")
+                || (1..=kept_layers).any(|k| head == format!("layer{k}"))
+        };
+        let mut names = self.weights.names();
+        names.retain(|n| kept(n) && !self.used.iter().any(|u| u == n));
+        match names.first() {
+            Some(name) => Err(WeightsError::Unexpected {
+                path: self.weights.path.clone(),
+                tensor: (*name).into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+fn param<B: Backend, const D: usize>(
+    values: Vec<f32>,
+    dims: [usize; D],
+    device: &B::Device,
+) -> Param<Tensor<B, D>> {
+    Param::from_tensor(Tensor::from_data(TensorData::new(values, dims), device))
+}
+
+impl<B: Backend> ResNet<B> {
+    /// This ResNet with every parameter and BatchNorm statistic taken from `weights`
+    /// (torchvision names; see the module doc for what is ignored and how one input channel is
+    /// handled). Fails, naming the tensor, on a missing, misshaped or unexpected one.
+    pub fn load_torchvision(self, weights: &TorchvisionWeights) -> Result<Self, WeightsError> {
+        let mut loader = Loader {
+            weights,
+            used: Vec::new(),
+        };
+        let kept_layers = [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
+            .iter()
+            .take_while(|l| !l.is_empty())
+            .count();
+        let model = ResNet {
+            conv1: loader.stem(self.conv1)?,
+            bn1: loader.bn(self.bn1, "bn1")?,
+            layer1: loader.layer(self.layer1, "layer1")?,
+            layer2: loader.layer(self.layer2, "layer2")?,
+            layer3: loader.layer(self.layer3, "layer3")?,
+            layer4: loader.layer(self.layer4, "layer4")?,
+            ..self
+        };
+        loader.finish(kept_layers)?;
+        Ok(model)
+    }
+}
