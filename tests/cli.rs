@@ -214,6 +214,8 @@ fn missing_config_file_is_named() {
         err.contains("/nonexistent/dbps.json") && err.contains("--config"),
         "{err}"
     );
+    // The cause is said once, not once more after the fix.
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
 }
 
 /// `--weights` with a file that is not a state dict: the file is named, no run directory is made.
@@ -236,6 +238,7 @@ fn bad_weight_file_is_named_before_the_run_starts() {
             && !err.contains("panicked"),
         "{err}"
     );
+    assert_eq!(err.matches("cannot read weight file").count(), 1, "{err}");
     assert!(!dir.join("run").exists(), "a run directory was created");
 }
 
