@@ -71,7 +71,8 @@ pub(crate) fn batch_norm_train<B: Backend>(
 #[derive(Debug, Clone)]
 struct NormState {
     x: burn::tensor::ops::FloatTensor<Flex>,
-    shape: [usize; 3],
+    /// `[N, C, H, W]` of the map.
+    dims: [usize; 4],
     stats: BatchStats,
     gamma: Vec<f32>,
     epsilon: f32,
@@ -88,18 +89,15 @@ impl Backward<Flex, 3> for BatchNormBackward {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
         let s = ops.state;
-        let [n, c, plane] = s.shape;
+        let [n, c, h, w] = s.dims;
         let g = with_host(&dy, |dy| {
             with_host(&s.x, |x| {
-                batch_norm_backward(dy, x, s.shape, &s.stats, &s.gamma, s.epsilon)
+                batch_norm_backward(dy, x, [n, c, h * w], &s.stats, &s.gamma, s.epsilon)
             })
         })
         .expect("gradient shapes follow the forward pass");
         if let Some(node) = node_x {
-            // The map's own shape is `[n, c, h, w]`; the kernels only need its planes.
-            let dims = Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(s.x)).dims();
-            debug_assert_eq!(dims[0] * dims[1] * dims[2] * dims[3], n * c * plane);
-            grads.register::<Flex>(node.id, device_tensor(g.input, dims));
+            grads.register::<Flex>(node.id, device_tensor(g.input, s.dims));
         }
         if let Some(node) = node_gamma {
             grads.register::<Flex>(node.id, device_tensor(g.gamma, [c]));
@@ -139,7 +137,7 @@ fn tracked(
         OpsKind::Tracked(prep) => prep.finish(
             NormState {
                 x: x.primitive,
-                shape,
+                dims,
                 stats: stats.clone(),
                 gamma: gamma_host,
                 epsilon,

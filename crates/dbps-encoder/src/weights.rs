@@ -146,7 +146,9 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, String> 
                 .collect(),
             Dtype::F64 => data
                 .chunks_exact(8)
-                .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+                .map(|b| {
+                    f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32
+                })
                 .collect(),
             Dtype::I64 | Dtype::I32 | Dtype::U8 | Dtype::BOOL => continue,
             other => return Err(format!("tensor `{name}` is {other:?}; save it as float32")),
@@ -220,10 +222,7 @@ impl Loader<'_> {
     fn conv<B: Backend>(&mut self, conv: Conv2d<B>, name: &str) -> Result<Conv2d<B>, WeightsError> {
         let dims = conv.weight.dims();
         let values = self.take(&format!("{name}.weight"), &dims)?;
-        Ok(Conv2d {
-            weight: param(values, dims, &conv.weight.device()),
-            ..conv
-        })
+        Ok(with_weight(conv, values))
     }
 
     /// conv1 of a model with `c` input channels: the file's kernel as it is for c = 3, summed
@@ -241,10 +240,7 @@ impl Loader<'_> {
                 (0..3).map(|ci| rgb[(co * 3 + ci) * taps + tap]).sum()
             })
             .collect();
-        Ok(Conv2d {
-            weight: param(summed, [c_out, 1, kh, kw], &conv.weight.device()),
-            ..conv
-        })
+        Ok(with_weight(conv, summed))
     }
 
     fn bn<B: Backend>(
@@ -332,12 +328,16 @@ impl Loader<'_> {
     }
 }
 
-fn param<B: Backend, const D: usize>(
-    values: Vec<f32>,
-    dims: [usize; D],
-    device: &B::Device,
-) -> Param<Tensor<B, D>> {
-    Param::from_tensor(Tensor::from_data(TensorData::new(values, dims), device))
+/// `conv` with its kernel replaced by `values`, laid out in the kernel's own shape.
+fn with_weight<B: Backend>(conv: Conv2d<B>, values: Vec<f32>) -> Conv2d<B> {
+    let weight = Tensor::from_data(
+        TensorData::new(values, conv.weight.dims()),
+        &conv.weight.device(),
+    );
+    Conv2d {
+        weight: Param::from_tensor(weight),
+        ..conv
+    }
 }
 
 impl<B: Backend> ResNet<B> {
