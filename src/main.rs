@@ -86,7 +86,6 @@ fn run(cli: Cli) -> Result<()> {
             device: choice,
         } => {
             let device = device(choice)?;
-            let overridden = epochs.is_some() || weights.is_some();
             let mut config = match &config {
                 Some(path) => RunConfig::from_file(path)?,
                 None => RunConfig::quickstart()?,
@@ -97,9 +96,8 @@ fn run(cli: Cli) -> Result<()> {
             if let Some(weights) = weights {
                 config.encoder.weights = Some(weights);
             }
-            if overridden {
-                config.validate()?;
-            }
+            // The overrides are checked with the rest of the config by `train`, before any
+            // run directory exists.
             let wanted = output
                 .or_else(|| config.output_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
