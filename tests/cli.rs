@@ -187,7 +187,7 @@ fn bad_configs_get_errors_that_name_the_setting_and_the_fix() {
     }
     let err = rejected("big-patch", |c| c["patch"]["size"] = json!(65));
     assert!(
-        err.contains("larger than the 64×64") && err.contains("patch_size"),
+        err.contains("larger than the 64×64") && err.contains("`patch.size`"),
         "{err}"
     );
     let err = rejected("encoder", |c| c["encoder"]["name"] = json!("resnet19"));

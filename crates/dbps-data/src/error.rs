@@ -48,9 +48,9 @@ pub enum DataError {
         classes: usize,
     },
     /// A dataset parameter is unusable.
-    #[error("dataset setting `{field}`: {reason}")]
+    #[error("config setting `{field}`: {reason}")]
     Config {
-        /// The setting.
+        /// The setting, as its key in a run config (`dataset.<kind>.<field>`).
         field: &'static str,
         /// Why it is unusable and what to use instead.
         reason: String,

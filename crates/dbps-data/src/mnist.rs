@@ -82,7 +82,7 @@ impl MegapixelMnist {
         let side = digits.rows.max(digits.cols);
         if config.canvas < side * 4 {
             return Err(DataError::Config {
-                field: "canvas",
+                field: "dataset.megapixel_mnist.canvas",
                 reason: format!(
                     "a {} px canvas cannot hold {DIGITS_PER_IMAGE} non-overlapping {side} px digits; use at least {}",
                     config.canvas,
@@ -94,10 +94,19 @@ impl MegapixelMnist {
             || config.pools.iter().sum::<f64>() > 1.0 + 1e-9
         {
             return Err(DataError::Config {
-                field: "pools",
+                field: "dataset.megapixel_mnist.pools",
                 reason: format!(
                     "{:?} must be shares in [0, 1] summing to at most 1",
                     config.pools
+                ),
+            });
+        }
+        if config.noise_patterns == 0 && config.noise_stamps > 0 {
+            return Err(DataError::Config {
+                field: "dataset.megapixel_mnist.noise_patterns",
+                reason: format!(
+                    "0 noise patterns cannot draw {} noise stamps; use at least 1, or set `noise_stamps` to 0",
+                    config.noise_stamps
                 ),
             });
         }
@@ -111,7 +120,7 @@ impl MegapixelMnist {
         }
         if let Some(class) = pool.iter().position(Vec::is_empty) {
             return Err(DataError::Config {
-                field: "pools",
+                field: "dataset.megapixel_mnist.pools",
                 reason: format!(
                     "the {split:?} pool ({} digits) has no digit of class {class}; give it a larger share",
                     end - start
@@ -119,7 +128,7 @@ impl MegapixelMnist {
             });
         }
         let mut rng = StdRng::seed_from_u64(config.seed ^ split.salt() ^ 0x5eed);
-        let patterns = (0..config.noise_patterns.max(1))
+        let patterns = (0..config.noise_patterns)
             .map(|_| noise_pattern(side, &mut rng))
             .collect();
         Ok(Self {
@@ -279,6 +288,44 @@ mod tests {
         }
     }
 
+    /// `top` is the class of the digit placed highest on the canvas, read back from the pixels:
+    /// without noise, the first non-blank row belongs to that digit alone (boxes never overlap),
+    /// and the test digits' values say their class.
+    #[test]
+    fn top_is_the_class_of_the_highest_digit_on_the_canvas() {
+        let cfg = MegapixelMnistConfig {
+            canvas: 200,
+            noise_stamps: 0,
+            sizes: [40, 5, 5],
+            ..Default::default()
+        };
+        let data = MegapixelMnist::from_digits(&cfg, Split::Train, digits()).unwrap();
+        let mut checked = 0;
+        for i in 0..40 {
+            let (canvas, t) = data.draw(i);
+            let Target::Class(top) = t[2] else {
+                panic!("top is a class target: {t:?}")
+            };
+            let row = |y: usize| &canvas.pixels[y * 200..(y + 1) * 200];
+            let first = (0..200)
+                .find(|&y| row(y).iter().any(|&v| v > 0.0))
+                .expect("five digits are drawn");
+            // Digit of class l is a block of value (l + 1)·25 / 255.
+            let mut classes: Vec<usize> = row(first)
+                .iter()
+                .filter(|&&v| v > 0.0)
+                .map(|&v| (v * 255.0 / 25.0).round() as usize - 1)
+                .collect();
+            classes.dedup();
+            // Two digits starting on the same row: `top` is either; nothing to read back.
+            if classes.len() == 1 {
+                assert_eq!(top, classes[0], "image {i}");
+                checked += 1;
+            }
+        }
+        assert!(checked >= 30, "only {checked} images had one highest digit");
+    }
+
     #[test]
     fn pools_are_disjoint() {
         let cfg = MegapixelMnistConfig::default();
@@ -300,12 +347,36 @@ mod tests {
     }
 
     #[test]
+    fn no_noise_patterns_for_noise_stamps_is_rejected() {
+        let cfg = MegapixelMnistConfig {
+            canvas: 200,
+            noise_patterns: 0,
+            ..Default::default()
+        };
+        let err = MegapixelMnist::from_digits(&cfg, Split::Train, digits()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("dataset.megapixel_mnist.noise_patterns"),
+            "{err}"
+        );
+        let quiet = MegapixelMnistConfig {
+            noise_stamps: 0,
+            ..cfg
+        };
+        let data = MegapixelMnist::from_digits(&quiet, Split::Train, digits()).unwrap();
+        data.draw(0);
+    }
+
+    #[test]
     fn small_canvas_is_rejected() {
         let cfg = MegapixelMnistConfig {
             canvas: 60,
             ..Default::default()
         };
         let err = MegapixelMnist::from_digits(&cfg, Split::Train, digits()).unwrap_err();
-        assert!(err.to_string().contains("canvas"), "{err}");
+        assert!(
+            err.to_string().contains("dataset.megapixel_mnist.canvas"),
+            "{err}"
+        );
     }
 }

@@ -57,7 +57,7 @@ impl SyntheticDigits {
         let [lo, hi] = config.digit_height;
         if lo == 0 || lo >= hi || hi > config.canvas {
             return Err(DataError::Config {
-                field: "digit_height",
+                field: "dataset.synthetic_digits.digit_height",
                 reason: format!(
                     "[{lo}, {hi}) must be a non-empty range of heights within the {} px canvas",
                     config.canvas
@@ -66,7 +66,7 @@ impl SyntheticDigits {
         }
         if config.copies == 0 || config.copies * hi * hi * 4 > config.canvas * config.canvas {
             return Err(DataError::Config {
-                field: "copies",
+                field: "dataset.synthetic_digits.copies",
                 reason: format!(
                     "{} copies of {hi} px digits do not fit a {} px canvas; use between 1 and {}",
                     config.copies,
@@ -75,10 +75,16 @@ impl SyntheticDigits {
                 ),
             });
         }
-        if config.clutter_size == 0 || config.clutter_size > config.canvas {
+        if config.clutter > 0 && (config.clutter_size == 0 || config.clutter_size >= config.canvas)
+        {
             return Err(DataError::Config {
-                field: "clutter_size",
-                reason: format!("{} must lie in 1..={}", config.clutter_size, config.canvas),
+                field: "dataset.synthetic_digits.clutter_size",
+                reason: format!(
+                    "{} px clutter strokes do not fit a {} px canvas; use between 1 and {}",
+                    config.clutter_size,
+                    config.canvas,
+                    config.canvas - 1
+                ),
             });
         }
         let len = config.sizes[split.index()];
@@ -190,5 +196,38 @@ mod tests {
             seen[data.draw(i).1] = true;
         }
         assert!(seen.iter().all(|s| *s));
+    }
+
+    /// Settings under which drawing would panic or never end are rejected, naming their key.
+    #[test]
+    fn canvas_too_small_for_its_clutter_or_digits_is_rejected() {
+        let base = SyntheticDigitsConfig::default();
+        let clutter = SyntheticDigitsConfig {
+            clutter_size: base.canvas,
+            ..base.clone()
+        };
+        let err = SyntheticDigits::new(&clutter, Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dataset.synthetic_digits.clutter_size"),
+            "{err}"
+        );
+        let crowded = SyntheticDigitsConfig {
+            copies: 1000,
+            ..base.clone()
+        };
+        let err = SyntheticDigits::new(&crowded, Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dataset.synthetic_digits.copies"), "{err}");
+        // Without clutter strokes their size does not matter.
+        let bare = SyntheticDigitsConfig {
+            clutter: 0,
+            clutter_size: base.canvas,
+            ..base
+        };
+        let data = SyntheticDigits::new(&bare, Split::Train).unwrap();
+        data.draw(0);
     }
 }

@@ -125,6 +125,75 @@ mod tests {
             .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-4));
     }
 
+    /// Running statistics by hand: channel 0 holds {1, 2, 3, 4} (mean 2.5, unbiased variance
+    /// 5/3, biased 1.25), channel 1 holds {0, 0, 0, 8} (mean 2, unbiased 16, biased 12);
+    /// from (0, 1) with momentum 0.1, r ← 0.9·r + 0.1·batch statistic, twice; the output
+    /// uses the biased variance.
+    #[test]
+    fn running_statistics_follow_the_momentum_update_by_hand() {
+        let device = Default::default();
+        let bn = BatchNorm2d::<A>::new(2, &device);
+        let x = Tensor::<A, 4>::from_floats(
+            [[[[1.0, 2.0]], [[0.0, 0.0]]], [[[3.0, 4.0]], [[0.0, 8.0]]]],
+            &device,
+        );
+        let first: Vec<f32> = bn.forward(x.clone()).into_data().iter::<f32>().collect();
+        let eps = 1e-5f64;
+        let z = |v: f64, mean: f64, var: f64| ((v - mean) / (var + eps).sqrt()) as f32;
+        let want = [
+            z(1.0, 2.5, 1.25),
+            z(2.0, 2.5, 1.25),
+            z(0.0, 2.0, 12.0),
+            z(0.0, 2.0, 12.0),
+            z(3.0, 2.5, 1.25),
+            z(4.0, 2.5, 1.25),
+            z(0.0, 2.0, 12.0),
+            z(8.0, 2.0, 12.0),
+        ];
+        for (g, w) in first.iter().zip(want) {
+            assert!((g - w).abs() < 1e-5, "output {g} vs {w}");
+        }
+        let stats = |bn: &BatchNorm2d<A>| -> (Vec<f32>, Vec<f32>) {
+            (
+                bn.running_mean
+                    .value_sync()
+                    .into_data()
+                    .iter::<f32>()
+                    .collect(),
+                bn.running_var
+                    .value_sync()
+                    .into_data()
+                    .iter::<f32>()
+                    .collect(),
+            )
+        };
+        let (mean, var) = stats(&bn);
+        let near = |got: &[f32], want: [f64; 2], what: &str| {
+            for (g, w) in got.iter().zip(want) {
+                assert!((f64::from(*g) - w).abs() < 1e-5, "{what}: {g} vs {w}");
+            }
+        };
+        near(&mean, [0.25, 0.2], "running mean after one step");
+        near(
+            &var,
+            [0.9 + 0.1 * 5.0 / 3.0, 0.9 + 0.1 * 16.0],
+            "running var after one step",
+        );
+        let _ = bn.forward(x);
+        let (mean, var) = stats(&bn);
+        near(
+            &mean,
+            [0.9 * 0.25 + 0.25, 0.9 * 0.2 + 0.2],
+            "running mean after two steps",
+        );
+        let var1 = [0.9 + 0.1 * 5.0 / 3.0, 0.9 + 0.1 * 16.0];
+        near(
+            &var,
+            [0.9 * var1[0] + 0.1 * 5.0 / 3.0, 0.9 * var1[1] + 0.1 * 16.0],
+            "running var after two steps",
+        );
+    }
+
     /// The fused training-mode BatchNorm (the `Autodiff<Flex>` path) against burn's own
     /// `nn::BatchNorm`: output, running statistics, and the gradients of x, γ and β.
     #[test]
@@ -163,14 +232,22 @@ mod tests {
                     Tolerance::absolute(1e-4),
                 );
         }
-        // Running statistics moved 10 % towards the batch's, as in burn and PyTorch.
-        for (a, b) in [
-            (ours.running_mean.value(), theirs.running_mean.value()),
-            (ours.running_var.value(), theirs.running_var.value()),
-        ] {
-            a.into_data()
-                .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(1e-5));
-        }
+        // Running statistics moved 10 % towards the batch's (synced: `value()` would still show
+        // the initial 0 and 1 on both sides). burn folds in the biased batch variance, PyTorch —
+        // and dbps, whose weights come from PyTorch — the unbiased one: 0.9 + 0.1·var·n/(n − 1).
+        ours.running_mean
+            .value_sync()
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &theirs.running_mean.value_sync().into_data(),
+                Tolerance::absolute(1e-5),
+            );
+        let n = 3.0 * 5.0 * 5.0;
+        let unbiased = (theirs.running_var.value_sync() - 0.9) * (n / (n - 1.0)) + 0.9;
+        ours.running_var
+            .value_sync()
+            .into_data()
+            .assert_approx_eq::<f32>(&unbiased.into_data(), Tolerance::absolute(1e-5));
     }
 
     #[test]

@@ -100,6 +100,16 @@ impl EncoderConfig {
         Ok(name)
     }
 
+    /// Width D of the embeddings the encoder will produce, computed without building it (what
+    /// the aggregator's widths are checked against before a run starts).
+    pub fn embed_dim(&self) -> Result<usize, EncoderError> {
+        let backbone = match self.validate_fields()? {
+            EncoderName::ResNet(depth) => (self.width << (self.stages - 1)) * depth.expansion(),
+            EncoderName::Identity => self.feature_dim,
+        };
+        Ok(self.projector.unwrap_or(backbone))
+    }
+
     /// Builds the encoder: freshly initialised weights, or those of `weights`.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Result<Encoder<B>, EncoderError> {
         self.build(self.validate_fields()?, device)
@@ -129,6 +139,27 @@ impl EncoderConfig {
 
 #[cfg(test)]
 mod tests {
+    /// The width computed from the config is the width of the encoder it builds.
+    #[test]
+    fn embed_dim_without_building_equals_the_built_encoders() {
+        use crate::PatchEncoder;
+        let device = Default::default();
+        for name in ["resnet18", "resnet34", "resnet50", "identity"] {
+            for (stages, width, projector) in [(2, 4, None), (4, 2, None), (4, 4, Some(6))] {
+                let cfg = EncoderConfig {
+                    name: name.into(),
+                    stages,
+                    width,
+                    projector,
+                    feature_dim: 5,
+                    ..EncoderConfig::default()
+                };
+                let built = cfg.init::<burn::backend::Flex>(&device).unwrap();
+                assert_eq!(cfg.embed_dim().unwrap(), built.embed_dim(), "{cfg:?}");
+            }
+        }
+    }
+
     use super::*;
 
     #[test]

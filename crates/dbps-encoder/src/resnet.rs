@@ -29,7 +29,7 @@ impl ResNetDepth {
         }
     }
 
-    fn expansion(self) -> usize {
+    pub(crate) fn expansion(self) -> usize {
         match self {
             Self::R50 => 4,
             _ => 1,

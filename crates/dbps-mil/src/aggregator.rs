@@ -1,4 +1,4 @@
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Int, Tensor, backend::Backend};
 
@@ -6,11 +6,12 @@ use crate::{
     AggregatorConfig, DualAttentionMil, IpsAggregator, MultiHeadCrossAttention, PositionalEncoding,
 };
 
-/// The aggregation layer proper.
+/// The aggregation layer proper; users reach it through [`Aggregator::ips`] and
+/// [`Aggregator::dual`].
 // Built once per model and never moved in a hot loop: boxing would only add an indirection.
 #[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
-pub enum AggregatorCore<B: Backend> {
+pub(crate) enum AggregatorCore<B: Backend> {
     /// IPS cross-attention transformer.
     Ips(IpsAggregator<B>),
     /// DBPS dual-attention MIL.
@@ -20,8 +21,7 @@ pub enum AggregatorCore<B: Backend> {
 /// Aggregator with one linear head per task and optional positional encoding.
 #[derive(Module, Debug)]
 pub struct Aggregator<B: Backend> {
-    /// The aggregation layer.
-    pub core: AggregatorCore<B>,
+    core: AggregatorCore<B>,
     /// Linear(D → classes) per task.
     pub heads: Vec<Linear<B>>,
     positional: bool,
@@ -42,6 +42,22 @@ impl<B: Backend> Aggregator<B> {
         }
     }
 
+    /// The IPS transformer, when this aggregator is one.
+    pub fn ips(&self) -> Option<&IpsAggregator<B>> {
+        match &self.core {
+            AggregatorCore::Ips(ips) => Some(ips),
+            AggregatorCore::Dual(_) => None,
+        }
+    }
+
+    /// The DBPS dual-attention MIL, when this aggregator is one.
+    pub fn dual(&self) -> Option<&DualAttentionMil<B>> {
+        match &self.core {
+            AggregatorCore::Dual(dual) => Some(dual),
+            AggregatorCore::Ips(_) => None,
+        }
+    }
+
     /// The cross-attention whose per-head softmax scores patches for selection.
     pub fn scorer(&self) -> &MultiHeadCrossAttention<B> {
         match &self.core {
@@ -50,12 +66,20 @@ impl<B: Backend> Aggregator<B> {
         }
     }
 
-    fn queries(&self, batch: usize) -> Tensor<B, 3> {
-        let query = match &self.core {
+    /// The learnable query tokens q `[T, D]`, one per task, that score and aggregate patches.
+    pub fn query_tokens(&self) -> Tensor<B, 2> {
+        self.query().val()
+    }
+
+    fn query(&self) -> &Param<Tensor<B, 2>> {
+        match &self.core {
             AggregatorCore::Ips(ips) => &ips.query,
             AggregatorCore::Dual(dual) => &dual.query,
-        };
-        crate::ips::batched(query, batch)
+        }
+    }
+
+    fn queries(&self, batch: usize) -> Tensor<B, 3> {
+        crate::ips::batched(self.query(), batch)
     }
 
     /// Adds the positional encoding of `positions` `[B, n]` to embeddings `[B, n, D]`, if enabled.

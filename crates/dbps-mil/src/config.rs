@@ -123,8 +123,10 @@ impl AggregatorConfig {
 
     /// Checks the configuration without building anything.
     pub fn validate(&self) -> Result<(), MilError> {
+        if self.embed_dim == 0 {
+            return Err(MilError::ZeroWidth);
+        }
         for (name, value) in [
-            ("embed_dim", self.embed_dim),
             ("heads", self.attention.heads),
             ("d_k", self.attention.d_k),
             ("d_v", self.attention.d_v),
@@ -138,7 +140,7 @@ impl AggregatorConfig {
             return Err(MilError::NoTasks);
         }
         if self.tasks.contains(&0) {
-            return Err(MilError::Zero("tasks[..] (classes per task)"));
+            return Err(MilError::NoClasses);
         }
         if self.attention.positional && self.embed_dim % 2 == 1 {
             return Err(MilError::OddWidth(self.embed_dim));

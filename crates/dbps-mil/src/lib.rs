@@ -29,7 +29,8 @@ mod error;
 mod ips;
 mod positional;
 
-pub use aggregator::{Aggregator, AggregatorCore};
+pub use aggregator::Aggregator;
+pub(crate) use aggregator::AggregatorCore;
 pub use attention::{MultiHeadCrossAttention, MultiHeadCrossAttentionConfig};
 pub use config::{AggregatorConfig, AggregatorKind, AttentionSettings};
 pub use dual::DualAttentionMil;

@@ -57,10 +57,7 @@ fn ranks_by_logit(
     n: usize,
 ) -> Vec<Vec<i64>> {
     let [batch, ..] = emb.dims();
-    let query = match &agg.core {
-        dbps_mil::AggregatorCore::Dual(d) => d.query.val(),
-        dbps_mil::AggregatorCore::Ips(i) => i.query.val(),
-    };
+    let query = agg.query_tokens();
     let q = query.unsqueeze_dim::<3>(0).repeat_dim(0, batch);
     let logits: Vec<f32> = agg
         .scorer()
@@ -133,10 +130,7 @@ fn reference_dual_buffer(
         let union: Vec<usize> = salient.iter().chain(&sub).chain(&chunk).copied().collect();
         let flat: Vec<f32> = union.iter().flat_map(|&i| emb[i].clone()).collect();
         let x = Tensor::<B, 3>::from_data(TensorData::new(flat, [1, union.len(), D]), &device);
-        let query = match &agg.core {
-            dbps_mil::AggregatorCore::Dual(d) => d.query.val(),
-            dbps_mil::AggregatorCore::Ips(i) => i.query.val(),
-        };
+        let query = agg.query_tokens();
         let [t, _] = query.dims();
         let logits: Vec<f32> = agg
             .scorer()

@@ -162,7 +162,7 @@ mod tests {
     fn rejects_patch_larger_than_image() {
         let err = PatchGrid::new([50, 500], 64, 64, RemainderPolicy::Drop).unwrap_err();
         assert!(matches!(err, TilingError::PatchLargerThanImage { .. }));
-        assert!(err.to_string().contains("patch_size"));
+        assert!(err.to_string().contains("smaller patches"), "{err}");
     }
 
     proptest! {

@@ -1,5 +1,6 @@
-//! Cutting huge images into patches: the [`PatchGrid`] geometry, [`cut_patches`] (only the
-//! patches asked for: what selection and the gradient pass use), whole-grid extraction from
+//! Cutting huge images into patches: the [`PatchGrid`] geometry, [`HostImages`] (a batch in
+//! host memory, 8-bit where the data is, cut and normalised patch by patch: the patch source of
+//! selection), [`cut_patches`] (the same on image tensors), whole-grid extraction from
 //! image tensors, and the training-time [`PatchDrop`] of DBPS (method.md §1 and §8).
 //!
 //! This crate knows tensors but no Burn modules: it is geometry and index bookkeeping only.
@@ -18,9 +19,11 @@ mod drop;
 mod error;
 mod extract;
 mod grid;
+mod host;
 
 pub use cut::cut_patches;
 pub use drop::PatchDrop;
 pub use error::TilingError;
 pub use extract::extract_patches;
 pub use grid::{PatchGrid, RemainderPolicy};
+pub use host::{HostImages, HostPixels, PixelNorm};

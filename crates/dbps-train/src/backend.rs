@@ -17,6 +17,40 @@ pub type CudaBackend = burn_cuda::Cuda;
 #[cfg(feature = "cuda")]
 pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;
 
+/// The memory-pool probe of `device`, for the step meter: CubeCL's pool on CUDA; `None` on
+/// the CPU, where the tracking allocator measures the heap instead.
+pub fn pool_probe<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+) -> Option<std::sync::Arc<dyn crate::PoolProbe>> {
+    #[cfg(feature = "cuda")]
+    if let Some(cuda) = (device as &dyn std::any::Any).downcast_ref::<burn_cuda::CudaDevice>() {
+        return Some(std::sync::Arc::new(CudaPool(cuda.clone())));
+    }
+    let _ = device;
+    None
+}
+
+/// CubeCL's memory pool of one CUDA device.
+#[cfg(feature = "cuda")]
+#[derive(Debug)]
+struct CudaPool(burn_cuda::CudaDevice);
+
+#[cfg(feature = "cuda")]
+impl crate::PoolProbe for CudaPool {
+    fn release_unused(&self) {
+        use cubecl::Runtime;
+        cubecl::cuda::CudaRuntime::client(&self.0).memory_cleanup();
+    }
+
+    fn reserved_bytes(&self) -> Option<u64> {
+        use cubecl::Runtime;
+        let usage = cubecl::cuda::CudaRuntime::client(&self.0)
+            .memory_usage()
+            .ok()?;
+        Some(usage.bytes_reserved)
+    }
+}
+
 /// Where a run executes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {

@@ -1,9 +1,12 @@
 //! Batching samples into tensors.
 
+use std::sync::Arc;
+
 use burn::data::dataloader::batcher::Batcher;
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
 use dbps_data::{Sample, Target, TaskKind, TaskSpec};
+use dbps_tiling::{HostImages, HostPixels, PixelNorm};
 
 /// The ground truth of one task for a batch.
 #[derive(Debug, Clone)]
@@ -14,11 +17,58 @@ pub enum TaskTargets<B: Backend> {
     MultiHot(Tensor<B, 2>),
 }
 
+/// The images `[B, C, H, W]` of a batch, and where they live.
+#[derive(Debug, Clone)]
+pub enum BatchImages<B: Backend> {
+    /// In host memory (what the data loaders produce): selection cuts one chunk of candidates
+    /// at a time and uploads only that chunk to `device`, then the M winners.
+    Host {
+        /// The decoded images.
+        images: Arc<HostImages>,
+        /// Where patches are uploaded.
+        device: B::Device,
+    },
+    /// Already a tensor on the device; patches are cut from it (on an autodiff backend the
+    /// winners stay on the tape, so gradients reach the pixels).
+    Device(Tensor<B, 4>),
+}
+
+impl<B: Backend> BatchImages<B> {
+    /// Host images, uploaded patch by patch to `device`.
+    pub fn host(images: HostImages, device: &B::Device) -> Self {
+        Self::Host {
+            images: Arc::new(images),
+            device: device.clone(),
+        }
+    }
+
+    /// Images B.
+    pub fn batch(&self) -> usize {
+        match self {
+            Self::Host { images, .. } => images.batch(),
+            Self::Device(images) => images.dims()[0],
+        }
+    }
+}
+
+impl<B: AutodiffBackend> BatchImages<B> {
+    /// The same images for the inner backend (no autodiff graph): what selection reads.
+    pub fn inner(&self) -> BatchImages<B::InnerBackend> {
+        match self {
+            Self::Host { images, device } => BatchImages::Host {
+                images: Arc::clone(images),
+                device: device.clone(),
+            },
+            Self::Device(images) => BatchImages::Device(images.clone().inner()),
+        }
+    }
+}
+
 /// A batch of images `[B, C, H, W]` with targets per task.
 #[derive(Debug, Clone)]
 pub struct ImageBatch<B: Backend> {
     /// The images.
-    pub images: Tensor<B, 4>,
+    pub images: BatchImages<B>,
     /// One entry per task, in the dataset's task order.
     pub targets: Vec<TaskTargets<B>>,
 }
@@ -41,7 +91,13 @@ impl<B: Backend> Batcher<B, Sample, ImageBatch<B>> for ImageBatcher {
         let (c, h, w) = (items[0].channels, items[0].height, items[0].width);
         let b = items.len();
         let pixels: Vec<f32> = items.iter().flat_map(|s| s.image.iter().copied()).collect();
-        let images = Tensor::from_data(TensorData::new(pixels, [b, c, h, w]), device);
+        let images = HostImages::new(
+            HostPixels::F32(pixels),
+            [b, c, h, w],
+            PixelNorm::identity(c),
+        )
+        .expect("datasets emit C×H×W pixels per sample, checked when the dataset was opened");
+        let images = BatchImages::host(images, device);
         let targets = self
             .tasks
             .iter()

@@ -179,12 +179,20 @@ impl RunConfig {
     /// The patch grid over the dataset's images.
     pub fn grid(&self) -> Result<PatchGrid> {
         let stride = self.patch.stride.unwrap_or(self.patch.size);
-        Ok(PatchGrid::new(
+        PatchGrid::new(
             self.image_size(),
             self.patch.size,
             stride,
             self.patch.remainder,
-        )?)
+        )
+        .map_err(|e| {
+            let key = if self.patch.size > 0 && stride == 0 {
+                "patch.stride"
+            } else {
+                "patch.size"
+            };
+            config_error(key, e.to_string())
+        })
     }
 
     /// Checks every setting, so that bad input fails before any work starts.
@@ -228,6 +236,15 @@ impl RunConfig {
                 format!("{} must be 0 or more", t.warmup_epochs),
             ));
         }
+        if t.warmup_epochs >= t.epochs as f64 {
+            return Err(config_error(
+                "train.warmup_epochs",
+                format!(
+                    "{} warm-up epochs leave none of the {} epochs for the cosine decay, so the rate would never fall; use fewer than `train.epochs`",
+                    t.warmup_epochs, t.epochs
+                ),
+            ));
+        }
         for (field, p) in [
             ("aggregator.dropout", self.aggregator.dropout),
             ("aggregator.attn_dropout", self.aggregator.attn_dropout),
@@ -236,7 +253,9 @@ impl RunConfig {
                 return Err(config_error(field, format!("{p} must lie in [0, 1)")));
             }
         }
-        self.aggregator_config(AggregatorKind::Ips, 2, vec![1])
+        // The widths the model will really have: the encoder's output is the aggregator's input.
+        let embed_dim = self.encoder.embed_dim()?;
+        self.aggregator_config(AggregatorKind::Ips, embed_dim, vec![1])
             .validate()?;
         Ok(())
     }
@@ -380,7 +399,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("larger than") && err.contains("patch_size"),
+            err.contains("larger than") && err.contains("`patch.size`"),
+            "{err}"
+        );
+        let err = with(|v| v["patch"]["stride"] = 0.into())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`patch.stride`"), "{err}");
+    }
+
+    #[test]
+    fn warmup_as_long_as_training_is_rejected() {
+        let epochs = RunConfig::quickstart().unwrap().train.epochs;
+        let err = with(|v| v["train"]["warmup_epochs"] = (epochs as f64).into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("train.warmup_epochs") && err.contains("never fall"),
+            "{err}"
+        );
+        with(|v| v["train"]["warmup_epochs"] = (epochs as f64 - 0.5).into()).unwrap();
+    }
+
+    /// The aggregator is checked at the width the encoder really outputs: ResNet-18 cut after
+    /// layer2 with width 3 gives D = 6 (even), with a 7-wide projector D = 7, which sinusoidal
+    /// positions cannot encode.
+    #[test]
+    fn aggregator_is_checked_at_the_encoders_real_width() {
+        let positional = |v: &mut serde_json::Value| {
+            v["aggregator"]["positional"] = true.into();
+            v["encoder"] =
+                serde_json::json!({"name": "resnet18", "stages": 2, "in_channels": 1, "width": 3});
+        };
+        with(positional).unwrap();
+        let err = with(|v| {
+            positional(v);
+            v["encoder"]["projector"] = 7.into();
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("D = 7") && err.contains("aggregator.positional"),
             "{err}"
         );
     }

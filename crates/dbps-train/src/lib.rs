@@ -32,11 +32,11 @@ mod runner;
 mod schedule;
 mod step;
 
-pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice};
+pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice, pool_probe};
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTrainBackend};
-pub use batch::{ImageBatch, ImageBatcher, TaskTargets};
-pub use candidates::{ImageCandidates, cut_selected};
+pub use batch::{BatchImages, ImageBatch, ImageBatcher, TaskTargets};
+pub use candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 pub use config::{MethodPlan, RunConfig};
 pub use datasets::{ImageDataset, Splits};
 pub use error::{Result, TrainError};
@@ -44,7 +44,7 @@ pub use eval::{CheckpointEval, EvalReport, eval_checkpoints};
 pub use heap::retain_freed_memory;
 pub use loss::{loss_and_hits, task_hits, task_loss};
 pub use meter::{
-    EfficiencyFigures, MeteredOptimizer, StepFigures, StepMeter, TrackingAllocator,
+    EfficiencyFigures, MeteredOptimizer, PoolProbe, StepFigures, StepMeter, TrackingAllocator,
     live_heap_bytes, peak_heap_bytes, reset_peak_heap,
 };
 pub use metrics::TaskMetric;

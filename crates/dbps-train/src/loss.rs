@@ -80,6 +80,29 @@ mod tests {
         assert_eq!(task_hits(logits, &t).into_scalar(), 1);
     }
 
+    /// BCE with logits by hand: −[y·ln σ(x) + (1−y)·ln(1−σ(x))], averaged over every label;
+    /// a confident right answer costs little, the same logit on the wrong label much.
+    #[test]
+    fn binary_cross_entropy_matches_hand_computation() {
+        let d = Default::default();
+        let logits = Tensor::<Flex, 2>::from_floats([[2.0, -1.0], [-30.0, 0.5]], &d);
+        let hot = TaskTargets::MultiHot(Tensor::from_floats([[1.0, 0.0], [1.0, 1.0]], &d));
+        let loss: f64 = task_loss(logits, &hot).into_scalar().into();
+        let sigmoid = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let bce = |x: f64, y: f64| -(y * sigmoid(x).ln() + (1.0 - y) * (1.0 - sigmoid(x)).ln());
+        let want = (bce(2.0, 1.0) + bce(-1.0, 0.0) + bce(-30.0, 1.0) + bce(0.5, 1.0)) / 4.0;
+        assert!((loss - want).abs() < 1e-4, "{loss} vs {want}");
+        // Sign: the right label at logit 2 costs ln(1 + e^−2) ≈ 0.127, the wrong one ≈ 2.127.
+        let one = |y: f32| -> f64 {
+            let t = TaskTargets::MultiHot(Tensor::from_floats([[y]], &d));
+            task_loss(Tensor::<Flex, 2>::from_floats([[2.0]], &d), &t)
+                .into_scalar()
+                .into()
+        };
+        assert!((one(1.0) - (1.0 + (-2f64).exp()).ln()).abs() < 1e-5);
+        assert!((one(0.0) - (1.0 + 2f64.exp()).ln()).abs() < 1e-5);
+    }
+
     #[test]
     fn multilabel_exact_match() {
         let d = Default::default();

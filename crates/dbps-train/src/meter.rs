@@ -12,6 +12,11 @@
 //!   activations, the autodiff tape, gradients, the optimizer's temporaries) is. Threads that
 //!   allocate concurrently (data-loading workers) add to the figure, so the bench runs none.
 //!   Without the tracking allocator the figure is absent, never zero.
+//! - **Memory on a GPU** comes from the device's memory pool through a [`PoolProbe`] (burn-cuda:
+//!   CubeCL's pool statistics): pool pages no tensor uses are released when the step begins, and
+//!   the figure is the growth of the pool's reserved bytes by the step's end. CubeCL 0.10 reports
+//!   current, not peak, figures; a pool only releases pages when told to, so that growth bounds
+//!   the step's peak from above (padding and page rounding included).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -100,12 +105,24 @@ pub fn peak_heap_bytes() -> Option<u64> {
         .then(|| PEAK.load(Ordering::Relaxed))
 }
 
+/// A GPU memory pool as the step meter reads it (see the module docs).
+pub trait PoolProbe: Send + Sync + std::fmt::Debug {
+    /// Releases pool pages no tensor uses, so that the next step's growth is what it needs.
+    fn release_unused(&self);
+    /// Bytes the pool holds reserved on the device now (`None` if the device cannot say).
+    fn reserved_bytes(&self) -> Option<u64>;
+}
+
+const HEAP_METER: &str = "peak live heap bytes during the step minus those live at its start (tracking global allocator)";
+const POOL_METER: &str = "growth of the device memory pool's reserved bytes during the step, unused pages released at its start (an upper bound on the step's peak)";
+
 /// One optimizer step as the meter saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct StepFigures {
     /// Start of selection to end of the optimizer step, in milliseconds.
     pub ms: f64,
-    /// Peak heap bytes above the step's starting level (CPU, tracking allocator only).
+    /// Peak bytes above the step's starting level: heap bytes on the CPU (tracking allocator
+    /// only), pool growth on a GPU.
     pub peak_bytes: Option<u64>,
 }
 
@@ -138,8 +155,8 @@ impl EfficiencyFigures {
             ms_per_step,
             peak_step_bytes,
             memory_meter: match peak_step_bytes {
-                Some(_) => "peak live heap bytes during the step minus those live at its start (tracking global allocator)".into(),
-                None => "not measured (no tracking allocator in this binary, or a GPU device)".into(),
+                Some(_) => HEAP_METER.into(),
+                None => "not measured (no tracking allocator in this binary, and no pool probe for this device)".into(),
             },
         })
     }
@@ -155,12 +172,27 @@ struct Open {
 #[derive(Debug, Clone, Default)]
 pub struct StepMeter {
     state: Arc<Mutex<Open>>,
+    pool: Option<Arc<dyn PoolProbe>>,
 }
 
 impl StepMeter {
+    /// A meter that reads step memory from a device pool instead of the host heap.
+    pub fn with_pool(self, pool: Arc<dyn PoolProbe>) -> Self {
+        Self {
+            pool: Some(pool),
+            ..self
+        }
+    }
+
     /// Marks the start of a step's selection.
     pub fn begin(&self) {
-        let base = reset_peak_heap();
+        let base = match &self.pool {
+            Some(pool) => {
+                pool.release_unused();
+                pool.reserved_bytes()
+            }
+            None => reset_peak_heap(),
+        };
         self.lock().start = Some((Instant::now(), base));
     }
 
@@ -169,12 +201,15 @@ impl StepMeter {
         // Queued kernels belong to the step; a sync failure only makes the time less exact.
         let _ = B::sync(device);
         let now = Instant::now();
-        let peak = PEAK.load(Ordering::Relaxed);
+        let peak = match &self.pool {
+            Some(pool) => pool.reserved_bytes(),
+            None => Some(PEAK.load(Ordering::Relaxed)),
+        };
         let mut state = self.lock();
         if let Some((start, base)) = state.start.take() {
             state.done.push(StepFigures {
                 ms: (now - start).as_secs_f64() * 1e3,
-                peak_bytes: base.map(|b| peak.saturating_sub(b)),
+                peak_bytes: base.zip(peak).map(|(b, p)| p.saturating_sub(b)),
             });
         }
     }
@@ -182,6 +217,15 @@ impl StepMeter {
     /// Every step completed so far, in order.
     pub fn steps(&self) -> Vec<StepFigures> {
         self.lock().done.clone()
+    }
+
+    /// [`EfficiencyFigures::from_steps`] of the steps so far, naming this meter's memory source.
+    pub fn figures(&self) -> Option<EfficiencyFigures> {
+        let mut figures = EfficiencyFigures::from_steps(&self.steps())?;
+        if self.pool.is_some() && figures.peak_step_bytes.is_some() {
+            figures.memory_meter = POOL_METER.into();
+        }
+        Some(figures)
     }
 
     /// Forgets completed steps (at an epoch boundary, say).
@@ -277,5 +321,57 @@ mod tests {
         .unwrap();
         assert_eq!(figures.peak_step_bytes, None);
         assert!(figures.memory_meter.starts_with("not measured"));
+    }
+
+    /// A pool whose reserved bytes follow a script; counts the releases asked of it.
+    #[derive(Debug, Default)]
+    struct ScriptedPool {
+        reserved: Mutex<Vec<u64>>,
+        releases: AtomicU64,
+    }
+
+    impl PoolProbe for ScriptedPool {
+        fn release_unused(&self) {
+            self.releases.fetch_add(1, Ordering::Relaxed);
+        }
+
+        fn reserved_bytes(&self) -> Option<u64> {
+            let mut script = self.reserved.lock().unwrap();
+            (!script.is_empty()).then(|| script.remove(0))
+        }
+    }
+
+    #[test]
+    fn pool_meter_releases_unused_pages_then_reports_growth() {
+        let pool = Arc::new(ScriptedPool {
+            // (begin, end) readings of three steps; the last step's device cannot say.
+            reserved: Mutex::new(vec![1000, 1600, 1200, 1300]),
+            ..ScriptedPool::default()
+        });
+        let meter = StepMeter::default().with_pool(pool.clone());
+        for _ in 0..3 {
+            meter.begin();
+            meter.end::<burn::backend::Flex>(&Default::default());
+        }
+        assert_eq!(pool.releases.load(Ordering::Relaxed), 3);
+        let peaks: Vec<_> = meter.steps().iter().map(|s| s.peak_bytes).collect();
+        assert_eq!(peaks, [Some(600), Some(100), None]);
+        // The middle step only: first and last are excluded.
+        assert_eq!(meter.figures().unwrap().peak_step_bytes, Some(100));
+        let two = StepMeter::default().with_pool(Arc::new(ScriptedPool {
+            reserved: Mutex::new(vec![10, 50, 10, 30]),
+            ..ScriptedPool::default()
+        }));
+        for _ in 0..2 {
+            two.begin();
+            two.end::<burn::backend::Flex>(&Default::default());
+        }
+        let figures = two.figures().unwrap();
+        assert_eq!(figures.peak_step_bytes, Some(40));
+        assert!(
+            figures.memory_meter.contains("memory pool"),
+            "{}",
+            figures.memory_meter
+        );
     }
 }

@@ -11,7 +11,9 @@ use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
 use dbps_tiling::{PatchDrop, PatchGrid};
 
-use crate::candidates::{ImageCandidates, cut_selected};
+use crate::BatchImages;
+use crate::candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
+use dbps_select::CandidateChunks;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
@@ -185,19 +187,30 @@ impl<B: Backend> PatchClassifier<B> {
 
     /// Picks the salient and sub-salient patches of images `[B, C, H, W]`, cutting candidates
     /// a chunk at a time (run it on a model without autodiff: the result carries no graph).
-    fn select(&self, images: Tensor<B, 4>, mode: Mode) -> Selection<B> {
-        let [batch, ..] = images.dims();
-        let order = self.plan.candidates(batch, mode);
+    fn select(&self, images: &BatchImages<B>, mode: Mode) -> Selection<B> {
+        let order = self.plan.candidates(images.batch(), mode);
         let buffer = self
             .plan
             .buffer
             .with_chunk(order.chunk)
             .expect("chunk sizes are at least 1");
-        let source = ImageCandidates::new(&self.plan.grid, images, order);
+        let grid = &self.plan.grid;
+        match images {
+            BatchImages::Host { images, device } => self.select_from(
+                buffer,
+                &HostCandidates::new(grid, Arc::clone(images), order, device.clone()),
+            ),
+            BatchImages::Device(images) => {
+                self.select_from(buffer, &ImageCandidates::new(grid, images.clone(), order))
+            }
+        }
+    }
+
+    fn select_from<C: CandidateChunks<B>>(&self, buffer: DualBuffer, source: &C) -> Selection<B> {
         let scorer = AttentionScorer(&self.aggregator);
         match self.native_encoder() {
-            Some(native) => buffer.select_from(&native, &scorer, &source),
-            None => buffer.select_from(&self.encoder, &scorer, &source),
+            Some(native) => buffer.select_from(&native, &scorer, source),
+            None => buffer.select_from(&self.encoder, &scorer, source),
         }
     }
 
@@ -244,7 +257,7 @@ impl<B: Backend> PatchClassifier<B> {
 
     /// Evaluation forward on images `[B, C, H, W]`: select among all patches and aggregate the
     /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
-    pub fn forward_eval(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
+    pub fn forward_eval(&self, images: &BatchImages<B>) -> ForwardOutput<B> {
         let selection = self.select(images, Mode::Eval);
         self.aggregate(selection.salient, selection.sub_salient)
     }
@@ -254,14 +267,20 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
     /// Training forward (method.md §5–6): selection runs on the inner backend with the encoder in
     /// inference mode; only the M salient patches are re-embedded with gradients, the S
     /// sub-salient embeddings join as constants.
-    pub fn forward_train(&self, images: Tensor<B, 4>) -> ForwardOutput<B> {
-        let selection = self.valid().select(images.clone().inner(), Mode::Train);
+    pub fn forward_train(&self, images: &BatchImages<B>) -> ForwardOutput<B> {
+        let selection = self.valid().select(&images.inner(), Mode::Train);
 
-        // The M winners are cut again from the images, this time on the autodiff tape.
+        // The M winners are cut again from the images, for the gradient pass.
         let winners = selection.salient.indices.clone();
         let [batch, m] = winners.dims();
         let positions: Vec<i64> = winners.clone().into_data().iter::<i64>().collect();
-        let chosen = cut_selected(&self.plan.grid, &images, &positions, m);
+        let grid = &self.plan.grid;
+        let chosen = match images {
+            BatchImages::Host { images, device } => {
+                cut_selected_host(grid, images, &positions, m, device)
+            }
+            BatchImages::Device(images) => cut_selected(grid, images, &positions, m),
+        };
         let indices = Tensor::<B, 2, Int>::from_inner(winners);
         let embeddings = self
             .encoder

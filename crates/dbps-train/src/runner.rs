@@ -26,9 +26,8 @@ use crate::report::{
     write_json_atomic,
 };
 use crate::{
-    EfficiencyFigures, ImageBatcher, MeteredOptimizer, PatchClassifier, ProgressRenderer, Result,
-    SelectionPlan, StepMeter, StepStats, TrainError, TrainedClassifier, TrainingMonitor,
-    WarmupCosine,
+    ImageBatcher, MeteredOptimizer, PatchClassifier, ProgressRenderer, Result, SelectionPlan,
+    StepMeter, StepStats, TrainError, TrainedClassifier, TrainingMonitor, WarmupCosine,
 };
 
 /// The recorder of every checkpoint dbps writes.
@@ -103,7 +102,7 @@ impl CheckpointingStrategy for EveryEpoch {
             train_accuracy: get(ACCURACY, Split::Train),
             valid_loss: get(LOSS, Split::Valid),
             valid_accuracy: get(ACCURACY, Split::Valid),
-            efficiency: EfficiencyFigures::from_steps(&self.meter.steps()),
+            efficiency: self.meter.figures(),
         };
         self.meter.clear();
         tracing::info!(
@@ -218,7 +217,10 @@ pub fn train_method<B: AutodiffBackend>(
     let classifier = build_classifier::<B>(config, index, &splits.tasks, device)?;
     let plan = classifier.plan().clone();
     let interrupter = Interrupter::new();
-    let monitor = TrainingMonitor::new(interrupter.clone());
+    let monitor = match crate::backend::pool_probe::<B>(device) {
+        Some(pool) => TrainingMonitor::new(interrupter.clone()).with_pool(pool),
+        None => TrainingMonitor::new(interrupter.clone()),
+    };
     let model = TrainedClassifier::new(classifier, monitor.clone());
 
     let batcher = ImageBatcher::new(splits.tasks.clone());

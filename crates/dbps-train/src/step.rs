@@ -101,6 +101,14 @@ impl TrainingMonitor {
         }
     }
 
+    /// The same monitor with its meter reading step memory from a device pool.
+    pub fn with_pool(self, pool: Arc<dyn crate::PoolProbe>) -> Self {
+        Self {
+            meter: self.meter.with_pool(pool),
+            ..self
+        }
+    }
+
     /// The non-finite loss seen, if any.
     pub fn diverged(&self) -> Option<f64> {
         *self.diverged.lock().unwrap_or_else(|e| e.into_inner())
@@ -141,8 +149,8 @@ impl<B: Backend> TrainedClassifier<B> {
 
     /// Loss and hits of a batch in evaluation mode.
     pub fn evaluate(&self, batch: ImageBatch<B>) -> StepOutput<B> {
-        let size = batch.images.dims()[0];
-        let out = self.classifier.forward_eval(batch.images);
+        let size = batch.images.batch();
+        let out = self.classifier.forward_eval(&batch.images);
         let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
         StepOutput {
             loss,
@@ -158,8 +166,8 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
 
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
         self.monitor.meter.begin();
-        let size = batch.images.dims()[0];
-        let out = self.classifier.forward_train(batch.images);
+        let size = batch.images.batch();
+        let out = self.classifier.forward_train(&batch.images);
         let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
         let value = loss
             .clone()

@@ -2,11 +2,11 @@
 //! embeddings carry no autodiff graph, yet the aggregator learns from them.
 
 use burn::backend::{Autodiff, Flex};
+use burn::module::Module;
 use burn::tensor::{Distribution, Int, Tensor};
 use dbps_encoder::Backbone;
-use dbps_mil::AggregatorCore;
 use dbps_tiling::extract_patches;
-use dbps_train::{RunConfig, TaskTargets, build_classifier, loss_and_hits};
+use dbps_train::{BatchImages, RunConfig, TaskTargets, build_classifier, loss_and_hits};
 
 type A = Autodiff<Flex>;
 
@@ -17,7 +17,7 @@ const CONFIG: &str = r#"{
   "encoder": { "name": "resnet18", "stages": 2, "in_channels": 1, "width": 4 },
   "aggregator": { "heads": 2, "d_k": 4, "d_v": 4, "d_inner": 16, "dropout": 0.0, "attn_dropout": 0.0, "shared_weights": false },
   "methods": [ { "name": "DBPS", "m": 3, "s": 5, "l": 4, "aggregator": "dual_attention" } ],
-  "train": { "epochs": 1, "batch_size": 2, "shuffle_patches": true }
+  "train": { "epochs": 1, "warmup_epochs": 0, "batch_size": 2, "shuffle_patches": true }
 }"#;
 
 fn ints(t: Tensor<A, 2, Int>) -> Vec<i64> {
@@ -36,7 +36,7 @@ fn encoder_gradients_flow_only_through_the_salient_patches() {
     // Pixels as a leaf: any pixel whose patch reaches the loss through the encoder gets a gradient.
     let images =
         Tensor::<A, 4>::random([2, 1, 64, 64], Distribution::Default, &device).require_grad();
-    let out = model.forward_train(images.clone());
+    let out = model.forward_train(&BatchImages::Device(images.clone()));
     let targets = vec![TaskTargets::Classes(Tensor::from_ints([3, 7], &device))];
     let (loss, _) = loss_and_hits(out.logits, &targets);
     let grads = loss.backward();
@@ -88,9 +88,7 @@ fn encoder_gradients_flow_only_through_the_salient_patches() {
         .expect("encoder weights get gradients");
     assert!(conv1.abs().sum().into_scalar() > 0.0);
     // … and the aggregator's sub-salient attention, used only by the S branch, learns too.
-    let AggregatorCore::Dual(dual) = &model.aggregator.core else {
-        panic!("dual attention")
-    };
+    let dual = model.aggregator.dual().expect("dual attention");
     let sub_attention = dual.mhca_sub.as_ref().expect("separate weights");
     for (name, w) in [
         ("w_k", &sub_attention.w_k.weight),
@@ -104,4 +102,49 @@ fn encoder_gradients_flow_only_through_the_salient_patches() {
             "sub-salient attention {name} has zero gradient"
         );
     }
+}
+
+/// Host images (cut chunk by chunk, next chunk prepared in the background, only chunks
+/// uploaded) and the same pixels as a device tensor select the same patches and give the same
+/// logits and loss, in evaluation and in training (unshuffled there, so both calls see the
+/// same candidate order, and on twin models: a training pass updates BatchNorm's running
+/// statistics, which the next selection reads).
+#[test]
+fn host_images_select_and_train_like_device_tensors() {
+    let device = Default::default();
+    let config = RunConfig::from_json(CONFIG, "test").unwrap();
+    let tasks = dbps_data::SyntheticDigits::tasks();
+    let pixels = Tensor::<A, 4>::random([2, 1, 64, 64], Distribution::Default, &device);
+    let values: Vec<f32> = pixels.to_data().iter::<f32>().collect();
+    let host = dbps_tiling::HostImages::new(
+        dbps_tiling::HostPixels::F32(values),
+        [2, 1, 64, 64],
+        dbps_tiling::PixelNorm::identity(1),
+    )
+    .unwrap();
+    let host = BatchImages::<A>::host(host, &device);
+    let tensor = BatchImages::Device(pixels);
+
+    let model = build_classifier::<A>(&config, 0, &tasks, &device).unwrap();
+    let (a, b) = (model.forward_eval(&host), model.forward_eval(&tensor));
+    assert_eq!(ints(a.salient), ints(b.salient));
+    assert_eq!(ints(a.sub_salient.unwrap()), ints(b.sub_salient.unwrap()));
+    a.logits[0].to_data().assert_approx_eq::<f32>(
+        &b.logits[0].to_data(),
+        burn::tensor::Tolerance::absolute(1e-6),
+    );
+
+    let unshuffled = CONFIG.replace(r#""shuffle_patches": true"#, r#""shuffle_patches": false"#);
+    let config = RunConfig::from_json(&unshuffled, "test").unwrap();
+    let model = build_classifier::<A>(&config, 0, &tasks, &device).unwrap();
+    let twin = build_classifier::<A>(&config, 0, &tasks, &device)
+        .unwrap()
+        .load_record(model.clone().into_record());
+    let targets = vec![TaskTargets::Classes(Tensor::from_ints([3, 7], &device))];
+    let (a, b) = (model.forward_train(&host), twin.forward_train(&tensor));
+    assert_eq!(ints(a.salient), ints(b.salient));
+    let (la, _) = loss_and_hits(a.logits, &targets);
+    let (lb, _) = loss_and_hits(b.logits, &targets);
+    let (la, lb) = (la.into_scalar(), lb.into_scalar());
+    assert!((la - lb).abs() < 1e-6, "{la} vs {lb}");
 }

@@ -7,24 +7,22 @@ use anyhow::{Context, Result};
 use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, Optimizer};
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use burn_train::{Interrupter, TrainStep};
 use dbps_data::TaskKind;
 use dbps_encoder::{NativeEncoder, PatchEncoder};
 use dbps_mil::AggregatorConfig;
 use dbps_select::DualBuffer;
-use dbps_tiling::{PatchDrop, PatchGrid, RemainderPolicy};
+use dbps_tiling::{HostImages, HostPixels, PatchDrop, PatchGrid, PixelNorm, RemainderPolicy};
 use dbps_train::{
-    EfficiencyFigures, ImageBatch, MeteredOptimizer, PatchClassifier, SelectionEngine,
-    SelectionPlan, TaskTargets, TrainedClassifier, TrainingMonitor, peak_heap_bytes,
-    reset_peak_heap,
+    BatchImages, EfficiencyFigures, ImageBatch, MeteredOptimizer, PatchClassifier, SelectionEngine,
+    SelectionPlan, StepMeter, TaskTargets, TrainedClassifier, TrainingMonitor, pool_probe,
 };
 use serde::Serialize;
 
 use super::scenario::{Geometry, Method};
 
-type Cpu = Flex;
 type CpuAd = Autodiff<Flex>;
 
 /// Images per batch in every measurement (the papers' protocol).
@@ -74,7 +72,18 @@ fn random_batch<B: Backend>(geometry: &Geometry, device: &B::Device) -> ImageBat
     } else {
         Distribution::Normal(0.0, 1.0)
     };
-    let images = Tensor::random(shape, distribution, device);
+    // Kept in host memory as the data loaders keep them: selection uploads chunks only.
+    let values: Vec<f32> = Tensor::<B, 4>::random(shape, distribution, device)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let images = HostImages::new(
+        HostPixels::F32(values),
+        shape,
+        PixelNorm::identity(shape[1]),
+    )
+    .expect("pixel count matches the shape it was drawn with");
+    let images = BatchImages::host(images, device);
     let targets = geometry
         .tasks
         .iter()
@@ -118,33 +127,40 @@ pub struct StepResult {
 }
 
 /// One method's model, optimizer, meter and batch, stepped on demand.
-struct StepRunner {
+struct StepRunner<B: AutodiffBackend> {
     geometry: String,
     method: String,
     n: usize,
     engine: SelectionEngine,
-    model: Option<TrainedClassifier<CpuAd>>,
+    model: Option<TrainedClassifier<B>>,
     optimizer: MeteredOptimizer<
-        burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, TrainedClassifier<CpuAd>, CpuAd>,
-        CpuAd,
+        burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, TrainedClassifier<B>, B>,
+        B,
     >,
     monitor: TrainingMonitor,
-    batch: ImageBatch<CpuAd>,
+    batch: ImageBatch<B>,
 }
 
-impl StepRunner {
-    fn new(geometry: &Geometry, method: &Method, engine: SelectionEngine) -> Result<Self> {
-        let device = Default::default();
-        CpuAd::seed(&device, 0);
-        let monitor = TrainingMonitor::new(Interrupter::new());
+impl<B: AutodiffBackend> StepRunner<B> {
+    fn new(
+        geometry: &Geometry,
+        method: &Method,
+        engine: SelectionEngine,
+        device: &B::Device,
+    ) -> Result<Self> {
+        B::seed(device, 0);
+        let monitor = match pool_probe::<B>(device) {
+            Some(pool) => TrainingMonitor::new(Interrupter::new()).with_pool(pool),
+            None => TrainingMonitor::new(Interrupter::new()),
+        };
         let model = TrainedClassifier::new(
-            classifier::<CpuAd>(geometry, method, engine, &device)?,
+            classifier::<B>(geometry, method, engine, device)?,
             monitor.clone(),
         );
         let optimizer = MeteredOptimizer::new(
             AdamWConfig::new().with_weight_decay(0.1).init(),
             monitor.meter().clone(),
-            device,
+            device.clone(),
         );
         Ok(Self {
             geometry: geometry.name.clone(),
@@ -154,7 +170,7 @@ impl StepRunner {
             model: Some(model),
             optimizer,
             monitor,
-            batch: random_batch::<CpuAd>(geometry, &device),
+            batch: random_batch::<B>(geometry, device),
         })
     }
 
@@ -169,42 +185,52 @@ impl StepRunner {
     }
 
     fn result(self) -> Result<StepResult> {
-        let all = self.monitor.meter().steps();
+        let meter = self.monitor.meter();
+        let all = meter.steps();
         Ok(StepResult {
             geometry: self.geometry,
             method: self.method,
             n: self.n,
             engine: self.engine,
             steps_run: all.len(),
-            figures: EfficiencyFigures::from_steps(&all).context("no step completed")?,
+            figures: meter.figures().context("no step completed")?,
             all_ms: all.iter().map(|s| s.ms).collect(),
         })
     }
 }
 
 /// Runs `steps` optimizer steps of one method on one random batch.
-pub fn train_steps(
+pub fn train_steps<B: AutodiffBackend>(
     geometry: &Geometry,
     method: &Method,
     engine: SelectionEngine,
     steps: usize,
+    device: &B::Device,
 ) -> Result<StepResult> {
-    Ok(train_steps_interleaved(geometry, std::slice::from_ref(method), engine, steps)?.remove(0))
+    let mut results = train_steps_interleaved::<B>(
+        geometry,
+        std::slice::from_ref(method),
+        engine,
+        steps,
+        device,
+    )?;
+    Ok(results.remove(0))
 }
 
 /// Runs `steps` optimizer steps of each method, taking turns (method 1, 2, …, 1, 2, …), so that
 /// the ratios between methods compare steps taken minutes apart at most rather than one
 /// method's run against another's: on a shared 2-core machine the speed drifts by ±10 % over
 /// a quarter of an hour.
-pub fn train_steps_interleaved(
+pub fn train_steps_interleaved<B: AutodiffBackend>(
     geometry: &Geometry,
     methods: &[Method],
     engine: SelectionEngine,
     steps: usize,
+    device: &B::Device,
 ) -> Result<Vec<StepResult>> {
     let mut runners = methods
         .iter()
-        .map(|m| StepRunner::new(geometry, m, engine))
+        .map(|m| StepRunner::<B>::new(geometry, m, engine, device))
         .collect::<Result<Vec<_>>>()?;
     for _ in 0..steps {
         for runner in &mut runners {
@@ -232,22 +258,22 @@ pub struct EncoderResult {
 }
 
 /// Median throughput of `embed` on a batch of 64 patches, over about `seconds`.
-pub fn encoder_throughput(
+pub fn encoder_throughput<B: Backend>(
     geometry: &Geometry,
     native: bool,
     seconds: f64,
+    device: &B::Device,
 ) -> Result<EncoderResult> {
     const PATCHES: usize = 64;
-    let device = Default::default();
-    let encoder = geometry.encoder.init::<Cpu>(&device)?;
+    let encoder = geometry.encoder.init::<B>(device)?;
     let shape = [PATCHES, geometry.channels, geometry.patch, geometry.patch];
-    let patches = Tensor::<Cpu, 4>::random(shape, Distribution::Uniform(0.0, 1.0), &device);
+    let patches = Tensor::<B, 4>::random(shape, Distribution::Uniform(0.0, 1.0), device);
     let frozen = if native {
         Some(NativeEncoder::freeze(&encoder).context("no native path for this encoder")??)
     } else {
         None
     };
-    let embed = |p: Tensor<Cpu, 4>| match &frozen {
+    let embed = |p: Tensor<B, 4>| match &frozen {
         Some(f) => f.embed(p),
         None => encoder.embed(p),
     };
@@ -288,34 +314,35 @@ pub struct InferenceResult {
 
 /// Mean time and peak memory of `forward_eval` on a batch of 16, over `batches` calls after one
 /// warm-up call.
-pub fn inference_cost(
+pub fn inference_cost<B: Backend>(
     geometry: &Geometry,
     method: &Method,
     batches: usize,
+    device: &B::Device,
 ) -> Result<InferenceResult> {
-    let device = Default::default();
-    let model = classifier::<Cpu>(geometry, method, SelectionEngine::Auto, &device)?;
-    let batch = random_batch::<Cpu>(geometry, &device);
-    let _ = model.forward_eval(batch.images.clone()).logits[0]
+    let model = classifier::<B>(geometry, method, SelectionEngine::Auto, device)?;
+    let batch = random_batch::<B>(geometry, device);
+    let _ = model.forward_eval(&batch.images).logits[0]
         .clone()
         .into_data();
-    let mut total = 0.0;
-    let mut peak = None::<u64>;
+    // The training-step meter times and measures each call the same way (heap or device pool).
+    let meter = match pool_probe::<B>(device) {
+        Some(pool) => StepMeter::default().with_pool(pool),
+        None => StepMeter::default(),
+    };
     for _ in 0..batches {
-        let base = reset_peak_heap();
-        let t = Instant::now();
-        let out = model.forward_eval(batch.images.clone());
+        meter.begin();
+        let out = model.forward_eval(&batch.images);
         let _ = out.logits[0].clone().into_data();
-        total += t.elapsed().as_secs_f64() * 1e3;
-        if let (Some(base), Some(p)) = (base, peak_heap_bytes()) {
-            peak = Some(peak.unwrap_or(0).max(p.saturating_sub(base)));
-        }
+        meter.end::<B>(device);
     }
+    let calls = meter.steps();
+    let peaks: Option<Vec<u64>> = calls.iter().map(|c| c.peak_bytes).collect();
     Ok(InferenceResult {
         geometry: geometry.name.clone(),
         method: method.name.clone(),
-        ms_per_batch: total / batches.max(1) as f64,
-        peak_bytes: peak,
+        ms_per_batch: calls.iter().map(|c| c.ms).sum::<f64>() / calls.len().max(1) as f64,
+        peak_bytes: peaks.and_then(|p| p.into_iter().max()),
         batches,
     })
 }

@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use dbps_train::SelectionEngine;
 use serde::Serialize;
@@ -27,7 +29,7 @@ pub struct BenchArgs {
     /// The reduced set (≤ 10 minutes on 2 CPU cores): fewer steps, N up to 3,600.
     #[arg(long)]
     quick: bool,
-    /// Where to run (`cpu`; `cuda` needs a `--features cuda` build and is not measured yet).
+    /// Where to run: `cpu`, or `cuda` (GPU 0; needs xtask built with `--features cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// JSON files written by `../shared/bench/torch_step_bench.py --json-out` on this machine.
@@ -75,6 +77,8 @@ struct Machine {
 struct Results {
     command: String,
     machine: Machine,
+    /// Backend and device measured.
+    device: String,
     unix_time: u64,
     quick: bool,
     seconds: f64,
@@ -111,15 +115,33 @@ fn log(msg: impl AsRef<str>) {
 
 /// Runs the bench and writes its files.
 pub fn run(args: BenchArgs) -> Result<()> {
-    if args.device != "cpu" {
-        bail!(
-            "--device {}: only `cpu` is measured by this build; the CUDA bench needs a machine with a GPU and is listed as not done in docs/performance.md",
-            args.device
-        );
-    }
     if let Some(name) = &args.profile {
+        if args.device != "cpu" {
+            bail!(
+                "--profile runs on the CPU only (for perf); drop --device {}",
+                args.device
+            );
+        }
         return profile(name);
     }
+    match args.device.as_str() {
+        "cpu" => measure_all::<Autodiff<Flex>>(&args, "cpu (burn-flex)", &Default::default()),
+        #[cfg(feature = "cuda")]
+        "cuda" => measure_all::<Autodiff<dbps_train::CudaBackend>>(
+            &args,
+            "cuda:0 (burn-cuda)",
+            &burn_cuda::CudaDevice::new(0),
+        ),
+        #[cfg(not(feature = "cuda"))]
+        "cuda" => bail!(
+            "--device cuda: this xtask was built without CUDA; run `cargo xtask-cuda bench --device cuda` (xtask built with --features cuda)"
+        ),
+        other => bail!("--device {other}: use cpu or cuda"),
+    }
+}
+
+/// Every measurement on one backend and device, then the files.
+fn measure_all<B: AutodiffBackend>(args: &BenchArgs, name: &str, device: &B::Device) -> Result<()> {
     let reference = reference::read(&args.reference)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create output folder {}", args.out.display()))?;
@@ -137,7 +159,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
             "train steps: {} / {} ({n_steps} steps)",
             g.name, m.name
         ));
-        let r = measure::train_steps(g, m, engine, n_steps)?;
+        let r = measure::train_steps::<B>(g, m, engine, n_steps, device)?;
         log(format!(
             "  {:.0} ms/step, peak {:.1} MB",
             r.figures.ms_per_step,
@@ -160,7 +182,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     ));
-    for r in measure::train_steps_interleaved(&cqu, &cqu_methods, engine, steps_per_run)? {
+    for r in
+        measure::train_steps_interleaved::<B>(&cqu, &cqu_methods, engine, steps_per_run, device)?
+    {
         log(format!(
             "  {}: {:.0} ms/step, peak {:.1} MB",
             r.method,
@@ -181,7 +205,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     for g in [&mnist, &cqu] {
         for native in [true, false] {
             log(format!("encoder throughput: {} native={native}", g.name));
-            let r = measure::encoder_throughput(g, native, seconds)?;
+            let r = measure::encoder_throughput::<B::InnerBackend>(g, native, seconds, device)?;
             log(format!("  {:.0} patches/s", r.patches_per_s));
             encoders.push(r);
         }
@@ -191,7 +215,9 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let mut inference = Vec::new();
     for m in [Method::ips(12, 32), Method::dbps(12, 60, 32, 0.0)] {
         log(format!("inference: {} / {}", cqu.name, m.name));
-        inference.push(measure::inference_cost(&cqu, &m, batches)?);
+        inference.push(measure::inference_cost::<B::InnerBackend>(
+            &cqu, &m, batches, device,
+        )?);
     }
 
     let comparisons = compare(&steps, &encoders, &reference);
@@ -210,6 +236,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
     let results = Results {
         command: std::env::args().collect::<Vec<_>>().join(" "),
         machine: machine(),
+        device: name.into(),
         unix_time: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
@@ -240,7 +267,7 @@ fn profile(name: &str) -> Result<()> {
         }
         "encoders" => {
             for g in [Geometry::megapixel_mnist(1500), Geometry::cqu()] {
-                let r = measure::encoder_throughput(&g, true, 5.0)?;
+                let r = measure::encoder_throughput::<Flex>(&g, true, 5.0, &Default::default())?;
                 log(format!(
                     "{}: {:.0} patches/s native",
                     g.name, r.patches_per_s
@@ -252,7 +279,14 @@ fn profile(name: &str) -> Result<()> {
             bail!("--profile {other}: use mnist, cqu-ips, cqu-dbps, cqu-drop, cqu-grad or encoders")
         }
     };
-    let r = measure::train_steps(&geometry, &method, SelectionEngine::Auto, 3)?;
+    let device = Default::default();
+    let r = measure::train_steps::<Autodiff<Flex>>(
+        &geometry,
+        &method,
+        SelectionEngine::Auto,
+        3,
+        &device,
+    )?;
     log(format!("{name}: steps {:?} ms", r.all_ms));
     Ok(())
 }
