@@ -296,7 +296,9 @@ mod tests {
     }
 
     /// Every ResNet variant dbps configures: native features equal Burn's within 1e-4 on every
-    /// instruction set this CPU runs.
+    /// instruction set this CPU runs — absolute, or relative 1e-5 where random BatchNorm
+    /// statistics push features past 100 (there 1e-4 is a few f32 ulps, which another
+    /// summation order over 50 layers moves: it failed once at 163.3799 vs 163.3798).
     #[test]
     fn native_resnet_equals_the_plain_forward() {
         let device = Default::default();
@@ -320,7 +322,7 @@ mod tests {
                         );
                         got.into_data().assert_approx_eq::<f32>(
                             &want.clone().into_data(),
-                            Tolerance::absolute(1e-4),
+                            Tolerance::rel_abs(1e-5, 1e-4),
                         );
                     }
                 }
