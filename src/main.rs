@@ -46,7 +46,7 @@ enum Command {
         #[arg(long)]
         epochs: Option<usize>,
         /// torchvision ResNet weights to start from (`.pth` or `.safetensors`); overrides the
-        /// config's `encoder.weights`.
+        /// config's `encoder.<resnet>.weights`.
         #[arg(long)]
         weights: Option<PathBuf>,
         /// Where to run.
@@ -94,7 +94,7 @@ fn run(cli: Cli) -> Result<()> {
                 config.train.epochs = epochs;
             }
             if let Some(weights) = weights {
-                config.encoder.weights = Some(weights);
+                config.encoder = config.encoder.with_weights(weights)?;
             }
             // The overrides are checked with the rest of the config by `train`, before any
             // run directory exists.

@@ -43,7 +43,7 @@ fn tiny_config() -> Value {
             "canvas": 64, "digit_height": [10, 14], "copies": 1, "clutter": 3, "clutter_size": 8, "sizes": [32, 16, 16]
         } },
         "patch": { "size": 16 },
-        "encoder": { "name": "resnet18", "stages": 2, "in_channels": 1, "width": 4 },
+        "encoder": { "resnet18": { "stages": 2, "in_channels": 1, "width": 4 } },
         "aggregator": { "heads": 2, "d_k": 4, "d_v": 4, "d_inner": 16 },
         "methods": [
             { "name": "IPS", "m": 2, "s": 0, "l": 4, "aggregator": "ips" },
@@ -190,9 +190,15 @@ fn bad_configs_get_errors_that_name_the_setting_and_the_fix() {
         err.contains("larger than the 64×64") && err.contains("`patch.size`"),
         "{err}"
     );
-    let err = rejected("encoder", |c| c["encoder"]["name"] = json!("resnet19"));
+    let err =
+        rejected(
+            "encoder",
+            |c| c["encoder"] = json!({ "resnet19": { "stages": 2, "in_channels": 1, "width": 4 } }),
+        );
     assert!(
-        err.contains("unknown encoder `resnet19`") && err.contains("resnet18"),
+        err.contains("unknown variant `resnet19`")
+            && err.contains("resnet18")
+            && err.contains("tiny_cnn"),
         "{err}"
     );
     let err = rejected(
@@ -271,7 +277,7 @@ fn megapixel_mnist_training_loss_decreases() {
             "digits_dir": digits, "canvas": 200, "noise_stamps": 10, "sizes": [96, 16, 16], "seed": 1
         } },
         "patch": { "size": 20 },
-        "encoder": { "name": "resnet18", "stages": 2, "in_channels": 1, "width": 8 },
+        "encoder": { "resnet18": { "stages": 2, "in_channels": 1, "width": 8 } },
         "aggregator": { "heads": 2, "d_k": 8, "d_v": 8, "d_inner": 32, "positional": true },
         "methods": [ { "name": "DBPS", "m": 10, "s": 10, "l": 20, "aggregator": "dual_attention" } ],
         "train": { "epochs": 3, "batch_size": 8, "lr": 0.002, "warmup_epochs": 0.5 }

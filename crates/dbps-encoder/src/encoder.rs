@@ -1,7 +1,7 @@
 use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 
-use crate::{IdentityEncoder, PatchEncoder, Projector, ResNet};
+use crate::{IdentityEncoder, PatchEncoder, Projector, ResNet, TinyCnn};
 
 /// The feature extractor of an [`Encoder`].
 // Built once per model and never moved in a hot loop: boxing would only add an indirection.
@@ -12,15 +12,23 @@ pub enum Backbone<B: Backend> {
     ResNet(ResNet<B>),
     /// Precomputed features.
     Identity(IdentityEncoder),
+    /// The small convolutional encoder of `docs/extending.md`.
+    TinyCnn(TinyCnn<B>),
 }
 
 impl<B: Backend> Backbone<B> {
+    /// The one place that dispatches on the backbone: everything else goes through the trait.
+    pub fn as_patch_encoder(&self) -> &dyn PatchEncoder<B> {
+        match self {
+            Self::ResNet(net) => net,
+            Self::Identity(id) => id,
+            Self::TinyCnn(net) => net,
+        }
+    }
+
     /// Width of the backbone's features, before any projector.
     pub fn out_dim(&self) -> usize {
-        match self {
-            Self::ResNet(net) => net.out_dim(),
-            Self::Identity(id) => PatchEncoder::<B>::embed_dim(id),
-        }
+        self.as_patch_encoder().embed_dim()
     }
 }
 
@@ -54,10 +62,7 @@ impl<B: Backend> PatchEncoder<B> for Encoder<B> {
     }
 
     fn embed(&self, patches: Tensor<B, 4>) -> Tensor<B, 2> {
-        let features = match &self.backbone {
-            Backbone::ResNet(net) => net.embed(patches),
-            Backbone::Identity(id) => id.embed(patches),
-        };
+        let features = self.backbone.as_patch_encoder().embed(patches);
         match &self.projector {
             Some(p) => p.forward(features),
             None => features,

@@ -1,9 +1,9 @@
 //! Patch encoders F: patches `[n, C, p, p]` → embeddings `[n, D]` (method.md §2).
 //!
 //! Anything implementing [`PatchEncoder`] can drive patch selection; [`Encoder`] is the
-//! configurable one dbps ships: a torchvision-layout [`ResNet`] (parameter names match
-//! torchvision's state dict) or an [`IdentityEncoder`] for precomputed features, optionally
-//! followed by the [`Projector`].
+//! configurable one dbps ships, built from the tagged [`EncoderConfig`]: a torchvision-layout
+//! [`ResNet`] (parameter names match torchvision's state dict), an [`IdentityEncoder`] for
+//! precomputed features, or the small [`TinyCnn`], optionally followed by the [`Projector`].
 //!
 //! ```
 //! use burn::backend::Flex;
@@ -11,7 +11,8 @@
 //! use dbps_encoder::{EncoderConfig, PatchEncoder};
 //!
 //! let device = Default::default();
-//! let config = EncoderConfig { stages: 2, in_channels: 1, width: 8, ..EncoderConfig::default() };
+//! let config: EncoderConfig =
+//!     serde_json::from_str(r#"{"resnet18": {"stages": 2, "in_channels": 1, "width": 8}}"#).unwrap();
 //! let encoder = config.init::<Flex>(&device).unwrap();
 //! let patches = Tensor::<Flex, 4>::zeros([3, 1, 32, 32], &device);
 //! assert_eq!(encoder.embed(patches).dims(), [3, encoder.embed_dim()]);
@@ -28,10 +29,11 @@ mod identity;
 mod native;
 mod projector;
 mod resnet;
+mod tiny_cnn;
 mod weights;
 
 pub use batchnorm::{BatchNorm2d, conv_bn};
-pub use config::{EncoderConfig, EncoderName};
+pub use config::{EncoderConfig, IdentityConfig, ResNetConfig, TinyCnnConfig};
 pub use encoder::{Backbone, Encoder};
 pub use error::{EncoderError, NativeError};
 pub use fast_conv::conv2d;
@@ -39,6 +41,7 @@ pub use identity::IdentityEncoder;
 pub use native::{NativeEncoder, NativeResNet};
 pub use projector::Projector;
 pub use resnet::{Downsample, ResNet, ResNetBlock, ResNetDepth};
+pub use tiny_cnn::TinyCnn;
 pub use weights::{HostTensor, TorchvisionWeights, WeightsError};
 
 use burn::tensor::{Tensor, backend::Backend};

@@ -34,7 +34,7 @@ pub enum WeightsError {
     },
     /// A tensor the model needs is not in the file.
     #[error(
-        "weight file {path} has no tensor `{tensor}` (shape {expected:?}), which this model needs: use the state dict of the same torchvision architecture (encoder.name, encoder.stages)"
+        "weight file {path} has no tensor `{tensor}` (shape {expected:?}), which this model needs: use the state dict of the same torchvision architecture (the `encoder` arm, resnet18/34/50, and its `stages`)"
     )]
     Missing {
         /// The file.
@@ -46,7 +46,7 @@ pub enum WeightsError {
     },
     /// A tensor's shape differs from the model's.
     #[error(
-        "tensor `{tensor}` in {path} has shape {found:?}, this model needs {expected:?}: check encoder.name, encoder.width and encoder.in_channels against the file"
+        "tensor `{tensor}` in {path} has shape {found:?}, this model needs {expected:?}: check the `encoder` arm (resnet18/34/50) and its `width` and `in_channels` against the file"
     )]
     Shape {
         /// The file.
@@ -60,7 +60,7 @@ pub enum WeightsError {
     },
     /// The file holds a tensor of a kept stage that the model has no place for.
     #[error(
-        "weight file {path} holds `{tensor}`, which this model has no place for: the file is for another architecture (check encoder.name)"
+        "weight file {path} holds `{tensor}`, which this model has no place for: the file is for another architecture (check the `encoder` arm: resnet18, resnet34 or resnet50)"
     )]
     Unexpected {
         /// The file.

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData, Tolerance};
 use dbps_encoder::{
-    EncoderConfig, EncoderError, NativeEncoder, PatchEncoder, TorchvisionWeights, WeightsError,
+    EncoderConfig, EncoderError, IdentityConfig, NativeEncoder, PatchEncoder, ResNetConfig,
+    TorchvisionWeights, WeightsError,
 };
 
 /// The fixture folder, or `None` after saying loudly that the test is skipped.
@@ -37,14 +38,25 @@ fn tensor<const D: usize>(expected: &TorchvisionWeights, name: &str) -> Tensor<F
     Tensor::from_data(TensorData::new(t.values.clone(), dims), &Default::default())
 }
 
-fn config(name: &str, stages: usize, in_channels: usize, weights: PathBuf) -> EncoderConfig {
-    EncoderConfig {
-        name: name.into(),
-        stages,
-        in_channels,
-        weights: Some(weights),
-        ..Default::default()
+fn resnet(name: &str, c: ResNetConfig) -> EncoderConfig {
+    match name {
+        "resnet18" => EncoderConfig::Resnet18(c),
+        "resnet34" => EncoderConfig::Resnet34(c),
+        "resnet50" => EncoderConfig::Resnet50(c),
+        other => panic!("no ResNet called {other}"),
     }
+}
+
+fn config(name: &str, stages: usize, in_channels: usize, weights: PathBuf) -> EncoderConfig {
+    resnet(
+        name,
+        ResNetConfig {
+            stages,
+            in_channels,
+            weights: Some(weights),
+            ..ResNetConfig::default()
+        },
+    )
 }
 
 /// Burn's forward (BatchNorm folded with the running statistics) and the native kernels both
@@ -138,10 +150,15 @@ fn bad_weight_files_are_named() {
     );
 
     // A narrower stem than the file's: conv1 named with both shapes.
-    let err = validate(EncoderConfig {
-        width: 32,
-        ..config("resnet18", 2, 3, dir.join("resnet18.pth"))
-    });
+    let err = validate(resnet(
+        "resnet18",
+        ResNetConfig {
+            stages: 2,
+            width: 32,
+            weights: Some(dir.join("resnet18.pth")),
+            ..ResNetConfig::default()
+        },
+    ));
     let message = err.to_string();
     assert!(
         message.contains("conv1.weight")
@@ -175,12 +192,15 @@ fn bad_weight_files_are_named() {
     }
 
     // Weights for an encoder that has none.
-    let err = validate(EncoderConfig {
-        name: "identity".into(),
-        weights: Some(dir.join("resnet18.pth")),
-        ..Default::default()
+    let identity = EncoderConfig::Identity(IdentityConfig {
+        feature_dim: 8,
+        projector: None,
     });
-    assert!(matches!(err, EncoderError::WeightsUnused(_)), "{err}");
+    let err = identity.with_weights(dir.join("resnet18.pth")).unwrap_err();
+    assert!(
+        matches!(err, EncoderError::WeightsUnused("identity")),
+        "{err}"
+    );
 }
 
 /// A tensor of a kept stage that the model has no place for is named; a deeper model than the

@@ -429,12 +429,12 @@ mod tests {
         let positional = |v: &mut serde_json::Value| {
             v["aggregator"]["positional"] = true.into();
             v["encoder"] =
-                serde_json::json!({"name": "resnet18", "stages": 2, "in_channels": 1, "width": 3});
+                serde_json::json!({"resnet18": {"stages": 2, "in_channels": 1, "width": 3}});
         };
         with(positional).unwrap();
         let err = with(|v| {
             positional(v);
-            v["encoder"]["projector"] = 7.into();
+            v["encoder"]["resnet18"]["projector"] = 7.into();
         })
         .unwrap_err()
         .to_string();
@@ -446,7 +446,7 @@ mod tests {
 
     #[test]
     fn unknown_encoder_is_rejected() {
-        let err = with(|v| v["encoder"]["name"] = "vgg16".into())
+        let err = with(|v| v["encoder"] = serde_json::json!({"vgg16": {}}))
             .unwrap_err()
             .to_string();
         assert!(err.contains("vgg16") && err.contains("resnet18"), "{err}");

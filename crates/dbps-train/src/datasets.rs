@@ -80,13 +80,14 @@ impl Splits {
         if let Some(sample) = train.get(0) {
             let [h, w] = config.image_size();
             if [sample.height, sample.width] != [h, w]
-                || sample.channels != config.encoder.in_channels
+                || sample.channels != config.encoder.in_channels()
             {
+                let channels = config.encoder.in_channels();
                 return Err(TrainError::Config {
-                    field: "encoder.in_channels".into(),
+                    field: format!("encoder.{}.in_channels", config.encoder.name()),
                     reason: format!(
-                        "images are {}×{}×{} but the model expects {}×{h}×{w}; match `encoder.in_channels` to the data",
-                        sample.channels, sample.height, sample.width, config.encoder.in_channels
+                        "images are {}×{}×{} but the model expects {channels}×{h}×{w}; match the encoder's input channels to the data",
+                        sample.channels, sample.height, sample.width
                     ),
                 });
             }

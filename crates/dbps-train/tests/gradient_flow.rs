@@ -14,7 +14,7 @@ const CONFIG: &str = r#"{
   "name": "gradient-flow",
   "dataset": { "synthetic_digits": { "canvas": 64, "digit_height": [10, 14], "clutter": 2, "clutter_size": 8, "sizes": [4, 4, 4] } },
   "patch": { "size": 16 },
-  "encoder": { "name": "resnet18", "stages": 2, "in_channels": 1, "width": 4 },
+  "encoder": { "resnet18": { "stages": 2, "in_channels": 1, "width": 4 } },
   "aggregator": { "heads": 2, "d_k": 4, "d_v": 4, "d_inner": 16, "dropout": 0.0, "attn_dropout": 0.0, "shared_weights": false },
   "methods": [ { "name": "DBPS", "m": 3, "s": 5, "l": 4, "aggregator": "dual_attention" } ],
   "train": { "epochs": 1, "warmup_epochs": 0, "batch_size": 2, "shuffle_patches": true }

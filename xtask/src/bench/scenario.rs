@@ -1,7 +1,7 @@
 //! The settings the bench measures: the paper's geometries and methods (method.md §11).
 
 use dbps_data::{MegapixelMnist, TaskSpec};
-use dbps_encoder::EncoderConfig;
+use dbps_encoder::{EncoderConfig, ResNetConfig};
 use dbps_mil::{AggregatorKind, AttentionSettings};
 
 /// An image size with its patch grid, encoder and attention settings.
@@ -35,11 +35,11 @@ impl Geometry {
             width: side,
             channels: 1,
             patch: 50,
-            encoder: EncoderConfig {
+            encoder: EncoderConfig::Resnet18(ResNetConfig {
                 stages: 2,
                 in_channels: 1,
-                ..EncoderConfig::default()
-            },
+                ..ResNetConfig::default()
+            }),
             attention: AttentionSettings {
                 positional: true,
                 ..AttentionSettings::default()
