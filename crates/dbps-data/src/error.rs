@@ -55,4 +55,22 @@ pub enum DataError {
         /// Why it is unusable and what to use instead.
         reason: String,
     },
+    /// A sample index past the end of its split.
+    #[error("sample {index} asked of a split of {len}; indices run from 0 to len − 1")]
+    IndexOutOfRange {
+        /// Index asked for.
+        index: usize,
+        /// Samples in the split.
+        len: usize,
+    },
+    /// A split, class folder or image of an image-folder dataset is unusable.
+    #[error("{path}: {problem}; {fix}")]
+    Folder {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
 }

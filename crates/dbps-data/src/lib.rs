@@ -4,31 +4,38 @@
 //!   (random stroke jitter, thickness, slant, scale) on a large canvas of noise and clutter strokes.
 //! - [`MegapixelMnist`]: the IPS benchmark (method.md §11) built from IDX digit files, with the
 //!   majority / max / top / multi tasks and disjoint digit pools per split.
+//! - [`ImageFolder`]: photographs in `ROOT/{train,val,test}/<class>/` (CQU-BPDD, fMoW, MAME,
+//!   DDR), decoded, resized, ImageNet-normalised and augmented on demand.
 //!
-//! Both generate each canvas from `(seed, index)` on demand, so they cost no memory and are
-//! identical on every machine.
+//! The generated ones draw each canvas from `(seed, index)` on demand, so they cost no memory
+//! and are identical on every machine.
+//!
+//! Every dataset is an [`ImageSource`]: what the training loop reads, one split at a time.
 //!
 //! ```
-//! use burn::data::dataset::Dataset;
-//! use dbps_data::{SyntheticDigits, SyntheticDigitsConfig, Split};
+//! use dbps_data::{ImageSource, SyntheticDigits, SyntheticDigitsConfig, Split};
 //!
 //! let data = SyntheticDigits::new(&SyntheticDigitsConfig::default(), Split::Train).unwrap();
-//! let sample = data.get(0).unwrap();
+//! let sample = data.sample(0).unwrap();
 //! assert_eq!(sample.image.len(), sample.height * sample.width);
 //! assert!(sample.image.iter().all(|v| (0.0..=1.0).contains(v)));
 //! ```
 
 mod canvas;
 mod error;
+mod folder;
 mod glyphs;
 mod idx;
 mod mnist;
 mod sample;
+mod source;
 mod synthetic;
 
 pub use canvas::Canvas;
 pub use error::DataError;
+pub use folder::{IMAGE_EXTENSIONS, ImageFolder, ImageFolderConfig};
 pub use idx::{IdxDigits, read_idx_digits};
 pub use mnist::{MegapixelMnist, MegapixelMnistConfig};
 pub use sample::{Sample, Split, Target, TaskKind, TaskSpec};
+pub use source::ImageSource;
 pub use synthetic::{SyntheticDigits, SyntheticDigitsConfig};

@@ -1,12 +1,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use burn::data::dataset::Dataset;
 use rand::{Rng, RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Canvas, DataError, IdxDigits, Sample, Split, Target, TaskKind, TaskSpec, read_idx_digits,
+    Canvas, DataError, IdxDigits, ImageSource, Sample, Split, Target, TaskKind, TaskSpec,
+    read_idx_digits,
 };
 
 /// Settings of [`MegapixelMnist`] (method.md §11; the defaults are the IPS protocol).
@@ -226,24 +226,32 @@ fn noise_pattern<R: Rng + ?Sized>(side: usize, rng: &mut R) -> Vec<f32> {
         .collect()
 }
 
-impl Dataset<Sample> for MegapixelMnist {
-    fn get(&self, index: usize) -> Option<Sample> {
+impl ImageSource for MegapixelMnist {
+    fn tasks(&self) -> Vec<TaskSpec> {
+        Self::tasks()
+    }
+
+    fn image_size(&self) -> [usize; 3] {
+        [1, self.config.canvas, self.config.canvas]
+    }
+
+    fn len(&self) -> usize {
+        self.config.sizes[self.split.index()]
+    }
+
+    fn sample(&self, index: usize) -> Result<Sample, DataError> {
         let len = self.len();
         if index >= len {
-            return None;
+            return Err(DataError::IndexOutOfRange { index, len });
         }
         let (canvas, targets) = self.draw(index);
-        Some(Sample {
+        Ok(Sample {
             image: canvas.pixels,
             channels: 1,
             height: canvas.height,
             width: canvas.width,
             targets,
         })
-    }
-
-    fn len(&self) -> usize {
-        self.config.sizes[self.split.index()]
     }
 }
 

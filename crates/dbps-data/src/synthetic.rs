@@ -1,9 +1,8 @@
-use burn::data::dataset::Dataset;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::glyphs::{draw_clutter, draw_digit};
-use crate::{Canvas, DataError, Sample, Split, Target, TaskSpec};
+use crate::{Canvas, DataError, ImageSource, Sample, Split, Target, TaskSpec};
 
 /// Settings of the embedded [`SyntheticDigits`] dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,23 +142,34 @@ impl SyntheticDigits {
     }
 }
 
-impl Dataset<Sample> for SyntheticDigits {
-    fn get(&self, index: usize) -> Option<Sample> {
+impl ImageSource for SyntheticDigits {
+    fn tasks(&self) -> Vec<TaskSpec> {
+        Self::tasks()
+    }
+
+    fn image_size(&self) -> [usize; 3] {
+        [1, self.config.canvas, self.config.canvas]
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn sample(&self, index: usize) -> Result<Sample, DataError> {
         if index >= self.len {
-            return None;
+            return Err(DataError::IndexOutOfRange {
+                index,
+                len: self.len,
+            });
         }
         let (canvas, digit, _) = self.draw(index);
-        Some(Sample {
+        Ok(Sample {
             image: canvas.pixels,
             channels: 1,
             height: canvas.height,
             width: canvas.width,
             targets: vec![Target::Class(digit)],
         })
-    }
-
-    fn len(&self) -> usize {
-        self.len
     }
 }
 
@@ -172,9 +182,9 @@ mod tests {
         let cfg = SyntheticDigitsConfig::default();
         let a = SyntheticDigits::new(&cfg, Split::Train).unwrap();
         let b = SyntheticDigits::new(&cfg, Split::Test).unwrap();
-        assert_eq!(a.get(3).unwrap().image, a.get(3).unwrap().image);
-        assert_ne!(a.get(3).unwrap().image, b.get(3).unwrap().image);
-        assert!(a.get(cfg.sizes[0]).is_none());
+        assert_eq!(a.sample(3).unwrap().image, a.sample(3).unwrap().image);
+        assert_ne!(a.sample(3).unwrap().image, b.sample(3).unwrap().image);
+        assert!(a.sample(cfg.sizes[0]).is_err());
     }
 
     #[test]

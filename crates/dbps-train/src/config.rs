@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dbps_data::{MegapixelMnistConfig, SyntheticDigitsConfig};
+use dbps_data::{ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig};
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
 use dbps_select::DualBuffer;
@@ -44,6 +44,8 @@ pub struct RunConfig {
 pub enum DatasetConfig {
     /// The embedded procedural digits.
     SyntheticDigits(SyntheticDigitsConfig),
+    /// Photographs in class folders, `ROOT/{train,val,test}/<class>/*` (CQU-BPDD, fMoW, …).
+    ImageFolder(ImageFolderConfig),
     /// Megapixel MNIST from IDX files.
     MegapixelMnist(MegapixelMnistConfig),
 }
@@ -173,6 +175,7 @@ impl RunConfig {
         match &self.dataset {
             DatasetConfig::SyntheticDigits(c) => [c.canvas, c.canvas],
             DatasetConfig::MegapixelMnist(c) => [c.canvas, c.canvas],
+            DatasetConfig::ImageFolder(c) => [c.height, c.width],
         }
     }
 
@@ -329,6 +332,33 @@ mod tests {
     #[test]
     fn quickstart_is_valid() {
         RunConfig::quickstart().unwrap();
+    }
+
+    /// Every shipped config parses and validates (weight files are not at hand here, so
+    /// `encoder.*.weights` is dropped before the check; data is not opened by `validate`).
+    #[test]
+    fn shipped_configs_are_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let mut v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            if let Some(arms) = v["encoder"].as_object_mut() {
+                for settings in arms.values_mut() {
+                    if let Some(settings) = settings.as_object_mut() {
+                        settings.remove("weights");
+                    }
+                }
+            }
+            RunConfig::from_json(&v.to_string(), &path.display().to_string())
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            seen += 1;
+        }
+        assert!(seen >= 3, "only {seen} configs in {}", dir.display());
     }
 
     /// Issue criterion: the embedded default needs selection (N ≥ 100, M ≤ 10 % of N, class

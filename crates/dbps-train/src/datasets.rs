@@ -1,35 +1,88 @@
-//! Opening the configured dataset's three splits.
+//! Opening the configured dataset's three splits, and reading them from burn's data loader.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::data::dataset::Dataset;
-use dbps_data::{MegapixelMnist, Sample, Split, SyntheticDigits, TaskSpec, read_idx_digits};
+use burn_train::Interrupter;
+use dbps_data::{DataError, ImageFolder, ImageSource, Sample, Split, Target, TaskKind, TaskSpec};
 
 use crate::config::{DatasetConfig, RunConfig};
 use crate::{Result, TrainError};
 
-/// One split of whichever dataset a config names.
+/// The first sample that failed to load, and who to tell.
+#[derive(Default)]
+struct Failure {
+    error: Option<DataError>,
+    interrupter: Option<Interrupter>,
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failure")
+            .field("error", &self.error)
+            .field("watched", &self.interrupter.is_some())
+            .finish()
+    }
+}
+
+/// One split of whichever dataset a config names, as burn's data loader reads it.
+///
+/// burn's `Dataset::get` cannot fail, so a sample that cannot be loaded (a truncated image)
+/// is recorded, training is asked to stop, and a blank sample of the right shape stands in for
+/// the one batch left; the run then fails naming the file ([`Splits::take_failure`]).
 #[derive(Debug, Clone)]
-pub enum ImageDataset {
-    /// The embedded procedural digits.
-    Synthetic(SyntheticDigits),
-    /// Megapixel MNIST.
-    Mnist(MegapixelMnist),
+pub struct ImageDataset {
+    source: Arc<dyn ImageSource>,
+    failure: Arc<Mutex<Failure>>,
+}
+
+impl ImageDataset {
+    /// The split's source.
+    pub fn source(&self) -> &dyn ImageSource {
+        self.source.as_ref()
+    }
+
+    fn blank(&self) -> Sample {
+        let [c, h, w] = self.source.image_size();
+        Sample {
+            image: vec![0.0; c * h * w],
+            channels: c,
+            height: h,
+            width: w,
+            targets: self
+                .source
+                .tasks()
+                .iter()
+                .map(|t| match t.kind {
+                    TaskKind::Softmax => Target::Class(0),
+                    TaskKind::MultiLabel => Target::MultiHot(vec![false; t.classes]),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Dataset<Sample> for ImageDataset {
     fn get(&self, index: usize) -> Option<Sample> {
-        match self {
-            Self::Synthetic(d) => d.get(index),
-            Self::Mnist(d) => d.get(index),
+        if index >= self.source.len() {
+            return None;
+        }
+        match self.source.sample(index) {
+            Ok(sample) => Some(sample),
+            Err(error) => {
+                tracing::error!(%error, "sample {index} could not be loaded; stopping");
+                let mut failure = self.failure.lock().unwrap_or_else(PoisonError::into_inner);
+                if let Some(interrupter) = &failure.interrupter {
+                    interrupter.stop(Some("a sample could not be loaded"));
+                }
+                failure.error.get_or_insert(error);
+                Some(self.blank())
+            }
         }
     }
 
     fn len(&self) -> usize {
-        match self {
-            Self::Synthetic(d) => d.len(),
-            Self::Mnist(d) => d.len(),
-        }
+        self.source.len()
     }
 }
 
@@ -44,59 +97,91 @@ pub struct Splits {
     pub valid: ImageDataset,
     /// Held-out split.
     pub test: ImageDataset,
+    failure: Arc<Mutex<Failure>>,
+}
+
+impl DatasetConfig {
+    /// Opens one split: the only place that knows which datasets exist.
+    pub fn open(&self, split: Split) -> Result<Arc<dyn ImageSource>> {
+        Ok(match self {
+            Self::SyntheticDigits(c) => Arc::new(dbps_data::SyntheticDigits::new(c, split)?),
+            Self::MegapixelMnist(c) => Arc::new(dbps_data::MegapixelMnist::new(c, split)?),
+            Self::ImageFolder(c) => Arc::new(ImageFolder::open(c, split)?),
+        })
+    }
 }
 
 impl Splits {
-    /// Opens the dataset a config names and checks its images fit the patch grid.
+    /// Opens the dataset a config names and checks its images fit the patch grid and the
+    /// encoder, before any run directory exists.
     pub fn open(config: &RunConfig) -> Result<Self> {
-        let (tasks, [train, valid, test]) = match &config.dataset {
-            DatasetConfig::SyntheticDigits(c) => {
-                let open = |s| SyntheticDigits::new(c, s).map(ImageDataset::Synthetic);
-                (
-                    SyntheticDigits::tasks(),
-                    [open(Split::Train)?, open(Split::Valid)?, open(Split::Test)?],
-                )
-            }
-            DatasetConfig::MegapixelMnist(c) => {
-                let digits = Arc::new(read_idx_digits(&c.resolved_digits_dir())?);
-                let open =
-                    |s| MegapixelMnist::from_digits(c, s, digits.clone()).map(ImageDataset::Mnist);
-                (
-                    MegapixelMnist::tasks(),
-                    [open(Split::Train)?, open(Split::Valid)?, open(Split::Test)?],
-                )
-            }
+        let failure = Arc::new(Mutex::new(Failure::default()));
+        let open = |split| -> Result<ImageDataset> {
+            Ok(ImageDataset {
+                source: config.dataset.open(split)?,
+                failure: failure.clone(),
+            })
         };
+        let [train, valid, test] = [open(Split::Train)?, open(Split::Valid)?, open(Split::Test)?];
         for (name, split) in [("train", &train), ("valid", &valid), ("test", &test)] {
-            if split.is_empty() {
+            if split.source.is_empty() {
                 return Err(TrainError::Config {
-                    field: "dataset.sizes".into(),
+                    field: "dataset".into(),
                     reason: format!(
                         "the {name} split is empty; give every split at least one image"
                     ),
                 });
             }
         }
-        if let Some(sample) = train.get(0) {
-            let [h, w] = config.image_size();
-            if [sample.height, sample.width] != [h, w]
-                || sample.channels != config.encoder.in_channels()
+        let [c, h, w] = train.source.image_size();
+        let [want_h, want_w] = config.image_size();
+        let channels = config.encoder.in_channels();
+        if [h, w] != [want_h, want_w] || c != channels {
+            return Err(TrainError::Config {
+                field: format!("encoder.{}.in_channels", config.encoder.name()),
+                reason: format!(
+                    "images are {c}×{h}×{w} but the model expects {channels}×{want_h}×{want_w}; match the encoder's input channels to the data"
+                ),
+            });
+        }
+        let patch = config.patch.size;
+        for split in [&train, &valid, &test] {
+            if let Some((path, [iw, ih])) = split.source.smallest_file()
+                && iw.min(ih) < patch
             {
-                let channels = config.encoder.in_channels();
-                return Err(TrainError::Config {
-                    field: format!("encoder.{}.in_channels", config.encoder.name()),
-                    reason: format!(
-                        "images are {}×{}×{} but the model expects {channels}×{h}×{w}; match the encoder's input channels to the data",
-                        sample.channels, sample.height, sample.width
+                return Err(DataError::Folder {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "the image is {iw}×{ih} px, smaller than one {patch} px patch"
                     ),
-                });
+                    fix: "remove it, or use smaller patches (`patch.size`)".into(),
+                }
+                .into());
             }
         }
         Ok(Self {
-            tasks,
+            tasks: train.source.tasks(),
             train,
             valid,
             test,
+            failure,
         })
+    }
+
+    /// Training is stopped through `interrupter` when a sample cannot be loaded.
+    pub fn watch(&self, interrupter: &Interrupter) {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .interrupter = Some(interrupter.clone());
+    }
+
+    /// The first sample that failed to load since the splits were opened, if any.
+    pub fn take_failure(&self) -> Option<DataError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .error
+            .take()
     }
 }

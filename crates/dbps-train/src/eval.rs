@@ -137,6 +137,9 @@ pub fn eval_checkpoints<B: Backend>(
             device,
             &format!("{name} test"),
         );
+        if let Some(error) = splits.take_failure() {
+            return Err(error.into());
+        }
         report.methods.push(CheckpointEval {
             method: name,
             epoch: manifest.best_epoch,

@@ -222,6 +222,7 @@ pub fn train_method<B: AutodiffBackend>(
         None => TrainingMonitor::new(interrupter.clone()),
     };
     let model = TrainedClassifier::new(classifier, monitor.clone());
+    splits.watch(&interrupter);
 
     let batcher = ImageBatcher::new(splits.tasks.clone());
     let loader_train = DataLoaderBuilder::new(batcher.clone())
@@ -269,6 +270,9 @@ pub fn train_method<B: AutodiffBackend>(
         .launch(learner);
     let train_seconds = start.elapsed().as_secs_f64();
     let history = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(error) = splits.take_failure() {
+        return Err(error.into());
+    }
     if let Some(value) = monitor.diverged() {
         return Err(TrainError::NonFiniteLoss {
             method: method.name.clone(),
@@ -312,6 +316,10 @@ pub fn train_method<B: AutodiffBackend>(
             &format!("{} test (best)", method.name),
         )
     };
+    // A test image that could not be loaded was scored as a blank: no figure is reported.
+    if let Some(error) = splits.take_failure() {
+        return Err(error.into());
+    }
 
     write_json_atomic(
         &method_dir.join(MANIFEST),

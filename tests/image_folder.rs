@@ -1,0 +1,162 @@
+//! Image-folder datasets end to end: a tiny fake `ROOT/{train,test}/<class>/` tree trains
+//! through the real loader and config, and bad data fails naming the file and the problem.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use image::{Rgb, RgbImage};
+use serde_json::{Value, json};
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dbps-folder-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A `w`×`h` image whose colour says its class, with a bright square somewhere.
+fn write_image(path: &Path, [w, h]: [u32; 2], class: usize, seed: u32) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let base = [(200, 40, 40), (40, 40, 200)][class];
+    let image = RgbImage::from_fn(w, h, |x, y| {
+        let spot = (x / 8 + seed).is_multiple_of(5) && (y / 8 + seed).is_multiple_of(3);
+        if spot {
+            Rgb([255, 255, 255])
+        } else {
+            Rgb([base.0, base.1, base.2])
+        }
+    });
+    image.save(path).unwrap();
+}
+
+/// Two classes, three training and one test image each, of `size`; no `val/`.
+fn fake_dataset(root: &Path, size: [u32; 2]) {
+    for (class, name) in ["cracks", "potholes"].iter().enumerate() {
+        for i in 0..3 {
+            write_image(&root.join(format!("train/{name}/{i}.png")), size, class, i);
+        }
+        write_image(&root.join(format!("test/{name}/0.jpg")), size, class, 7);
+    }
+}
+
+fn config(root: &Path) -> Value {
+    json!({
+        "name": "folder",
+        "dataset": { "image_folder": { "root": root, "height": 48, "width": 64, "val_fraction": 0.34, "max_shift": 8 } },
+        "patch": { "size": 16 },
+        "encoder": { "tiny_cnn": { "in_channels": 3, "width": 4 } },
+        "aggregator": { "heads": 2, "d_k": 4, "d_v": 4, "d_inner": 16, "dropout": 0.0, "attn_dropout": 0.0 },
+        "methods": [ { "name": "DBPS", "m": 2, "s": 3, "l": 4 } ],
+        "train": { "epochs": 1, "warmup_epochs": 0, "batch_size": 2 }
+    })
+}
+
+fn train(dir: &Path, config: &Value) -> Output {
+    let path = dir.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_dbps"))
+        .args(["train", "--config", path.to_str().unwrap(), "--output"])
+        .arg(dir.join("run"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("the dbps binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn image_folder_trains_through_the_real_loader() {
+    let dir = scratch("ok");
+    let root = dir.join("data");
+    // Images larger than the configured size: decoded, resized to 64×48, normalised.
+    fake_dataset(&root, [96, 72]);
+    let out = train(&dir, &config(&root));
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/metrics.json")).unwrap())
+            .unwrap();
+    let method = &metrics["methods"][0];
+    assert_eq!(method["epochs"], 1);
+    // The carved validation split (one image per class) and the test split were scored.
+    let test = &method["test_last"];
+    assert!(
+        test["loss"].as_f64().is_some_and(f64::is_finite),
+        "{metrics}"
+    );
+    assert_eq!(test["images"], 2, "{metrics}");
+}
+
+/// Runs `break_it` on a fresh fake dataset and returns the error the run ends with; no run
+/// directory may be left behind when the data is checked before training.
+fn failure(name: &str, break_it: impl FnOnce(&Path)) -> (String, bool) {
+    let dir = scratch(name);
+    let root = dir.join("data");
+    fake_dataset(&root, [64, 48]);
+    break_it(&root);
+    let out = train(&dir, &config(&root));
+    assert!(!out.status.success(), "{name}: training should fail");
+    (stderr(&out), dir.join("run").exists())
+}
+
+#[test]
+fn bad_image_folders_fail_naming_the_file_and_the_problem() {
+    let (err, run) = failure("no-test", |root| {
+        std::fs::remove_dir_all(root.join("test")).unwrap()
+    });
+    assert!(
+        err.contains("test/ split is absent") && err.contains("ROOT/{train,val,test}"),
+        "{err}"
+    );
+    assert!(!run, "checked before the run directory");
+
+    let (err, _) = failure("empty-class", |root| {
+        std::fs::create_dir_all(root.join("train/empty")).unwrap()
+    });
+    assert!(
+        err.contains("train/empty") && err.contains("holds no image"),
+        "{err}"
+    );
+
+    let (err, _) = failure("not-an-image", |root| {
+        std::fs::write(root.join("train/cracks/notes.png"), "not a png").unwrap()
+    });
+    assert!(
+        err.contains("notes.png") && err.contains("not a readable image"),
+        "{err}"
+    );
+
+    let (err, _) = failure("unknown-class", |root| {
+        write_image(&root.join("test/puddles/0.png"), [64, 48], 0, 1)
+    });
+    assert!(
+        err.contains("test/puddles") && err.contains("not among the training classes"),
+        "{err}"
+    );
+
+    let (err, run) = failure("too-small", |root| {
+        write_image(&root.join("train/cracks/tiny.png"), [12, 48], 0, 1)
+    });
+    assert!(
+        err.contains("tiny.png") && err.contains("smaller than one 16 px patch"),
+        "{err}"
+    );
+    assert!(!run, "checked before the run directory");
+
+    // A truncated file keeps its header, so only decoding finds it: training stops and the
+    // run fails naming the file.
+    let (err, _) = failure("truncated", |root| {
+        for name in ["cracks", "potholes"] {
+            for i in 0..3 {
+                let path = root.join(format!("train/{name}/{i}.png"));
+                let bytes = std::fs::read(&path).unwrap();
+                std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+            }
+        }
+    });
+    assert!(
+        err.contains(".png") && err.contains("cannot decode the image"),
+        "{err}"
+    );
+}
