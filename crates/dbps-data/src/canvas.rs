@@ -57,25 +57,13 @@ impl Canvas {
         }
     }
 
-    /// Pastes a `size×size` stamp with its top-left at `(x, y)`, keeping the brighter pixel.
-    pub fn paste_max(&mut self, stamp: &[f32], size: usize, x: usize, y: usize) {
+    /// Pastes a `size`² stamp with its top-left corner at `(x, y)`, overwriting the whole box —
+    /// zeros included, as the reference generator assigns it (clipped at the canvas edge).
+    pub fn paste_box(&mut self, stamp: &[f32], size: usize, x: usize, y: usize) {
+        let cols = size.min(self.width.saturating_sub(x));
         for sy in 0..size.min(self.height.saturating_sub(y)) {
-            for sx in 0..size.min(self.width.saturating_sub(x)) {
-                let pixel = &mut self.pixels[(y + sy) * self.width + x + sx];
-                *pixel = pixel.max(stamp[sy * size + sx]);
-            }
-        }
-    }
-
-    /// Pastes a stamp, overwriting wherever the stamp is non-zero (digits over noise).
-    pub fn paste_over(&mut self, stamp: &[f32], size: usize, x: usize, y: usize) {
-        for sy in 0..size.min(self.height.saturating_sub(y)) {
-            for sx in 0..size.min(self.width.saturating_sub(x)) {
-                let v = stamp[sy * size + sx];
-                if v > 0.0 {
-                    self.pixels[(y + sy) * self.width + x + sx] = v;
-                }
-            }
+            let row = (y + sy) * self.width + x;
+            self.pixels[row..row + cols].copy_from_slice(&stamp[sy * size..sy * size + cols]);
         }
     }
 }

@@ -1,6 +1,6 @@
 use std::fs::File;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use flate2::read::GzDecoder;
 
@@ -40,34 +40,6 @@ impl IdxDigits {
     }
 }
 
-const FIX: &str = "point `digits_dir` (or DBPS_MNIST_DIR) at a folder holding *-images-idx3-ubyte[.gz] and *-labels-idx1-ubyte[.gz], e.g. ../shared/data/mnist";
-
-fn find(dir: &Path, suffix: &'static str) -> Result<PathBuf, DataError> {
-    let entries = std::fs::read_dir(dir).map_err(|_| DataError::Missing {
-        what: "digits directory",
-        path: dir.to_path_buf(),
-        fix: FIX,
-    })?;
-    let mut found: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(suffix) || n.ends_with(&format!("{suffix}.gz")))
-        })
-        .collect();
-    found.sort();
-    found.into_iter().next().ok_or(DataError::Missing {
-        what: if suffix.contains("images") {
-            "IDX images file"
-        } else {
-            "IDX labels file"
-        },
-        path: dir.join(format!("*{suffix}[.gz]")),
-        fix: FIX,
-    })
-}
-
 fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
@@ -99,19 +71,31 @@ fn be_u32(bytes: &[u8], at: usize) -> usize {
     u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
 }
 
-/// Reads the digit images and labels IDX files found in `dir`.
-pub fn read_idx_digits(dir: &Path) -> Result<IdxDigits, DataError> {
-    let images_path = find(dir, "images-idx3-ubyte")?;
-    let labels_path = find(dir, "labels-idx1-ubyte")?;
+/// Reads a pair of IDX files (optionally gzipped): the digits and their labels, which must
+/// hold the same number of items.
+pub fn read_idx_digits(images_path: &Path, labels_path: &Path) -> Result<IdxDigits, DataError> {
+    for (path, what) in [
+        (images_path, "IDX images file"),
+        (labels_path, "IDX labels file"),
+    ] {
+        if !path.is_file() {
+            return Err(DataError::Missing {
+                what,
+                path: path.to_path_buf(),
+                fix: "name the files in `images`/`labels` (and `test_images`/`test_labels`), relative to `digits_dir` or DBPS_MNIST_DIR",
+            });
+        }
+    }
+    let labels_path = labels_path.to_path_buf();
     let corrupt = |path: &Path, kind, reason: String| DataError::Corrupt {
         path: path.to_path_buf(),
         kind,
         reason,
     };
-    let images = read_all(&images_path)?;
+    let images = read_all(images_path)?;
     if images.len() < 16 || be_u32(&images, 0) != 2051 {
         return Err(corrupt(
-            &images_path,
+            images_path,
             "images",
             "magic number is not 2051".into(),
         ));
@@ -119,7 +103,7 @@ pub fn read_idx_digits(dir: &Path) -> Result<IdxDigits, DataError> {
     let (n, rows, cols) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
     if images.len() != 16 + n * rows * cols {
         return Err(corrupt(
-            &images_path,
+            images_path,
             "images",
             format!(
                 "header promises {n} images of {rows}×{cols} but the file holds {} bytes",
@@ -179,17 +163,24 @@ mod tests {
         std::fs::write(dir.join("t-labels-idx1-ubyte"), lab).unwrap();
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
+    fn temp_dir(name: &str) -> std::path::PathBuf {
         let dir = std::env::temp_dir().join(format!("dbps-idx-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    fn read(dir: &Path) -> Result<IdxDigits, DataError> {
+        read_idx_digits(
+            &dir.join("t-images-idx3-ubyte"),
+            &dir.join("t-labels-idx1-ubyte"),
+        )
     }
 
     #[test]
     fn reads_a_valid_pair() {
         let dir = temp_dir("ok");
         write_pair(&dir, &[3, 9]);
-        let d = read_idx_digits(&dir).unwrap();
+        let d = read(&dir).unwrap();
         assert_eq!((d.len(), d.rows, d.labels[1]), (2, 2, 9));
         assert_eq!(d.digit(0), vec![1.0; 4]);
     }
@@ -198,7 +189,7 @@ mod tests {
     fn label_out_of_range_names_the_file() {
         let dir = temp_dir("label");
         write_pair(&dir, &[3, 12]);
-        let err = read_idx_digits(&dir).unwrap_err();
+        let err = read(&dir).unwrap_err();
         assert!(
             matches!(
                 err,
@@ -213,12 +204,13 @@ mod tests {
     }
 
     #[test]
-    fn missing_directory_says_how_to_fix() {
-        let err = read_idx_digits(Path::new("/nonexistent/digits"))
+    fn missing_file_says_how_to_fix() {
+        let err = read(Path::new("/nonexistent/digits"))
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("/nonexistent/digits") && err.contains("DBPS_MNIST_DIR"),
+            err.contains("/nonexistent/digits/t-images-idx3-ubyte")
+                && err.contains("DBPS_MNIST_DIR"),
             "{err}"
         );
     }
@@ -228,7 +220,7 @@ mod tests {
         let dir = temp_dir("corrupt");
         write_pair(&dir, &[1]);
         std::fs::write(dir.join("t-images-idx3-ubyte"), b"garbage!").unwrap();
-        let err = read_idx_digits(&dir).unwrap_err();
+        let err = read(&dir).unwrap_err();
         assert!(
             matches!(err, DataError::Corrupt { kind: "images", .. }),
             "{err}"

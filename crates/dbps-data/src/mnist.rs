@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rand::{Rng, RngExt, SeedableRng, rngs::StdRng};
+use rand::{Rng, RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -15,6 +15,15 @@ use crate::{
 pub struct MegapixelMnistConfig {
     /// Folder with the IDX digit files; `DBPS_MNIST_DIR` overrides it.
     pub digits_dir: PathBuf,
+    /// The IDX images file the train and valid pools (and, without `test_images`, the test
+    /// pool) come from, relative to `digits_dir`. Files are always named, never discovered.
+    pub images: PathBuf,
+    /// Its labels file.
+    pub labels: PathBuf,
+    /// A separate IDX images file for the test split (MNIST's `t10k-images-idx3-ubyte.gz`).
+    pub test_images: Option<PathBuf>,
+    /// Its labels file.
+    pub test_labels: Option<PathBuf>,
     /// Canvas side in pixels.
     pub canvas: usize,
     /// Noise stamps per canvas.
@@ -23,7 +32,8 @@ pub struct MegapixelMnistConfig {
     pub noise_patterns: usize,
     /// Images per split: train, valid, test.
     pub sizes: [usize; 3],
-    /// Share of the digit files used by the train, valid and test pools (disjoint, in file order).
+    /// Shares of the digits file used by the train, valid and test pools (disjoint, in file
+    /// order); with `test_images` the test split uses all of that file instead.
     pub pools: [f64; 3],
     /// Seed of every draw.
     pub seed: u64,
@@ -33,6 +43,10 @@ impl Default for MegapixelMnistConfig {
     fn default() -> Self {
         Self {
             digits_dir: PathBuf::from("../shared/data/mnist"),
+            images: PathBuf::from("digits8k-images-idx3-ubyte.gz"),
+            labels: PathBuf::from("digits8k-labels-idx1-ubyte.gz"),
+            test_images: None,
+            test_labels: None,
             canvas: 1500,
             noise_stamps: 50,
             noise_patterns: 50,
@@ -67,17 +81,47 @@ pub struct MegapixelMnist {
 }
 
 impl MegapixelMnist {
-    /// The given split, reading the digits from the configured folder.
+    /// The given split, reading the digits from the files the config names.
     pub fn new(config: &MegapixelMnistConfig, split: Split) -> Result<Self, DataError> {
-        let digits = Arc::new(read_idx_digits(&config.resolved_digits_dir())?);
-        Self::from_digits(config, split, digits)
+        let dir = config.resolved_digits_dir();
+        let read = |images: &PathBuf, labels: &PathBuf| {
+            read_idx_digits(&dir.join(images), &dir.join(labels)).map(Arc::new)
+        };
+        match (&config.test_images, &config.test_labels) {
+            (Some(images), Some(labels)) if split == Split::Test => {
+                let digits = read(images, labels)?;
+                let all = 0..digits.len();
+                Self::with_pool(config, split, digits, all)
+            }
+            (Some(_), Some(_)) | (None, None) => {
+                Self::from_digits(config, split, read(&config.images, &config.labels)?)
+            }
+            _ => Err(DataError::Config {
+                field: "dataset.megapixel_mnist.test_images",
+                reason: "`test_images` and `test_labels` go together; give both or neither".into(),
+            }),
+        }
     }
 
-    /// The given split over digits already read (share one read between splits).
+    /// The given split over digits already read, its pool the split's share (`pools`) of them.
     pub fn from_digits(
         config: &MegapixelMnistConfig,
         split: Split,
         digits: Arc<IdxDigits>,
+    ) -> Result<Self, DataError> {
+        let which = split.index();
+        let bound =
+            |k: usize| (config.pools[..k].iter().sum::<f64>() * digits.len() as f64) as usize;
+        let range = bound(which)..bound(which + 1);
+        Self::with_pool(config, split, digits, range)
+    }
+
+    /// The given split drawing its digits from items `range` of `digits`.
+    fn with_pool(
+        config: &MegapixelMnistConfig,
+        split: Split,
+        digits: Arc<IdxDigits>,
+        range: std::ops::Range<usize>,
     ) -> Result<Self, DataError> {
         let side = digits.rows.max(digits.cols);
         if config.canvas < side * 4 {
@@ -110,10 +154,7 @@ impl MegapixelMnist {
                 ),
             });
         }
-        let which = split.index();
-        let bound =
-            |k: usize| (config.pools[..k].iter().sum::<f64>() * digits.len() as f64) as usize;
-        let (start, end) = (bound(which), bound(which + 1));
+        let (start, end) = (range.start, range.end);
         let mut pool = vec![Vec::new(); 10];
         for i in start..end {
             pool[digits.labels[i] as usize].push(i);
@@ -128,9 +169,7 @@ impl MegapixelMnist {
             });
         }
         let mut rng = StdRng::seed_from_u64(config.seed ^ split.salt() ^ 0x5eed);
-        let patterns = (0..config.noise_patterns)
-            .map(|_| noise_pattern(side, &mut rng))
-            .collect();
+        let patterns = noise_patterns(config.noise_patterns, side, &mut rng);
         Ok(Self {
             config: config.clone(),
             split,
@@ -154,8 +193,8 @@ impl MegapixelMnist {
         ]
     }
 
-    /// Draws canvas `index` with its targets.
-    pub fn draw(&self, index: usize) -> (Canvas, Vec<Target>) {
+    /// Draws canvas `index` with its targets and the top-left `(x, y)` of its five digit boxes.
+    pub fn draw(&self, index: usize) -> (Canvas, Vec<Target>, Vec<(usize, usize)>) {
         let cfg = &self.config;
         let seed =
             cfg.seed ^ self.split.salt() ^ (index as u64).wrapping_mul(0x2545_f491_4f6c_dd1d);
@@ -163,10 +202,13 @@ impl MegapixelMnist {
         let side = self.digits.rows.max(self.digits.cols);
         let mut canvas = Canvas::new(cfg.canvas, cfg.canvas);
         let max_xy = cfg.canvas - side;
+        // Noise first, each stamp overwriting its whole box, placed `side` px clear of the
+        // edges as the reference places it; the digits then overwrite theirs.
         for _ in 0..cfg.noise_stamps {
             let pattern = &self.patterns[rng.random_range(0..self.patterns.len())];
-            let (x, y) = (rng.random_range(0..=max_xy), rng.random_range(0..=max_xy));
-            canvas.paste_max(pattern, side, x, y);
+            let mut at = || rng.random_range(side..=cfg.canvas - 2 * side);
+            let (x, y) = (at(), at());
+            canvas.paste_box(pattern, side, x, y);
         }
         let target = rng.random_range(0..10usize);
         let mut classes = vec![target; TARGET_COPIES];
@@ -187,7 +229,7 @@ impl MegapixelMnist {
         for (&class, &(x, y)) in classes.iter().zip(&boxes) {
             let pool = &self.pool[class];
             let digit = self.digits.digit(pool[rng.random_range(0..pool.len())]);
-            canvas.paste_over(&digit, side, x, y);
+            canvas.paste_box(&digit, side, x, y);
         }
         let top = classes[(0..DIGITS_PER_IMAGE)
             .min_by_key(|&i| boxes[i].1)
@@ -200,28 +242,51 @@ impl MegapixelMnist {
             Target::Class(top),
             Target::MultiHot(present),
         ];
-        (canvas, targets)
+        (canvas, targets, boxes)
     }
 }
 
-/// Union of two random straight strokes through a `side`² box, values U(0.8, 1).
-fn noise_pattern<R: Rng + ?Sized>(side: usize, rng: &mut R) -> Vec<f32> {
-    let mut canvas = Canvas::new(side, side);
-    let s = side as f32;
-    for _ in 0..2 {
-        let a = (rng.random_range(0.0..s), rng.random_range(0.0..s));
-        let b = (rng.random_range(0.0..s), rng.random_range(0.0..s));
-        canvas.polyline(&[a, b], rng.random_range(1.5f32..3.0), 1.0);
-    }
-    canvas
-        .pixels
-        .into_iter()
-        .map(|v| {
-            if v > 0.0 {
-                v * rng.random_range(0.8f32..1.0)
-            } else {
-                0.0
+/// The reference generator's noise patterns (method.md §11), `side`² each: pattern i is the
+/// union of a one-pixel straight stroke from the box's corner at a random slope tan(U·π/2.5)
+/// (56 points, rounded) and the stroke of another pattern, mirrored left–right with the
+/// reference's odds (its two flips with p = 0.33 both act on columns, so a mirror happens when
+/// exactly one fires); stroke pixels take values U(0.8, 1).
+fn noise_patterns<R: Rng + ?Sized>(count: usize, side: usize, rng: &mut R) -> Vec<Vec<f32>> {
+    let end = side as f32 - 0.51;
+    let strokes: Vec<Vec<bool>> = (0..count)
+        .map(|_| {
+            let slope = (rng.random_range(0.0f32..1.0) * std::f32::consts::PI / 2.5).tan();
+            let reach = end.min(end / slope);
+            let mut stroke = vec![false; side * side];
+            for k in 0..56 {
+                let row = reach * k as f32 / 55.0;
+                let col = slope * row;
+                let (r, c) = (row.round() as usize, col.round() as usize);
+                if r < side && c < side {
+                    stroke[r * side + c] = true;
+                }
             }
+            stroke
+        })
+        .collect();
+    let mut partners: Vec<usize> = (0..count).collect();
+    partners.shuffle(rng);
+    (0..count)
+        .map(|i| {
+            let mirror =
+                (rng.random_range(0.0f32..1.0) < 0.33) ^ (rng.random_range(0.0f32..1.0) < 0.33);
+            let partner = &strokes[partners[i]];
+            (0..side * side)
+                .map(|p| {
+                    let (r, c) = (p / side, p % side);
+                    let mirrored = if mirror { side - 1 - c } else { c };
+                    if strokes[i][p] || partner[r * side + mirrored] {
+                        rng.random_range(0.8f32..1.0)
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
         })
         .collect()
 }
@@ -244,7 +309,7 @@ impl ImageSource for MegapixelMnist {
         if index >= len {
             return Err(DataError::IndexOutOfRange { index, len });
         }
-        let (canvas, targets) = self.draw(index);
+        let (canvas, targets, _) = self.draw(index);
         Ok(Sample {
             image: canvas.pixels,
             channels: 1,
@@ -284,7 +349,7 @@ mod tests {
         };
         let data = MegapixelMnist::from_digits(&cfg, Split::Train, digits()).unwrap();
         for i in 0..20 {
-            let (_, t) = data.draw(i);
+            let (_, t, _) = data.draw(i);
             let (Target::Class(majority), Target::Class(max), Target::MultiHot(present)) =
                 (&t[0], &t[1], &t[3])
             else {
@@ -310,7 +375,7 @@ mod tests {
         let data = MegapixelMnist::from_digits(&cfg, Split::Train, digits()).unwrap();
         let mut checked = 0;
         for i in 0..40 {
-            let (canvas, t) = data.draw(i);
+            let (canvas, t, _) = data.draw(i);
             let Target::Class(top) = t[2] else {
                 panic!("top is a class target: {t:?}")
             };
@@ -332,6 +397,46 @@ mod tests {
             }
         }
         assert!(checked >= 30, "only {checked} images had one highest digit");
+    }
+
+    /// Digits overwrite their whole box (zeros included) over the noise; noise strokes are
+    /// one pixel wide with values in [0.8, 1).
+    #[test]
+    fn digits_overwrite_their_box_over_reference_noise() {
+        let cfg = MegapixelMnistConfig {
+            canvas: 200,
+            noise_stamps: 60,
+            noise_patterns: 10,
+            sizes: [10, 5, 5],
+            ..Default::default()
+        };
+        // Digits whose left half is blank: a paste of non-zero pixels only would leave noise.
+        let mut half = (*digits()).clone();
+        for d in 0..half.len() {
+            for r in 0..28 {
+                half.pixels[(d * 28 + r) * 28..(d * 28 + r) * 28 + 14].fill(0);
+            }
+        }
+        let data = MegapixelMnist::from_digits(&cfg, Split::Train, Arc::new(half)).unwrap();
+        for i in 0..10 {
+            let (canvas, _, boxes) = data.draw(i);
+            for (x, y) in boxes {
+                for r in 0..28 {
+                    let row = &canvas.pixels[(y + r) * 200 + x..(y + r) * 200 + x + 28];
+                    assert!(
+                        row[..14].iter().all(|&v| v == 0.0),
+                        "noise left in a digit box"
+                    );
+                    assert!(row[14..].iter().all(|&v| v > 0.0));
+                }
+            }
+        }
+        for pattern in &data.patterns {
+            let lit: Vec<f32> = pattern.iter().copied().filter(|&v| v > 0.0).collect();
+            assert!(lit.iter().all(|v| (0.8..1.0).contains(v)), "{lit:?}");
+            // Two one-pixel strokes of 56 rounded points across a 28 px box.
+            assert!((28..=112).contains(&lit.len()), "{} lit pixels", lit.len());
+        }
     }
 
     #[test]
@@ -373,6 +478,18 @@ mod tests {
         };
         let data = MegapixelMnist::from_digits(&quiet, Split::Train, digits()).unwrap();
         data.draw(0);
+    }
+
+    #[test]
+    fn a_test_images_file_needs_its_labels() {
+        let cfg = MegapixelMnistConfig {
+            test_images: Some("t10k-images-idx3-ubyte.gz".into()),
+            ..Default::default()
+        };
+        let err = MegapixelMnist::new(&cfg, Split::Train)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("test_labels"), "{err}");
     }
 
     #[test]
