@@ -1,16 +1,67 @@
-//! `dbps eval`: re-evaluating the best checkpoints of a finished run on its test split.
+//! Evaluation: scoring a model on one split ([`evaluate`]), and `dbps eval`, which re-evaluates
+//! the best checkpoints of a finished run on its test split.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
+use burn::data::dataset::Dataset;
 use burn::tensor::backend::Backend;
+use dbps_data::{Sample, TaskSpec};
+use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::datasets::Splits;
-use crate::report::{EvalFigures, write_json_atomic};
-use crate::runner::{
-    MANIFEST, MethodManifest, build_classifier, checkpoint_path, evaluate, load_weights,
-};
-use crate::{Result, TrainError, TrainedClassifier, TrainingMonitor};
+use crate::build::build_classifier;
+use crate::checkpoint::{MANIFEST, MethodManifest, checkpoint_path, load_weights};
+use crate::datasets::{ImageDataset, Splits};
+use crate::report::{EvalFigures, TaskAccuracy, write_json_atomic};
+use crate::{ImageBatcher, Result, StepStats, TrainError, TrainedClassifier, TrainingMonitor};
+
+/// Evaluates a model on a dataset split, batch by batch, in inference mode.
+pub fn evaluate<B: Backend>(
+    model: &TrainedClassifier<B>,
+    dataset: &ImageDataset,
+    tasks: &[TaskSpec],
+    batch_size: usize,
+    device: &B::Device,
+    label: &str,
+) -> EvalFigures {
+    let start = Instant::now();
+    let batcher = ImageBatcher::new(tasks.to_vec());
+    let total = dataset.len();
+    let bar = ProgressBar::new(total as u64).with_prefix(label.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    let mut hits = vec![0i64; tasks.len()];
+    let mut loss_sum = 0.0;
+    for start_index in (0..total).step_by(batch_size.max(1)) {
+        let items: Vec<Sample> = (start_index..(start_index + batch_size).min(total))
+            .filter_map(|i| dataset.get(i))
+            .collect();
+        let batch =
+            burn::data::dataloader::batcher::Batcher::<B, _, _>::batch(&batcher, items, device);
+        let stats: StepStats = model.evaluate(batch).stats();
+        loss_sum += stats.loss * stats.batch as f64;
+        hits.iter_mut().zip(&stats.hits).for_each(|(h, s)| *h += s);
+        bar.inc(stats.batch as u64);
+    }
+    bar.finish_and_clear();
+    EvalFigures {
+        loss: loss_sum / total.max(1) as f64,
+        tasks: tasks
+            .iter()
+            .zip(hits)
+            .map(|(t, h)| TaskAccuracy {
+                task: t.name.clone(),
+                accuracy: h as f64 / total.max(1) as f64,
+            })
+            .collect(),
+        images: total,
+        seconds: start.elapsed().as_secs_f64(),
+    }
+}
 
 /// Test figures of one method's best checkpoint.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

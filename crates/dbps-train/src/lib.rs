@@ -16,7 +16,9 @@
 
 mod backend;
 mod batch;
+mod build;
 mod candidates;
+mod checkpoint;
 pub mod config;
 mod datasets;
 mod error;
@@ -28,6 +30,7 @@ mod metrics;
 mod model;
 mod renderer;
 mod report;
+mod run_dir;
 mod runner;
 mod schedule;
 mod step;
@@ -36,11 +39,13 @@ pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice, pool_probe};
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTrainBackend};
 pub use batch::{BatchImages, ImageBatch, ImageBatcher, TaskTargets};
+pub use build::build_classifier;
 pub use candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
+pub use checkpoint::{CheckpointRecorder, MANIFEST, MethodManifest, checkpoint_path, load_weights};
 pub use config::{MethodPlan, RunConfig};
 pub use datasets::{ImageDataset, Splits};
 pub use error::{Result, TrainError};
-pub use eval::{CheckpointEval, EvalReport, eval_checkpoints};
+pub use eval::{CheckpointEval, EvalReport, eval_checkpoints, evaluate};
 pub use heap::retain_freed_memory;
 pub use loss::{loss_and_hits, task_hits, task_loss};
 pub use meter::{
@@ -56,9 +61,7 @@ pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
     write_json_atomic,
 };
-pub use runner::{
-    CheckpointRecorder, MANIFEST, MethodManifest, build_classifier, checkpoint_path, evaluate,
-    fresh_run_dir, load_weights, run, train_method,
-};
+pub use run_dir::fresh_run_dir;
+pub use runner::{run, train_method};
 pub use schedule::WarmupCosine;
 pub use step::{StepOutput, StepStats, TrainedClassifier, TrainingMonitor};

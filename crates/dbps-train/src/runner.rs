@@ -1,207 +1,29 @@
-//! Training runs: one burn-train `Learner` per method, test evaluation, checkpoints and reports.
+//! Training runs: one burn-train `Learner` per method in a fresh run directory, then the
+//! method's test figures and reports.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use burn::data::dataloader::DataLoaderBuilder;
-use burn::data::dataset::Dataset;
-use burn::module::Module;
 use burn::optim::AdamWConfig;
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn_train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
-use burn_train::metric::store::{Aggregate, EventStoreClient, Split};
+use burn::tensor::backend::AutodiffBackend;
 use burn_train::{Interrupter, Learner, SupervisedTraining};
-use dbps_data::{Sample, TaskSpec};
-use dbps_encoder::PatchEncoder;
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
+use crate::build::build_classifier;
+use crate::checkpoint::{
+    CheckpointRecorder, EveryEpoch, MANIFEST, MethodManifest, checkpoint_path, load_weights,
+};
 use crate::config::RunConfig;
-use crate::datasets::{ImageDataset, Splits};
-use crate::metrics::{ACCURACY, LOSS, TaskMetric};
-use crate::report::{
-    EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
-    write_json_atomic,
-};
+use crate::datasets::Splits;
+use crate::eval::evaluate;
+use crate::metrics::TaskMetric;
+use crate::report::{EpochFigures, MethodReport, RunReport, SelectionFigures, write_json_atomic};
+use crate::run_dir::fresh_run_dir;
 use crate::{
-    ImageBatcher, MeteredOptimizer, PatchClassifier, ProgressRenderer, Result, SelectionPlan,
-    StepMeter, StepStats, TrainError, TrainedClassifier, TrainingMonitor, WarmupCosine,
+    ImageBatcher, MeteredOptimizer, ProgressRenderer, Result, TrainError, TrainedClassifier,
+    TrainingMonitor, WarmupCosine,
 };
-
-/// The recorder of every checkpoint dbps writes.
-pub type CheckpointRecorder = NamedMpkFileRecorder<FullPrecisionSettings>;
-
-/// What a method directory holds besides burn-train's files: enough to rebuild the model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct MethodManifest {
-    /// The run's whole config.
-    pub config: RunConfig,
-    /// Index of the method in `config.methods`.
-    pub method: usize,
-    /// Epoch whose weights did best on validation.
-    pub best_epoch: usize,
-    /// Epochs completed.
-    pub epochs: usize,
-}
-
-/// File name of a [`MethodManifest`] inside a method directory.
-pub const MANIFEST: &str = "method.json";
-
-/// Builds the classifier of method `index` with fresh weights.
-pub fn build_classifier<B: Backend>(
-    config: &RunConfig,
-    index: usize,
-    tasks: &[TaskSpec],
-    device: &B::Device,
-) -> Result<PatchClassifier<B>> {
-    let grid = config.grid()?;
-    let plan = config.method_plan(index, grid.len())?;
-    let encoder = config.encoder.init::<B>(device)?;
-    let classes = tasks.iter().map(|t| t.classes).collect();
-    let aggregator = config
-        .aggregator_config(plan.aggregator, encoder.embed_dim(), classes)
-        .init(device)?;
-    let selection = SelectionPlan::new(
-        grid,
-        plan.buffer,
-        plan.drop,
-        config.train.shuffle_patches,
-        config.train.seed,
-    )
-    .with_engine(config.train.selection_engine);
-    let model = PatchClassifier::new(encoder, aggregator, selection);
-    // Burn initialises parameters lazily, and every clone (such as the `valid()` copy that runs
-    // selection) would draw its own values: materialise them once so all copies agree.
-    let record = model.clone().into_record();
-    Ok(model.load_record(record))
-}
-
-/// Records per-epoch figures and saves a checkpoint after every epoch.
-struct EveryEpoch {
-    history: Arc<Mutex<Vec<EpochFigures>>>,
-    method: String,
-    meter: StepMeter,
-}
-
-impl CheckpointingStrategy for EveryEpoch {
-    fn checkpointing(
-        &mut self,
-        epoch: usize,
-        store: &EventStoreClient,
-    ) -> Vec<CheckpointingAction> {
-        let get = |name: &str, split: Split| {
-            store
-                .find_metric(name, epoch, Aggregate::Mean, &split)
-                .unwrap_or(f64::NAN)
-        };
-        let figures = EpochFigures {
-            epoch,
-            train_loss: get(LOSS, Split::Train),
-            train_accuracy: get(ACCURACY, Split::Train),
-            valid_loss: get(LOSS, Split::Valid),
-            valid_accuracy: get(ACCURACY, Split::Valid),
-            efficiency: self.meter.figures(),
-        };
-        self.meter.clear();
-        tracing::info!(
-            method = %self.method,
-            epoch,
-            train_loss = figures.train_loss,
-            train_acc = figures.train_accuracy,
-            valid_loss = figures.valid_loss,
-            valid_acc = figures.valid_accuracy,
-            ms_per_step = figures.efficiency.as_ref().map(|e| e.ms_per_step),
-            peak_step_mb = figures.efficiency.as_ref().and_then(|e| e.peak_step_bytes).map(|b| b as f64 / 1e6),
-            "epoch done"
-        );
-        self.history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(figures);
-        vec![CheckpointingAction::Save]
-    }
-}
-
-/// Evaluates a model on a dataset split, batch by batch, in inference mode.
-pub fn evaluate<B: Backend>(
-    model: &TrainedClassifier<B>,
-    dataset: &ImageDataset,
-    tasks: &[TaskSpec],
-    batch_size: usize,
-    device: &B::Device,
-    label: &str,
-) -> EvalFigures {
-    let start = Instant::now();
-    let batcher = ImageBatcher::new(tasks.to_vec());
-    let total = dataset.len();
-    let bar = ProgressBar::new(total as u64).with_prefix(label.to_string());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    let mut hits = vec![0i64; tasks.len()];
-    let mut loss_sum = 0.0;
-    for start_index in (0..total).step_by(batch_size.max(1)) {
-        let items: Vec<Sample> = (start_index..(start_index + batch_size).min(total))
-            .filter_map(|i| dataset.get(i))
-            .collect();
-        let batch =
-            burn::data::dataloader::batcher::Batcher::<B, _, _>::batch(&batcher, items, device);
-        let stats: StepStats = model.evaluate(batch).stats();
-        loss_sum += stats.loss * stats.batch as f64;
-        hits.iter_mut().zip(&stats.hits).for_each(|(h, s)| *h += s);
-        bar.inc(stats.batch as u64);
-    }
-    bar.finish_and_clear();
-    EvalFigures {
-        loss: loss_sum / total.max(1) as f64,
-        tasks: tasks
-            .iter()
-            .zip(hits)
-            .map(|(t, h)| TaskAccuracy {
-                task: t.name.clone(),
-                accuracy: h as f64 / total.max(1) as f64,
-            })
-            .collect(),
-        images: total,
-        seconds: start.elapsed().as_secs_f64(),
-    }
-}
-
-/// Path of the model checkpoint of `epoch` in a method directory.
-pub fn checkpoint_path(method_dir: &Path, epoch: usize) -> PathBuf {
-    method_dir
-        .join("checkpoint")
-        .join(format!("model-{epoch}.mpk"))
-}
-
-/// Loads the weights of `path` into a freshly built model, naming the file on mismatch.
-pub fn load_weights<B: Backend>(
-    model: TrainedClassifier<B>,
-    path: &Path,
-    device: &B::Device,
-) -> Result<TrainedClassifier<B>> {
-    if !path.is_file() {
-        return Err(TrainError::Checkpoint {
-            what: "checkpoint",
-            path: path.to_path_buf(),
-            reason: "does not exist; pass the run or method directory that `dbps train` wrote"
-                .into(),
-        });
-    }
-    model
-        .load_file(path.with_extension(""), &CheckpointRecorder::new(), device)
-        .map_err(|e| TrainError::Checkpoint {
-            what: "weight file",
-            path: path.to_path_buf(),
-            reason: format!(
-                "does not fit this model ({e}); it was written by another config or is damaged"
-            ),
-        })
-}
 
 /// Trains method `index` of a config into `method_dir` and evaluates it on the test split.
 pub fn train_method<B: AutodiffBackend>(
@@ -237,7 +59,7 @@ pub fn train_method<B: AutodiffBackend>(
         .set_device(device.clone())
         .build(splits.valid.clone());
 
-    let steps_per_epoch = splits.train.len().div_ceil(train.batch_size);
+    let steps_per_epoch = splits.train.source().len().div_ceil(train.batch_size);
     let total_steps = steps_per_epoch * train.epochs;
     let warmup = (train.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let optimizer = AdamWConfig::new()
@@ -347,31 +169,6 @@ pub fn train_method<B: AutodiffBackend>(
         test_last,
         test_best_valid,
     })
-}
-
-/// A run directory that holds nothing yet: `wanted`, or `wanted-2`, `wanted-3`, … if it is taken,
-/// so that no earlier result is ever overwritten.
-pub fn fresh_run_dir(wanted: &Path) -> Result<PathBuf> {
-    let taken = |p: &Path| {
-        p.exists()
-            && std::fs::read_dir(p)
-                .map(|mut d| d.next().is_some())
-                .unwrap_or(true)
-    };
-    let mut dir = wanted.to_path_buf();
-    let mut k = 2;
-    while taken(&dir) {
-        let name = wanted
-            .file_name()
-            .map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
-        dir = wanted.with_file_name(format!("{name}-{k}"));
-        k += 1;
-    }
-    std::fs::create_dir_all(&dir).map_err(|source| TrainError::Write {
-        path: dir.clone(),
-        source,
-    })?;
-    Ok(dir)
 }
 
 /// Trains every method of a config side by side in a fresh directory named after `wanted`
