@@ -160,3 +160,40 @@ fn bad_image_folders_fail_naming_the_file_and_the_problem() {
         "{err}"
     );
 }
+
+/// Swedish traffic signs: `Set1/` and `Set2/` with `annotations.txt`, filtered to the four
+/// speed-limit classes, train one step through the real loader and config.
+#[test]
+fn traffic_signs_train_through_the_real_loader() {
+    let dir = scratch("signs");
+    let root = dir.join("sts");
+    let sign = |name: &str| format!("VISIBLE, 40, 30, 20, 10, SPEED_LIMIT, {name}");
+    for (set, per_class) in [("Set1", 3), ("Set2", 1)] {
+        let mut lines = Vec::new();
+        for (class, name) in ["", "50_SIGN", "70_SIGN", "80_SIGN"].iter().enumerate() {
+            for i in 0..per_class {
+                let file = format!("img{class}{i}.jpg");
+                write_image(&root.join(set).join(&file), [96, 72], class % 2, i);
+                let signs = if name.is_empty() {
+                    String::new()
+                } else {
+                    sign(name)
+                };
+                lines.push(format!("{file}:{signs}"));
+            }
+        }
+        // Dropped by the filtering rule: a blurred limit, and a sign that is no speed limit.
+        lines.push("blurred.jpg:BLURRED, 40, 30, 20, 10, SPEED_LIMIT, 50_SIGN".to_string());
+        lines.push(format!("parking.jpg:{}", sign("NO_PARKING")));
+        std::fs::write(root.join(set).join("annotations.txt"), lines.join("\n")).unwrap();
+    }
+    let mut config = config(&root);
+    config["dataset"] = json!({ "traffic_signs": { "root": root, "height": 48, "width": 64, "val_fraction": 0.34, "max_shift": 8 } });
+    let out = train(&dir, &config);
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    let metrics: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("run/metrics.json")).unwrap())
+            .unwrap();
+    // Set2's four kept images (the dropped ones are never opened: they do not exist).
+    assert_eq!(metrics["methods"][0]["test_last"]["images"], 4, "{metrics}");
+}

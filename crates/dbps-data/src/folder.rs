@@ -137,6 +137,31 @@ fn scan_split(dir: &Path, classes: &[String]) -> Result<Vec<(usize, Vec<PathBuf>
     Ok(out)
 }
 
+/// Without a validation folder: a seeded `fraction` of each class (at least one image stays in
+/// training) is the validation split, the rest the training split.
+pub(crate) fn carve_validation(
+    by_class: Vec<(usize, Vec<PathBuf>)>,
+    fraction: f64,
+    seed: u64,
+    split: Split,
+) -> Vec<(usize, Vec<PathBuf>)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x7a11);
+    by_class
+        .into_iter()
+        .map(|(label, mut files)| {
+            files.shuffle(&mut rng);
+            let held = ((files.len() as f64 * fraction).round() as usize)
+                .min(files.len().saturating_sub(1));
+            let kept = if split == Split::Valid {
+                files[..held].to_vec()
+            } else {
+                files[held..].to_vec()
+            };
+            (label, kept)
+        })
+        .collect()
+}
+
 impl ImageFolder {
     /// Opens `split` under `config.root`. Every file's header is read now, so a file that is
     /// not an image fails here, naming it; without `val/`, a seeded `val_fraction` of each
@@ -187,31 +212,31 @@ impl ImageFolder {
         }
         let carve = !config.root.join("val").is_dir();
         let by_class = match split {
-            Split::Train | Split::Valid if carve => {
-                let mut rng = StdRng::seed_from_u64(config.seed ^ 0x7a11);
-                scan_split(&train_dir, &classes)?
-                    .into_iter()
-                    .map(|(label, mut files)| {
-                        files.shuffle(&mut rng);
-                        let held = ((files.len() as f64 * config.val_fraction).round() as usize)
-                            .min(files.len() - 1);
-                        let kept = if split == Split::Valid {
-                            files[..held].to_vec()
-                        } else {
-                            files[held..].to_vec()
-                        };
-                        (label, kept)
-                    })
-                    .collect()
-            }
+            Split::Train | Split::Valid if carve => carve_validation(
+                scan_split(&train_dir, &classes)?,
+                config.val_fraction,
+                config.seed,
+                split,
+            ),
             Split::Train => scan_split(&train_dir, &classes)?,
             Split::Valid => scan_split(&split_dir("val")?, &classes)?,
             Split::Test => scan_split(&split_dir("test")?, &classes)?,
         };
-        let files: Vec<(PathBuf, usize)> = by_class
+        let files = by_class
             .into_iter()
             .flat_map(|(label, files)| files.into_iter().map(move |f| (f, label)))
             .collect();
+        Self::from_files(config, classes, files, split)
+    }
+
+    /// A split over labelled `files` (`(path, label)`), decoded and augmented as `config`
+    /// says; every file's header is read now. Other layouts (the traffic signs) build on this.
+    pub fn from_files(
+        config: &ImageFolderConfig,
+        classes: Vec<String>,
+        files: Vec<(PathBuf, usize)>,
+        split: Split,
+    ) -> Result<Self, DataError> {
         let mut smallest: Option<(PathBuf, [u32; 2])> = None;
         for (path, _) in &files {
             let [w, h] = image_size(path)?;

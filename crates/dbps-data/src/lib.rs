@@ -5,7 +5,8 @@
 //! - [`MegapixelMnist`]: the IPS benchmark (method.md §11) built from IDX digit files, with the
 //!   majority / max / top / multi tasks and disjoint digit pools per split.
 //! - [`ImageFolder`]: photographs in `ROOT/{train,val,test}/<class>/` (CQU-BPDD, fMoW, MAME,
-//!   DDR), decoded, resized, ImageNet-normalised and augmented on demand.
+//!   DDR), decoded, resized, ImageNet-normalised and augmented on demand; the Swedish traffic
+//!   signs (`Set1/`, `Set2/`, `annotations.txt`) through [`open_traffic_signs`].
 //!
 //! The generated ones draw each canvas from `(seed, index)` on demand, so they cost no memory
 //! and are identical on every machine.
@@ -30,6 +31,7 @@ mod mnist;
 mod sample;
 mod source;
 mod synthetic;
+mod traffic;
 
 pub use canvas::Canvas;
 pub use error::DataError;
@@ -39,3 +41,4 @@ pub use mnist::{MegapixelMnist, MegapixelMnistConfig};
 pub use sample::{Sample, Split, Target, TaskKind, TaskSpec};
 pub use source::ImageSource;
 pub use synthetic::{SyntheticDigits, SyntheticDigitsConfig};
+pub use traffic::{SIGN_CLASSES, TrafficSignsConfig, open_traffic_signs};

@@ -2,7 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
-use dbps_data::{ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig};
+use dbps_data::{
+    ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig, TrafficSignsConfig,
+};
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
 use dbps_select::DualBuffer;
@@ -46,6 +48,8 @@ pub enum DatasetConfig {
     SyntheticDigits(SyntheticDigitsConfig),
     /// Photographs in class folders, `ROOT/{train,val,test}/<class>/*` (CQU-BPDD, fMoW, …).
     ImageFolder(ImageFolderConfig),
+    /// Swedish traffic signs, the 4-class speed-limit task (`Set1/`, `Set2/`).
+    TrafficSigns(TrafficSignsConfig),
     /// Megapixel MNIST from IDX files.
     MegapixelMnist(MegapixelMnistConfig),
 }
@@ -176,6 +180,7 @@ impl RunConfig {
             DatasetConfig::SyntheticDigits(c) => [c.canvas, c.canvas],
             DatasetConfig::MegapixelMnist(c) => [c.canvas, c.canvas],
             DatasetConfig::ImageFolder(c) => [c.height, c.width],
+            DatasetConfig::TrafficSigns(c) => [c.height, c.width],
         }
     }
 

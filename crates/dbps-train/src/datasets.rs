@@ -107,6 +107,7 @@ impl DatasetConfig {
             Self::SyntheticDigits(c) => Arc::new(dbps_data::SyntheticDigits::new(c, split)?),
             Self::MegapixelMnist(c) => Arc::new(dbps_data::MegapixelMnist::new(c, split)?),
             Self::ImageFolder(c) => Arc::new(ImageFolder::open(c, split)?),
+            Self::TrafficSigns(c) => Arc::new(dbps_data::open_traffic_signs(c, split)?),
         })
     }
 }
