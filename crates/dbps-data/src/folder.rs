@@ -10,14 +10,10 @@ use image::{ImageReader, RgbImage};
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::{DataError, ImageSource, Sample, Split, Target, TaskSpec};
+use crate::{DataError, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
 
 /// File extensions read as images (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "bmp"];
-/// ImageNet channel means (torchvision's `Normalize`).
-const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-/// ImageNet channel standard deviations.
-const STD: [f32; 3] = [0.229, 0.224, 0.225];
 const LAYOUT: &str =
     "the layout is ROOT/{train,val,test}/<class>/*.{jpg,jpeg,png,tif,tiff,bmp} (val/ optional)";
 
@@ -304,9 +300,9 @@ fn image_size(path: &Path) -> Result<[u32; 2], DataError> {
 }
 
 /// Brightness ×U(0.9, 1.1) (torchvision's `ColorJitter(0.1)`) and a shift of up to ±`max`
-/// pixels in each direction with zero fill (`RandomAffine(translate=…)`), on `[3, H, W]` values
-/// in [0, 1].
-fn augment(pixels: &mut [f32], [h, w]: [usize; 2], max: usize, rng: &mut StdRng) {
+/// pixels in each direction with black fill (`RandomAffine(translate=…)`), on `[3, H, W]`
+/// 8-bit values.
+fn augment(pixels: &mut [u8], [h, w]: [usize; 2], max: usize, rng: &mut StdRng) {
     let gain = rng.random_range(0.9f32..1.1);
     let shift = |rng: &mut StdRng, side: usize| {
         let m = max.min(side.saturating_sub(1)) as i64;
@@ -320,9 +316,10 @@ fn augment(pixels: &mut [f32], [h, w]: [usize; 2], max: usize, rng: &mut StdRng)
                 let (sy, sx) = (y as isize - dy, x as isize - dx);
                 let inside = (0..h as isize).contains(&sy) && (0..w as isize).contains(&sx);
                 pixels[(c * h + y) * w + x] = if inside {
-                    (source[(c * h + sy as usize) * w + sx as usize] * gain).clamp(0.0, 1.0)
+                    let v = f32::from(source[(c * h + sy as usize) * w + sx as usize]) * gain;
+                    v.round().clamp(0.0, 255.0) as u8
                 } else {
-                    0.0
+                    0
                 };
             }
         }
@@ -360,10 +357,10 @@ impl ImageSource for ImageFolder {
             h as u32,
             FilterType::Triangle,
         );
-        let mut pixels = vec![0f32; 3 * h * w];
+        let mut pixels = vec![0u8; 3 * h * w];
         for (i, p) in rgb.pixels().enumerate() {
             for c in 0..3 {
-                pixels[c * h * w + i] = f32::from(p[c]) / 255.0;
+                pixels[c * h * w + i] = p[c];
             }
         }
         if self.augment {
@@ -378,13 +375,8 @@ impl ImageSource for ImageFolder {
                 &mut StdRng::seed_from_u64(seed),
             );
         }
-        for c in 0..3 {
-            for v in &mut pixels[c * h * w..(c + 1) * h * w] {
-                *v = (*v - MEAN[c]) / STD[c];
-            }
-        }
         Ok(Sample {
-            image: pixels,
+            image: Pixels::ImageNet8(pixels),
             channels: 3,
             height: h,
             width: w,
@@ -460,10 +452,11 @@ mod tests {
         let test = ImageFolder::open(&cfg, Split::Test).unwrap();
         let a = test.sample(1).unwrap();
         assert_eq!(a.image, test.sample(1).unwrap().image);
-        // Pixel (0, 0) of class a, file 1: red 10/255, green 0.
-        let red = (10.0 / 255.0 - MEAN[0]) / STD[0];
-        assert!((a.image[0] - red).abs() < 1e-5, "{} vs {red}", a.image[0]);
-        assert!((a.image[200] - (0.0 - MEAN[1]) / STD[1]).abs() < 1e-5);
+        let Pixels::ImageNet8(values) = &a.image else {
+            panic!("photographs stay 8-bit")
+        };
+        // Pixel (0, 0) of class a, file 1: red 10, green 0; pixel (0, 1): red 15.
+        assert_eq!((values[0], values[1], values[200]), (10, 15, 0));
         let train = ImageFolder::open(&cfg, Split::Train).unwrap();
         let first = train.sample(0).unwrap();
         let second = train.sample(0).unwrap();

@@ -14,12 +14,13 @@
 //! Every dataset is an [`ImageSource`]: what the training loop reads, one split at a time.
 //!
 //! ```
-//! use dbps_data::{ImageSource, SyntheticDigits, SyntheticDigitsConfig, Split};
+//! use dbps_data::{ImageSource, Pixels, SyntheticDigits, SyntheticDigitsConfig, Split};
 //!
 //! let data = SyntheticDigits::new(&SyntheticDigitsConfig::default(), Split::Train).unwrap();
 //! let sample = data.sample(0).unwrap();
-//! assert_eq!(sample.image.len(), sample.height * sample.width);
-//! assert!(sample.image.iter().all(|v| (0.0..=1.0).contains(v)));
+//! let Pixels::F32(values) = &sample.image else { unreachable!("generated canvases are f32") };
+//! assert_eq!(values.len(), sample.height * sample.width);
+//! assert!(values.iter().all(|v| (0.0..=1.0).contains(v)));
 //! ```
 
 mod canvas;
@@ -38,7 +39,7 @@ pub use error::DataError;
 pub use folder::{IMAGE_EXTENSIONS, ImageFolder, ImageFolderConfig};
 pub use idx::{IdxDigits, read_idx_digits};
 pub use mnist::{MegapixelMnist, MegapixelMnistConfig};
-pub use sample::{Sample, Split, Target, TaskKind, TaskSpec};
+pub use sample::{Pixels, Sample, Split, Target, TaskKind, TaskSpec};
 pub use source::ImageSource;
 pub use synthetic::{SyntheticDigits, SyntheticDigitsConfig};
 pub use traffic::{SIGN_CLASSES, TrafficSignsConfig, open_traffic_signs};

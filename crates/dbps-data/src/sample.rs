@@ -76,11 +76,36 @@ pub enum Target {
     MultiHot(Vec<bool>),
 }
 
-/// One image, channel-major `[C, H, W]` values in [0, 1], with a target per task.
+/// The pixel values of a sample, `channels × height × width`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Pixels {
+    /// 8-bit RGB as decoded from a photograph; kept 8-bit in memory and normalised with the
+    /// ImageNet statistics only when a patch is cut (`dbps_tiling::PixelNorm::imagenet`).
+    ImageNet8(Vec<u8>),
+    /// Values ready for the model (the generated datasets: [0, 1]).
+    F32(Vec<f32>),
+}
+
+impl Pixels {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::ImageNet8(v) => v.len(),
+            Self::F32(v) => v.len(),
+        }
+    }
+
+    /// True when there is no value.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One image, channel-major `[C, H, W]`, with a target per task.
 #[derive(Debug, Clone)]
 pub struct Sample {
     /// Pixels, `channels × height × width`, row-major.
-    pub image: Vec<f32>,
+    pub image: Pixels,
     /// Channels C.
     pub channels: usize,
     /// Height H.

@@ -2,7 +2,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::glyphs::{draw_clutter, draw_digit};
-use crate::{Canvas, DataError, ImageSource, Sample, Split, Target, TaskSpec};
+use crate::{Canvas, DataError, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
 
 /// Settings of the embedded [`SyntheticDigits`] dataset.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,7 +164,7 @@ impl ImageSource for SyntheticDigits {
         }
         let (canvas, digit, _) = self.draw(index);
         Ok(Sample {
-            image: canvas.pixels,
+            image: Pixels::F32(canvas.pixels),
             channels: 1,
             height: canvas.height,
             width: canvas.width,

@@ -45,6 +45,17 @@ impl PixelNorm {
     pub fn channels(&self) -> usize {
         self.mean.len()
     }
+
+    /// Normalises one image of raw 8-bit values, channel-major with `plane` values per channel.
+    pub fn apply_planar(&self, raw: &[u8], plane: usize) -> Vec<f32> {
+        raw.iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = (i / plane.max(1)).min(self.mean.len().saturating_sub(1));
+                (f32::from(v) * self.scale - self.mean[c]) / self.std[c]
+            })
+            .collect()
+    }
 }
 
 /// The pixel values of a [`HostImages`] batch, as decoded.

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use dbps_data::{Sample, Target, TaskKind, TaskSpec};
-use dbps_tiling::{HostImages, HostPixels, PixelNorm};
+use dbps_data::{Pixels, Sample, Target, TaskKind, TaskSpec};
+use dbps_tiling::{HostImages, HostPixels, PixelNorm, TilingError};
 
 /// The ground truth of one task for a batch.
 #[derive(Debug, Clone)]
@@ -73,6 +73,31 @@ pub struct ImageBatch<B: Backend> {
     pub targets: Vec<TaskTargets<B>>,
 }
 
+/// The samples' pixels as one host batch: 8-bit photographs stay 8-bit (normalised with the
+/// ImageNet statistics as patches are cut), everything else is f32.
+fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingError> {
+    let bytes: Option<Vec<u8>> = items
+        .iter()
+        .map(|s| match &s.image {
+            Pixels::ImageNet8(v) => Some(v.as_slice()),
+            Pixels::F32(_) => None,
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|parts| parts.concat());
+    if let Some(bytes) = bytes {
+        return HostImages::new(HostPixels::U8(bytes), dims, PixelNorm::imagenet());
+    }
+    let imagenet = PixelNorm::imagenet();
+    let values = items
+        .iter()
+        .flat_map(|s| match &s.image {
+            Pixels::F32(v) => v.clone(),
+            Pixels::ImageNet8(v) => imagenet.apply_planar(v, s.height * s.width),
+        })
+        .collect();
+    HostImages::new(HostPixels::F32(values), dims, PixelNorm::identity(dims[1]))
+}
+
 /// Stacks [`Sample`]s into an [`ImageBatch`].
 #[derive(Debug, Clone)]
 pub struct ImageBatcher {
@@ -90,13 +115,8 @@ impl<B: Backend> Batcher<B, Sample, ImageBatch<B>> for ImageBatcher {
     fn batch(&self, items: Vec<Sample>, device: &B::Device) -> ImageBatch<B> {
         let (c, h, w) = (items[0].channels, items[0].height, items[0].width);
         let b = items.len();
-        let pixels: Vec<f32> = items.iter().flat_map(|s| s.image.iter().copied()).collect();
-        let images = HostImages::new(
-            HostPixels::F32(pixels),
-            [b, c, h, w],
-            PixelNorm::identity(c),
-        )
-        .expect("datasets emit C×H×W pixels per sample, checked when the dataset was opened");
+        let images = host_images(&items, [b, c, h, w])
+            .expect("datasets emit C×H×W pixels per sample, checked when the dataset was opened");
         let images = BatchImages::host(images, device);
         let targets = self
             .tasks
@@ -135,5 +155,50 @@ impl<B: Backend> Batcher<B, Sample, ImageBatch<B>> for ImageBatcher {
             })
             .collect();
         ImageBatch { images, targets }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dbps_tiling::{PatchGrid, RemainderPolicy};
+
+    fn sample(image: Pixels) -> Sample {
+        Sample {
+            image,
+            channels: 3,
+            height: 2,
+            width: 2,
+            targets: vec![Target::Class(0)],
+        }
+    }
+
+    /// Photographs stay 8-bit in the batch (one byte per pixel) and come out of the cut
+    /// ImageNet-normalised; a batch that mixes them with f32 samples is normalised up front, to
+    /// the same values.
+    #[test]
+    fn eight_bit_samples_stay_eight_bit_until_cut() {
+        let raw: Vec<u8> = (0..12).map(|i| i * 20).collect();
+        let photo = sample(Pixels::ImageNet8(raw.clone()));
+        let grid = PatchGrid::new([2, 2], 2, 2, RemainderPolicy::Drop).unwrap();
+        let bytes = host_images(&[photo.clone(), photo.clone()], [2, 3, 2, 2]).unwrap();
+        assert_eq!(bytes.bytes(), 2 * 12);
+        let (mean, std) = ([0.485f32, 0.456, 0.406], [0.229f32, 0.224, 0.225]);
+        let want: Vec<f32> = raw
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| (f32::from(v) / 255.0 - mean[i / 4]) / std[i / 4])
+            .collect();
+        let close = |got: Vec<f32>| {
+            assert!(
+                got.iter().zip(&want).all(|(g, w)| (g - w).abs() < 1e-5),
+                "{got:?}"
+            );
+        };
+        close(bytes.cut(&grid, &[(1, 0)]).unwrap());
+        let mixed =
+            host_images(&[sample(Pixels::F32(vec![0.0; 12])), photo], [2, 3, 2, 2]).unwrap();
+        assert_eq!(mixed.bytes(), 2 * 12 * 4);
+        close(mixed.cut(&grid, &[(1, 0)]).unwrap());
     }
 }

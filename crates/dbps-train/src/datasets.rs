@@ -4,7 +4,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::data::dataset::Dataset;
 use burn_train::Interrupter;
-use dbps_data::{DataError, ImageFolder, ImageSource, Sample, Split, Target, TaskKind, TaskSpec};
+use dbps_data::{
+    DataError, ImageFolder, ImageSource, Pixels, Sample, Split, Target, TaskKind, TaskSpec,
+};
 
 use crate::config::{DatasetConfig, RunConfig};
 use crate::{Result, TrainError};
@@ -45,7 +47,7 @@ impl ImageDataset {
     fn blank(&self) -> Sample {
         let [c, h, w] = self.source.image_size();
         Sample {
-            image: vec![0.0; c * h * w],
+            image: Pixels::F32(vec![0.0; c * h * w]),
             channels: c,
             height: h,
             width: w,
