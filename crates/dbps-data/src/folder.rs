@@ -17,11 +17,12 @@ pub const IMAGE_EXTENSIONS: [&str; 6] = ["jpg", "jpeg", "png", "tif", "tiff", "b
 const LAYOUT: &str =
     "the layout is ROOT/{train,val,test}/<class>/*.{jpg,jpeg,png,tif,tiff,bmp} (val/ optional)";
 
-/// The `image_folder` dataset of a run config.
+/// The `image_folder` (and `traffic_signs`) dataset of a run config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageFolderConfig {
-    /// The folder holding `train/`, `test/` and optionally `val/`.
+    /// The folder holding `train/`, `test/` and optionally `val/` (traffic signs: `Set1/`,
+    /// `Set2/`).
     pub root: PathBuf,
     /// Every image is resized to this height…
     pub height: usize,

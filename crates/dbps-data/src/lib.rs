@@ -42,4 +42,4 @@ pub use mnist::{MegapixelMnist, MegapixelMnistConfig};
 pub use sample::{Pixels, Sample, Split, Target, TaskKind, TaskSpec};
 pub use source::ImageSource;
 pub use synthetic::{SyntheticDigits, SyntheticDigitsConfig};
-pub use traffic::{SIGN_CLASSES, TrafficSignsConfig, open_traffic_signs};
+pub use traffic::{SIGN_CLASSES, open_traffic_signs};

@@ -3,8 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
 use crate::folder::carve_validation;
 use crate::{DataError, ImageFolder, ImageFolderConfig, Split};
 
@@ -12,42 +10,6 @@ use crate::{DataError, ImageFolder, ImageFolderConfig, Split};
 pub const SIGN_CLASSES: [&str; 4] = ["EMPTY", "50_SIGN", "70_SIGN", "80_SIGN"];
 /// Visibility grades, best first.
 const VISIBILITIES: [&str; 4] = ["VISIBLE", "BLURRED", "SIDE_ROAD", "OCCLUDED"];
-
-/// The `traffic_signs` dataset of a run config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrafficSignsConfig {
-    /// The folder holding `Set1/` and `Set2/`.
-    pub root: PathBuf,
-    /// Images are resized to this height (1200 in the paper) …
-    pub height: usize,
-    /// … and width (1600).
-    pub width: usize,
-    /// Share of each `Set1` class held out for validation.
-    #[serde(default = "default_val_fraction")]
-    pub val_fraction: f64,
-    /// Brightness jitter and random shift on training images.
-    #[serde(default = "default_true")]
-    pub augment: bool,
-    /// Largest shift of the augmentation, in pixels.
-    #[serde(default = "default_shift")]
-    pub max_shift: usize,
-    /// Seed of the validation carve-out and the augmentation.
-    #[serde(default)]
-    pub seed: u64,
-}
-
-fn default_val_fraction() -> f64 {
-    0.1
-}
-
-fn default_true() -> bool {
-    true
-}
-
-fn default_shift() -> usize {
-    100
-}
 
 /// One annotated sign: how visible it is, its box area and its name.
 struct Sign {
@@ -148,9 +110,10 @@ fn read_annotations(path: &Path) -> Result<Vec<(String, usize)>, DataError> {
 }
 
 /// Opens a split of the speed-limit task: `Set1` (minus a seeded validation share) for
-/// training, that share for validation, `Set2` for testing.
+/// training, that share for validation, `Set2` for testing. `config.root` holds `Set1/` and
+/// `Set2/`; size, augmentation and seed mean what they mean for image folders.
 pub fn open_traffic_signs(
-    config: &TrafficSignsConfig,
+    config: &ImageFolderConfig,
     split: Split,
 ) -> Result<ImageFolder, DataError> {
     let set = config
@@ -179,17 +142,8 @@ pub fn open_traffic_signs(
         .into_iter()
         .flat_map(|(label, files)| files.into_iter().map(move |f| (f, label)))
         .collect();
-    let settings = ImageFolderConfig {
-        root: config.root.clone(),
-        height: config.height,
-        width: config.width,
-        val_fraction: config.val_fraction,
-        augment: config.augment,
-        max_shift: config.max_shift,
-        seed: config.seed,
-    };
     let classes = SIGN_CLASSES.iter().map(|c| c.to_string()).collect();
-    ImageFolder::from_files(&settings, classes, files, split)
+    ImageFolder::from_files(config, classes, files, split)
 }
 
 #[cfg(test)]

@@ -42,6 +42,15 @@ fn order_indices<B: Backend>(
     )
 }
 
+/// `(image, grid index)` of selected indices `[B, k]`, image-major.
+fn selected_picks(indices: &[i64], per_image: usize) -> Vec<(usize, usize)> {
+    indices
+        .iter()
+        .enumerate()
+        .map(|(i, &index)| (i / per_image.max(1), index as usize))
+        .collect()
+}
+
 /// Uploads cut patches `[n, C, p, p]` to `device`.
 fn upload<B: Backend>(
     values: Vec<f32>,
@@ -156,11 +165,7 @@ pub fn cut_selected_host<B: Backend>(
     per_image: usize,
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let picks: Vec<(usize, usize)> = indices
-        .iter()
-        .enumerate()
-        .map(|(i, &index)| (i / per_image.max(1), index as usize))
-        .collect();
+    let picks = selected_picks(indices, per_image);
     let values = images
         .cut(grid, &picks)
         .expect("selected indices come from the batch's own grid");
@@ -214,11 +219,7 @@ pub fn cut_selected<B: Backend>(
     indices: &[i64],
     per_image: usize,
 ) -> Tensor<B, 4> {
-    let picks: Vec<(usize, usize)> = indices
-        .iter()
-        .enumerate()
-        .map(|(i, &index)| (i / per_image.max(1), index as usize))
-        .collect();
+    let picks = selected_picks(indices, per_image);
     cut_patches(grid, images, &picks)
         .expect("image size checked against the patch grid when the dataset was opened")
 }

@@ -2,9 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use dbps_data::{
-    ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig, TrafficSignsConfig,
-};
+use dbps_data::{ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig};
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
 use dbps_select::DualBuffer;
@@ -49,7 +47,7 @@ pub enum DatasetConfig {
     /// Photographs in class folders, `ROOT/{train,val,test}/<class>/*` (CQU-BPDD, fMoW, …).
     ImageFolder(ImageFolderConfig),
     /// Swedish traffic signs, the 4-class speed-limit task (`Set1/`, `Set2/`).
-    TrafficSigns(TrafficSignsConfig),
+    TrafficSigns(ImageFolderConfig),
     /// Megapixel MNIST from IDX files.
     MegapixelMnist(MegapixelMnistConfig),
 }
