@@ -115,7 +115,10 @@ impl DualBuffer {
         E: PatchEncoder<B>,
         S: SalienceScorer<B>,
     {
-        self.select_from(encoder, scorer, &InMemoryCandidates::new(patches, indices))
+        match self.select_from(encoder, scorer, &InMemoryCandidates::new(patches, indices)) {
+            Ok(selection) => selection,
+            Err(never) => match never {},
+        }
     }
 
     /// Runs selection over the candidates of `source`, asking it for one chunk at a time, so
@@ -124,8 +127,14 @@ impl DualBuffer {
     /// P_M starts as the first M candidates and P_S empty; each chunk C_L is embedded, then
     /// P_M ← Top-M(P_M ∪ P_S ∪ C_L) and P_S ← Top-S((P_M ∪ P_S ∪ C_L) − P_M) (paper eq. 3–4),
     /// with scores recomputed over the whole union. The top-k stays on the device. With K ≤ M
-    /// every candidate is salient.
-    pub fn select_from<B, E, S, C>(&self, encoder: &E, scorer: &S, source: &C) -> Selection<B>
+    /// every candidate is salient. The first chunk the source cannot deliver ends selection with
+    /// its error.
+    pub fn select_from<B, E, S, C>(
+        &self,
+        encoder: &E,
+        scorer: &S,
+        source: &C,
+    ) -> Result<Selection<B>, C::Error>
     where
         B: Backend,
         E: PatchEncoder<B>,
@@ -139,19 +148,21 @@ impl DualBuffer {
             [batch, candidates],
             "one grid index per candidate patch"
         );
-        let embed = |start: usize, end: usize| PatchBag {
-            embeddings: encoder.embed(source.chunk(start, end)).reshape([
-                batch,
-                end - start,
-                encoder.embed_dim(),
-            ]),
-            indices: indices.clone().slice([0..batch, start..end]),
+        let embed = |start: usize, end: usize| -> Result<PatchBag<B>, C::Error> {
+            Ok(PatchBag {
+                embeddings: encoder.embed(source.chunk(start, end)?).reshape([
+                    batch,
+                    end - start,
+                    encoder.embed_dim(),
+                ]),
+                indices: indices.clone().slice([0..batch, start..end]),
+            })
         };
         let first = self.salient.min(candidates);
-        let mut salient = embed(0, first);
+        let mut salient = embed(0, first)?;
         let mut sub_salient: Option<PatchBag<B>> = None;
         for start in (first..candidates).step_by(self.chunk) {
-            let chunk = embed(start, (start + self.chunk).min(candidates));
+            let chunk = embed(start, (start + self.chunk).min(candidates))?;
             let union = PatchBag::cat(
                 [Some(salient), sub_salient, Some(chunk)]
                     .into_iter()
@@ -167,15 +178,19 @@ impl DualBuffer {
                 union.gather(order.slice([0..batch, self.salient..self.salient + kept_sub]))
             });
         }
-        Selection {
+        Ok(Selection {
             salient,
             sub_salient,
-        }
+        })
     }
 }
 
 /// Where selection gets its candidate patches from, a chunk at a time.
 pub trait CandidateChunks<B: Backend> {
+    /// Why a chunk could not be delivered (a file that cannot be read, images that do not fit
+    /// the grid); `Infallible` for candidates already in memory.
+    type Error;
+
     /// Images B.
     fn batch(&self) -> usize;
 
@@ -186,7 +201,7 @@ pub trait CandidateChunks<B: Backend> {
     fn indices(&self) -> Tensor<B, 2, Int>;
 
     /// Candidates `start..end` of every image, image-major: `[B · (end − start), C, p, p]`.
-    fn chunk(&self, start: usize, end: usize) -> Tensor<B, 4>;
+    fn chunk(&self, start: usize, end: usize) -> Result<Tensor<B, 4>, Self::Error>;
 }
 
 /// Candidates already cut, `[B, K, C, p, p]`, with their grid indices `[B, K]`.
@@ -204,6 +219,8 @@ impl<B: Backend> InMemoryCandidates<B> {
 }
 
 impl<B: Backend> CandidateChunks<B> for InMemoryCandidates<B> {
+    type Error = std::convert::Infallible;
+
     fn batch(&self) -> usize {
         self.patches.dims()[0]
     }
@@ -216,12 +233,13 @@ impl<B: Backend> CandidateChunks<B> for InMemoryCandidates<B> {
         self.indices.clone()
     }
 
-    fn chunk(&self, start: usize, end: usize) -> Tensor<B, 4> {
+    fn chunk(&self, start: usize, end: usize) -> Result<Tensor<B, 4>, Self::Error> {
         let [batch, _, c, h, w] = self.patches.dims();
-        self.patches
+        Ok(self
+            .patches
             .clone()
             .slice([0..batch, start..end, 0..c, 0..h, 0..w])
-            .reshape([batch * (end - start), c, h, w])
+            .reshape([batch * (end - start), c, h, w]))
     }
 }
 

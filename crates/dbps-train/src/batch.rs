@@ -116,7 +116,7 @@ impl<B: Backend> Batcher<B, Sample, ImageBatch<B>> for ImageBatcher {
         let (c, h, w) = (items[0].channels, items[0].height, items[0].width);
         let b = items.len();
         let images = host_images(&items, [b, c, h, w])
-            .expect("datasets emit C×H×W pixels per sample, checked when the dataset was opened");
+            .expect("ImageDataset::get hands on only samples of the dataset's one C×H×W size");
         let images = BatchImages::host(images, device);
         let targets = self
             .tasks

@@ -115,6 +115,8 @@ impl<'a, B: Backend> HostCandidates<'a, B> {
 }
 
 impl<B: Backend> CandidateChunks<B> for HostCandidates<'_, B> {
+    type Error = TilingError;
+
     fn batch(&self) -> usize {
         self.images.batch()
     }
@@ -127,7 +129,7 @@ impl<B: Backend> CandidateChunks<B> for HostCandidates<'_, B> {
         order_indices(&self.order, self.batch(), &self.device)
     }
 
-    fn chunk(&self, start: usize, end: usize) -> Tensor<B, 4> {
+    fn chunk(&self, start: usize, end: usize) -> Result<Tensor<B, 4>, TilingError> {
         let ready = self
             .next
             .lock()
@@ -142,17 +144,14 @@ impl<B: Backend> CandidateChunks<B> for HostCandidates<'_, B> {
                 &chunk_picks(&self.order, self.batch(), start, end),
             )
         });
-        let values = values.expect(
-            "candidate indices come from the batch's own grid, checked when the dataset was opened",
-        );
         let channels = self.images.dims()[1];
-        upload(
-            values,
+        Ok(upload(
+            values?,
             self.batch() * (end - start),
             channels,
             self.grid,
             &self.device,
-        )
+        ))
     }
 }
 
@@ -164,12 +163,10 @@ pub fn cut_selected_host<B: Backend>(
     indices: &[i64],
     per_image: usize,
     device: &B::Device,
-) -> Tensor<B, 4> {
+) -> Result<Tensor<B, 4>, TilingError> {
     let picks = selected_picks(indices, per_image);
-    let values = images
-        .cut(grid, &picks)
-        .expect("selected indices come from the batch's own grid");
-    upload(values, picks.len(), images.dims()[1], grid, device)
+    let values = images.cut(grid, &picks)?;
+    Ok(upload(values, picks.len(), images.dims()[1], grid, device))
 }
 
 /// The candidates of a batch in processing order, cut from `[B, C, H, W]` images on demand.
@@ -192,6 +189,8 @@ impl<'a, B: Backend> ImageCandidates<'a, B> {
 }
 
 impl<B: Backend> CandidateChunks<B> for ImageCandidates<'_, B> {
+    type Error = TilingError;
+
     fn batch(&self) -> usize {
         self.images.dims()[0]
     }
@@ -204,10 +203,9 @@ impl<B: Backend> CandidateChunks<B> for ImageCandidates<'_, B> {
         order_indices(&self.order, self.batch(), &self.images.device())
     }
 
-    fn chunk(&self, start: usize, end: usize) -> Tensor<B, 4> {
+    fn chunk(&self, start: usize, end: usize) -> Result<Tensor<B, 4>, TilingError> {
         let picks = chunk_picks(&self.order, self.batch(), start, end);
         cut_patches(self.grid, &self.images, &picks)
-            .expect("image size checked against the patch grid when the dataset was opened")
     }
 }
 
@@ -218,8 +216,6 @@ pub fn cut_selected<B: Backend>(
     images: &Tensor<B, 4>,
     indices: &[i64],
     per_image: usize,
-) -> Tensor<B, 4> {
-    let picks = selected_picks(indices, per_image);
-    cut_patches(grid, images, &picks)
-        .expect("image size checked against the patch grid when the dataset was opened")
+) -> Result<Tensor<B, 4>, TilingError> {
+    cut_patches(grid, images, &selected_picks(indices, per_image))
 }

@@ -69,7 +69,26 @@ impl Dataset<Sample> for ImageDataset {
         if index >= self.source.len() {
             return None;
         }
-        match self.source.sample(index) {
+        let [c, h, w] = self.source.image_size();
+        let fits =
+            |s: &Sample| [s.channels, s.height, s.width] == [c, h, w] && s.image.len() == c * h * w;
+        let sample = self.source.sample(index).and_then(|s| {
+            if fits(&s) {
+                Ok(s)
+            } else {
+                Err(DataError::Config {
+                    field: "dataset",
+                    reason: format!(
+                        "sample {index} is {}×{}×{} with {} values, but the dataset promised {c}×{h}×{w}; a dataset must emit one size",
+                        s.channels,
+                        s.height,
+                        s.width,
+                        s.image.len()
+                    ),
+                })
+            }
+        });
+        match sample {
             Ok(sample) => Some(sample),
             Err(error) => {
                 tracing::error!(%error, "sample {index} could not be loaded; stopping");

@@ -24,7 +24,7 @@ pub fn evaluate<B: Backend>(
     batch_size: usize,
     device: &B::Device,
     label: &str,
-) -> EvalFigures {
+) -> Result<EvalFigures> {
     let start = Instant::now();
     let batcher = ImageBatcher::new(tasks.to_vec());
     let total = dataset.len();
@@ -42,13 +42,13 @@ pub fn evaluate<B: Backend>(
             .collect();
         let batch =
             burn::data::dataloader::batcher::Batcher::<B, _, _>::batch(&batcher, items, device);
-        let stats: StepStats = model.evaluate(batch).stats();
+        let stats: StepStats = model.evaluate(batch)?.stats();
         loss_sum += stats.loss * stats.batch as f64;
         hits.iter_mut().zip(&stats.hits).for_each(|(h, s)| *h += s);
         bar.inc(stats.batch as u64);
     }
     bar.finish_and_clear();
-    EvalFigures {
+    Ok(EvalFigures {
         loss: loss_sum / total.max(1) as f64,
         tasks: tasks
             .iter()
@@ -60,7 +60,7 @@ pub fn evaluate<B: Backend>(
             .collect(),
         images: total,
         seconds: start.elapsed().as_secs_f64(),
-    }
+    })
 }
 
 /// Test figures of one method's best checkpoint.
@@ -187,7 +187,7 @@ pub fn eval_checkpoints<B: Backend>(
             config.train.batch_size,
             device,
             &format!("{name} test"),
-        );
+        )?;
         if let Some(error) = splits.take_failure() {
             return Err(error.into());
         }

@@ -11,9 +11,10 @@ use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
 use dbps_tiling::{PatchDrop, PatchGrid};
 
-use crate::BatchImages;
 use crate::candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
+use crate::{BatchImages, TrainError};
 use dbps_select::CandidateChunks;
+use dbps_tiling::TilingError;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
@@ -187,13 +188,9 @@ impl<B: Backend> PatchClassifier<B> {
 
     /// Picks the salient and sub-salient patches of images `[B, C, H, W]`, cutting candidates
     /// a chunk at a time (run it on a model without autodiff: the result carries no graph).
-    fn select(&self, images: &BatchImages<B>, mode: Mode) -> Selection<B> {
+    fn select(&self, images: &BatchImages<B>, mode: Mode) -> Result<Selection<B>, TrainError> {
         let order = self.plan.candidates(images.batch(), mode);
-        let buffer = self
-            .plan
-            .buffer
-            .with_chunk(order.chunk)
-            .expect("chunk sizes are at least 1");
+        let buffer = self.plan.buffer.with_chunk(order.chunk)?;
         let grid = &self.plan.grid;
         match images {
             BatchImages::Host { images, device } => self.select_from(
@@ -206,12 +203,15 @@ impl<B: Backend> PatchClassifier<B> {
         }
     }
 
-    fn select_from<C: CandidateChunks<B>>(&self, buffer: DualBuffer, source: &C) -> Selection<B> {
+    fn select_from<C>(&self, buffer: DualBuffer, source: &C) -> Result<Selection<B>, TrainError>
+    where
+        C: CandidateChunks<B, Error = TilingError>,
+    {
         let scorer = AttentionScorer(&self.aggregator);
-        match self.native_encoder() {
-            Some(native) => buffer.select_from(&native, &scorer, source),
-            None => buffer.select_from(&self.encoder, &scorer, source),
-        }
+        Ok(match self.native_encoder() {
+            Some(native) => buffer.select_from(&native, &scorer, source)?,
+            None => buffer.select_from(&self.encoder, &scorer, source)?,
+        })
     }
 
     /// The encoder frozen onto the CPU kernels, when the plan and the backend allow it. Frozen
@@ -257,18 +257,20 @@ impl<B: Backend> PatchClassifier<B> {
 
     /// Evaluation forward on images `[B, C, H, W]`: select among all patches and aggregate the
     /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
-    pub fn forward_eval(&self, images: &BatchImages<B>) -> ForwardOutput<B> {
-        let selection = self.select(images, Mode::Eval);
-        self.aggregate(selection.salient, selection.sub_salient)
+    /// Images that do not fit the plan's patch grid are an error.
+    pub fn forward_eval(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
+        let selection = self.select(images, Mode::Eval)?;
+        Ok(self.aggregate(selection.salient, selection.sub_salient))
     }
 }
 
 impl<B: AutodiffBackend> PatchClassifier<B> {
     /// Training forward (method.md §5–6): selection runs on the inner backend with the encoder in
     /// inference mode; only the M salient patches are re-embedded with gradients, the S
-    /// sub-salient embeddings join as constants.
-    pub fn forward_train(&self, images: &BatchImages<B>) -> ForwardOutput<B> {
-        let selection = self.valid().select(&images.inner(), Mode::Train);
+    /// sub-salient embeddings join as constants. Images that do not fit the plan's patch grid
+    /// are an error.
+    pub fn forward_train(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
+        let selection = self.valid().select(&images.inner(), Mode::Train)?;
 
         // The M winners are cut again from the images, for the gradient pass.
         let winners = selection.salient.indices.clone();
@@ -277,9 +279,9 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
         let grid = &self.plan.grid;
         let chosen = match images {
             BatchImages::Host { images, device } => {
-                cut_selected_host(grid, images, &positions, m, device)
+                cut_selected_host(grid, images, &positions, m, device)?
             }
-            BatchImages::Device(images) => cut_selected(grid, images, &positions, m),
+            BatchImages::Device(images) => cut_selected(grid, images, &positions, m)?,
         };
         let indices = Tensor::<B, 2, Int>::from_inner(winners);
         let embeddings = self
@@ -290,13 +292,13 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
             indices: Tensor::from_inner(s.indices),
             embeddings: Tensor::from_inner(s.embeddings),
         });
-        self.aggregate(
+        Ok(self.aggregate(
             PatchBag {
                 indices,
                 embeddings,
             },
             sub_salient,
-        )
+        ))
     }
 }
 

@@ -95,6 +95,9 @@ pub fn train_method<B: AutodiffBackend>(
     if let Some(error) = splits.take_failure() {
         return Err(error.into());
     }
+    if let Some(error) = monitor.take_failure() {
+        return Err(error);
+    }
     if let Some(value) = monitor.diverged() {
         return Err(TrainError::NonFiniteLoss {
             method: method.name.clone(),
@@ -112,7 +115,7 @@ pub fn train_method<B: AutodiffBackend>(
         train.batch_size,
         &inner_device,
         &format!("{} test (last)", method.name),
-    );
+    )?;
     let best_epoch = history
         .iter()
         .fold(None::<&EpochFigures>, |best, e| match best {
@@ -136,7 +139,7 @@ pub fn train_method<B: AutodiffBackend>(
             train.batch_size,
             &inner_device,
             &format!("{} test (best)", method.name),
-        )
+        )?
     };
     // A test image that could not be loaded was scored as a blank: no figure is reported.
     if let Some(error) = splits.take_failure() {

@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor};
 use burn_train::metric::{Adaptor, ItemLazy};
 use burn_train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 
-use crate::{ImageBatch, PatchClassifier, StepMeter, loss_and_hits};
+use crate::{BatchImages, ImageBatch, PatchClassifier, StepMeter, TrainError, loss_and_hits};
 
 /// Loss and hits of one batch, still on the device.
 #[derive(Debug)]
@@ -81,6 +81,7 @@ impl Adaptor<StepStats> for StepStats {
 pub struct TrainingMonitor {
     interrupter: Interrupter,
     diverged: Arc<Mutex<Option<f64>>>,
+    failure: Arc<Mutex<Option<TrainError>>>,
     meter: StepMeter,
 }
 
@@ -119,6 +120,25 @@ impl TrainingMonitor {
         &self.meter
     }
 
+    /// Records the first error a step met (burn-train's steps cannot return one) and stops
+    /// training; the runner reports it ([`TrainingMonitor::take_failure`]).
+    fn fail(&self, error: TrainError) {
+        tracing::error!(%error, "step failed; stopping");
+        self.interrupter.stop(Some("a step failed"));
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(error);
+    }
+
+    /// The first error a step met, if any.
+    pub fn take_failure(&self) -> Option<TrainError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+
     fn check(&self, loss: f64) -> bool {
         if loss.is_finite() {
             return true;
@@ -148,14 +168,29 @@ impl<B: Backend> TrainedClassifier<B> {
     }
 
     /// Loss and hits of a batch in evaluation mode.
-    pub fn evaluate(&self, batch: ImageBatch<B>) -> StepOutput<B> {
+    pub fn evaluate(&self, batch: ImageBatch<B>) -> Result<StepOutput<B>, TrainError> {
         let size = batch.images.batch();
-        let out = self.classifier.forward_eval(&batch.images);
+        let out = self.classifier.forward_eval(&batch.images)?;
         let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
-        StepOutput {
+        Ok(StepOutput {
             loss,
             hits,
             batch: size,
+        })
+    }
+
+    /// What a failed step reports to burn-train: a NaN loss and no hits, for the one step
+    /// before training stops.
+    fn failed(&self, batch: &ImageBatch<B>, error: TrainError) -> StepOutput<B> {
+        self.monitor.fail(error);
+        let device = match &batch.images {
+            BatchImages::Host { device, .. } => device.clone(),
+            BatchImages::Device(images) => images.device(),
+        };
+        StepOutput {
+            loss: Tensor::from_floats([f32::NAN], &device),
+            hits: Tensor::zeros([batch.targets.len()], &device),
+            batch: batch.images.batch(),
         }
     }
 }
@@ -167,7 +202,16 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
         self.monitor.meter.begin();
         let size = batch.images.batch();
-        let out = self.classifier.forward_train(&batch.images);
+        let out = match self.classifier.forward_train(&batch.images) {
+            Ok(out) => out,
+            Err(error) => {
+                let item = self.failed(&batch, error);
+                return TrainOutput {
+                    grads: GradientsParams::new(),
+                    item,
+                };
+            }
+        };
         let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
         let value = loss
             .clone()
@@ -194,7 +238,10 @@ impl<B: Backend> InferenceStep for TrainedClassifier<B> {
     type Output = StepOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> StepOutput<B> {
-        self.evaluate(batch)
+        match self.evaluate(batch.clone()) {
+            Ok(out) => out,
+            Err(error) => self.failed(&batch, error),
+        }
     }
 }
 

@@ -36,7 +36,9 @@ fn encoder_gradients_flow_only_through_the_salient_patches() {
     // Pixels as a leaf: any pixel whose patch reaches the loss through the encoder gets a gradient.
     let images =
         Tensor::<A, 4>::random([2, 1, 64, 64], Distribution::Default, &device).require_grad();
-    let out = model.forward_train(&BatchImages::Device(images.clone()));
+    let out = model
+        .forward_train(&BatchImages::Device(images.clone()))
+        .unwrap();
     let targets = vec![TaskTargets::Classes(Tensor::from_ints([3, 7], &device))];
     let (loss, _) = loss_and_hits(out.logits, &targets);
     let grads = loss.backward();
@@ -126,7 +128,10 @@ fn host_images_select_and_train_like_device_tensors() {
     let tensor = BatchImages::Device(pixels);
 
     let model = build_classifier::<A>(&config, 0, &tasks, &device).unwrap();
-    let (a, b) = (model.forward_eval(&host), model.forward_eval(&tensor));
+    let (a, b) = (
+        model.forward_eval(&host).unwrap(),
+        model.forward_eval(&tensor).unwrap(),
+    );
     assert_eq!(ints(a.salient), ints(b.salient));
     assert_eq!(ints(a.sub_salient.unwrap()), ints(b.sub_salient.unwrap()));
     a.logits[0].to_data().assert_approx_eq::<f32>(
@@ -141,10 +146,40 @@ fn host_images_select_and_train_like_device_tensors() {
         .unwrap()
         .load_record(model.clone().into_record());
     let targets = vec![TaskTargets::Classes(Tensor::from_ints([3, 7], &device))];
-    let (a, b) = (model.forward_train(&host), twin.forward_train(&tensor));
+    let (a, b) = (
+        model.forward_train(&host).unwrap(),
+        twin.forward_train(&tensor).unwrap(),
+    );
     assert_eq!(ints(a.salient), ints(b.salient));
     let (la, _) = loss_and_hits(a.logits, &targets);
     let (lb, _) = loss_and_hits(b.logits, &targets);
     let (la, lb) = (la.into_scalar(), lb.into_scalar());
     assert!((la - lb).abs() < 1e-6, "{la} vs {lb}");
+}
+
+/// Images that do not fit the model's patch grid are an error naming both sizes, in
+/// evaluation and in training, never a panic.
+#[test]
+fn images_of_another_size_are_an_error() {
+    let device = Default::default();
+    let config = RunConfig::from_json(CONFIG, "test").unwrap();
+    let tasks = dbps_data::SyntheticDigits::tasks();
+    let model = build_classifier::<A>(&config, 0, &tasks, &device).unwrap();
+    let small = dbps_tiling::HostImages::new(
+        dbps_tiling::HostPixels::F32(vec![0.5; 2 * 48 * 48]),
+        [2, 1, 48, 48],
+        dbps_tiling::PixelNorm::identity(1),
+    )
+    .unwrap();
+    let host = BatchImages::<A>::host(small, &device);
+    for err in [
+        model.forward_eval(&host).err(),
+        model.forward_train(&host).err(),
+        model
+            .forward_train(&BatchImages::Device(Tensor::zeros([2, 1, 48, 48], &device)))
+            .err(),
+    ] {
+        let err = err.expect("48×48 images on a 64×64 grid").to_string();
+        assert!(err.contains("48×48") && err.contains("64×64"), "{err}");
+    }
 }

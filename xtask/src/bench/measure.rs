@@ -174,14 +174,18 @@ impl<B: AutodiffBackend> StepRunner<B> {
         })
     }
 
-    /// One training step and optimizer step, metered.
-    fn step(&mut self) {
+    /// One training step and optimizer step, metered; a step that failed is an error.
+    fn step(&mut self) -> Result<()> {
         let model = self
             .model
             .take()
             .expect("the model is put back after every step");
         let out = TrainStep::step(&model, self.batch.clone());
         self.model = Some(self.optimizer.step(1e-4, model, out.grads));
+        match self.monitor.take_failure() {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 
     fn result(self) -> Result<StepResult> {
@@ -234,7 +238,7 @@ pub fn train_steps_interleaved<B: AutodiffBackend>(
         .collect::<Result<Vec<_>>>()?;
     for _ in 0..steps {
         for runner in &mut runners {
-            runner.step();
+            runner.step()?;
         }
     }
     runners.into_iter().map(StepRunner::result).collect()
@@ -322,7 +326,7 @@ pub fn inference_cost<B: Backend>(
 ) -> Result<InferenceResult> {
     let model = classifier::<B>(geometry, method, SelectionEngine::Auto, device)?;
     let batch = random_batch::<B>(geometry, device);
-    let _ = model.forward_eval(&batch.images).logits[0]
+    let _ = model.forward_eval(&batch.images)?.logits[0]
         .clone()
         .into_data();
     // The training-step meter times and measures each call the same way (heap or device pool).
@@ -332,7 +336,7 @@ pub fn inference_cost<B: Backend>(
     };
     for _ in 0..batches {
         meter.begin();
-        let out = model.forward_eval(&batch.images);
+        let out = model.forward_eval(&batch.images)?;
         let _ = out.logits[0].clone().into_data();
         meter.end::<B>(device);
     }
