@@ -83,24 +83,39 @@ pub struct MegapixelMnist {
 impl MegapixelMnist {
     /// The given split, reading the digits from the files the config names.
     pub fn new(config: &MegapixelMnistConfig, split: Split) -> Result<Self, DataError> {
+        let [train, valid, test] = Self::splits(config)?;
+        Ok(match split {
+            Split::Train => train,
+            Split::Valid => valid,
+            Split::Test => test,
+        })
+    }
+
+    /// The train, valid and test splits, each digits file read once.
+    pub fn splits(config: &MegapixelMnistConfig) -> Result<[Self; 3], DataError> {
         let dir = config.resolved_digits_dir();
         let read = |images: &PathBuf, labels: &PathBuf| {
             read_idx_digits(&dir.join(images), &dir.join(labels)).map(Arc::new)
         };
-        match (&config.test_images, &config.test_labels) {
-            (Some(images), Some(labels)) if split == Split::Test => {
-                let digits = read(images, labels)?;
-                let all = 0..digits.len();
-                Self::with_pool(config, split, digits, all)
+        let test_file = match (&config.test_images, &config.test_labels) {
+            (Some(images), Some(labels)) => Some(read(images, labels)?),
+            (None, None) => None,
+            _ => {
+                return Err(DataError::Config {
+                    field: "dataset.megapixel_mnist.test_images",
+                    reason: "`test_images` and `test_labels` go together; give both or neither"
+                        .into(),
+                });
             }
-            (Some(_), Some(_)) | (None, None) => {
-                Self::from_digits(config, split, read(&config.images, &config.labels)?)
+        };
+        let digits = read(&config.images, &config.labels)?;
+        let open = |split| match (&test_file, split) {
+            (Some(test), Split::Test) => {
+                Self::with_pool(config, split, Arc::clone(test), 0..test.len())
             }
-            _ => Err(DataError::Config {
-                field: "dataset.megapixel_mnist.test_images",
-                reason: "`test_images` and `test_labels` go together; give both or neither".into(),
-            }),
-        }
+            _ => Self::from_digits(config, split, Arc::clone(&digits)),
+        };
+        Ok([open(Split::Train)?, open(Split::Valid)?, open(Split::Test)?])
     }
 
     /// The given split over digits already read, its pool the split's share (`pools`) of them.

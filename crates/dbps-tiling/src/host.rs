@@ -131,13 +131,7 @@ impl HostImages {
     /// the image's edge (a zero-padded remainder) are zeros after normalisation, as in
     /// [`crate::cut_patches`].
     pub fn cut(&self, grid: &PatchGrid, picks: &[(usize, usize)]) -> Result<Vec<f32>, TilingError> {
-        self.check(grid, picks)?;
-        let patch = self.patch_len(grid);
-        let mut out = vec![0f32; picks.len() * patch];
-        out.par_chunks_mut(patch.max(1))
-            .zip(picks)
-            .for_each(|(dst, &pick)| self.cut_one(grid, pick, dst));
-        Ok(out)
+        self.cut_with(grid, picks, true)
     }
 
     /// [`HostImages::cut`] on the calling thread only: for a background thread that prepares
@@ -147,17 +141,25 @@ impl HostImages {
         grid: &PatchGrid,
         picks: &[(usize, usize)],
     ) -> Result<Vec<f32>, TilingError> {
-        self.check(grid, picks)?;
-        let patch = self.patch_len(grid);
-        let mut out = vec![0f32; picks.len() * patch];
-        out.chunks_mut(patch.max(1))
-            .zip(picks)
-            .for_each(|(dst, &pick)| self.cut_one(grid, pick, dst));
-        Ok(out)
+        self.cut_with(grid, picks, false)
     }
 
-    fn patch_len(&self, grid: &PatchGrid) -> usize {
-        self.dims[1] * grid.patch() * grid.patch()
+    fn cut_with(
+        &self,
+        grid: &PatchGrid,
+        picks: &[(usize, usize)],
+        parallel: bool,
+    ) -> Result<Vec<f32>, TilingError> {
+        self.check(grid, picks)?;
+        let patch = (self.dims[1] * grid.patch() * grid.patch()).max(1);
+        let mut out = vec![0f32; picks.len() * patch];
+        let cut = |(dst, &pick): (&mut [f32], &(usize, usize))| self.cut_one(grid, pick, dst);
+        if parallel {
+            out.par_chunks_mut(patch).zip(picks).for_each(cut);
+        } else {
+            out.chunks_mut(patch).zip(picks).for_each(cut);
+        }
+        Ok(out)
     }
 
     fn check(&self, grid: &PatchGrid, picks: &[(usize, usize)]) -> Result<(), TilingError> {

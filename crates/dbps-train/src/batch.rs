@@ -88,13 +88,13 @@ fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingE
         return HostImages::new(HostPixels::U8(bytes), dims, PixelNorm::imagenet());
     }
     let imagenet = PixelNorm::imagenet();
-    let values = items
-        .iter()
-        .flat_map(|s| match &s.image {
-            Pixels::F32(v) => v.clone(),
-            Pixels::ImageNet8(v) => imagenet.apply_planar(v, s.height * s.width),
-        })
-        .collect();
+    let mut values = Vec::with_capacity(dims.iter().product());
+    for s in items {
+        match &s.image {
+            Pixels::F32(v) => values.extend_from_slice(v),
+            Pixels::ImageNet8(v) => values.extend(imagenet.apply_planar(v, s.height * s.width)),
+        }
+    }
     HostImages::new(HostPixels::F32(values), dims, PixelNorm::identity(dims[1]))
 }
 

@@ -122,14 +122,26 @@ pub struct Splits {
 }
 
 impl DatasetConfig {
-    /// Opens one split: the only place that knows which datasets exist.
-    pub fn open(&self, split: Split) -> Result<Arc<dyn ImageSource>> {
-        Ok(match self {
-            Self::SyntheticDigits(c) => Arc::new(dbps_data::SyntheticDigits::new(c, split)?),
-            Self::MegapixelMnist(c) => Arc::new(dbps_data::MegapixelMnist::new(c, split)?),
-            Self::ImageFolder(c) => Arc::new(ImageFolder::open(c, split)?),
-            Self::TrafficSigns(c) => Arc::new(dbps_data::open_traffic_signs(c, split)?),
-        })
+    /// Opens the train, valid and test splits: the only place that knows which datasets exist.
+    pub fn open(&self) -> Result<[Arc<dyn ImageSource>; 3]> {
+        fn each<S: ImageSource + 'static>(
+            open: impl Fn(Split) -> std::result::Result<S, DataError>,
+        ) -> Result<[Arc<dyn ImageSource>; 3]> {
+            Ok([
+                Arc::new(open(Split::Train)?),
+                Arc::new(open(Split::Valid)?),
+                Arc::new(open(Split::Test)?),
+            ])
+        }
+        match self {
+            Self::SyntheticDigits(c) => each(|s| dbps_data::SyntheticDigits::new(c, s)),
+            Self::MegapixelMnist(c) => {
+                let [train, valid, test] = dbps_data::MegapixelMnist::splits(c)?;
+                Ok([Arc::new(train), Arc::new(valid), Arc::new(test)])
+            }
+            Self::ImageFolder(c) => each(|s| ImageFolder::open(c, s)),
+            Self::TrafficSigns(c) => each(|s| dbps_data::open_traffic_signs(c, s)),
+        }
     }
 }
 
@@ -138,13 +150,10 @@ impl Splits {
     /// encoder, before any run directory exists.
     pub fn open(config: &RunConfig) -> Result<Self> {
         let failure = Arc::new(Mutex::new(Failure::default()));
-        let open = |split| -> Result<ImageDataset> {
-            Ok(ImageDataset {
-                source: config.dataset.open(split)?,
-                failure: failure.clone(),
-            })
-        };
-        let [train, valid, test] = [open(Split::Train)?, open(Split::Valid)?, open(Split::Test)?];
+        let [train, valid, test] = config.dataset.open()?.map(|source| ImageDataset {
+            source,
+            failure: failure.clone(),
+        });
         for (name, split) in [("train", &train), ("valid", &valid), ("test", &test)] {
             if split.source.is_empty() {
                 return Err(TrainError::Config {
