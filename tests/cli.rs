@@ -102,7 +102,7 @@ fn trains_both_methods_then_evaluates_without_touching_results() {
     }
     assert_eq!(
         methods[1]["selection"],
-        json!({"n": 16, "m": 2, "s": 4, "l": 4, "drop": 0.3})
+        json!({"n": 16, "m": 2, "m_eval": 2, "s": 4, "l": 4, "drop": 0.3})
     );
 
     // Evaluation writes eval.json and leaves metrics.json as it was.
@@ -170,7 +170,7 @@ fn rejected(name: &str, edit: impl FnOnce(&mut Value)) -> String {
 fn bad_configs_get_errors_that_name_the_setting_and_the_fix() {
     let err = rejected("m-over-n", |c| c["methods"][0]["m"] = json!(17));
     assert!(
-        err.contains("methods[0].m") && err.contains("exceeds the N = 16"),
+        err.contains("methods[0].m") && err.contains("exceed the N = 16"),
         "{err}"
     );
     let err = rejected("negative-s", |c| c["methods"][1]["s"] = json!(-1));

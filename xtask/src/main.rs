@@ -1,6 +1,8 @@
 //! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
 
 mod bench;
+mod chart;
+mod reproduce;
 
 use std::process::Command;
 
@@ -22,6 +24,9 @@ enum Task {
     Quickstart,
     /// Measure speed and memory (docs/performance.md): writes bench/results.json, summary.md, charts.
     Bench(bench::BenchArgs),
+    /// The paper's Tables 1–3 (and the IPS paper's megapixel-MNIST setting) measured beside the
+    /// paper's numbers: writes results/<UTC timestamp>/ (docs/reproducing.md).
+    Reproduce(reproduce::ReproduceArgs),
 }
 
 /// The step meter counts heap bytes through this allocator.
@@ -61,5 +66,6 @@ fn main() -> Result<()> {
         }
         Task::Quickstart => cargo(&["run", "--", "train"]),
         Task::Bench(args) => bench::run(args),
+        Task::Reproduce(args) => reproduce::run(args),
     }
 }

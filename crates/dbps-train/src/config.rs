@@ -74,6 +74,10 @@ pub struct MethodConfig {
     pub name: String,
     /// Salient patches M.
     pub m: i64,
+    /// Salient patches M′ at evaluation (Table 1 trains with M and evaluates with M′); M when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m_eval: Option<i64>,
     /// Sub-salient patches S (0 for IPS).
     #[serde(default)]
     pub s: i64,
@@ -107,6 +111,10 @@ pub struct TrainConfig {
     pub workers: usize,
     /// Seed of initialisation, data order, patch drop and shuffling.
     pub seed: u64,
+    /// Read at most this many images of each split, spread evenly over it (quick runs such as
+    /// `cargo xtask reproduce --quick`); all when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_images: Option<usize>,
     /// What runs the selection pass's encoder (`auto` or `burn`).
     #[serde(default)]
     pub selection_engine: SelectionEngine,
@@ -123,6 +131,7 @@ impl Default for TrainConfig {
             shuffle_patches: true,
             workers: 1,
             seed: 0,
+            max_images: None,
             selection_engine: SelectionEngine::default(),
         }
     }
@@ -131,8 +140,10 @@ impl Default for TrainConfig {
 /// A method's settings once checked: sizes as counts, the drop as a [`PatchDrop`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MethodPlan {
-    /// The M/S/L buffers.
+    /// The M/S/L buffers of training.
     pub buffer: DualBuffer,
+    /// The M′/S/L buffers of evaluation.
+    pub eval_buffer: DualBuffer,
     /// Training-time patch drop.
     pub drop: PatchDrop,
     /// The aggregator.
@@ -230,6 +241,12 @@ impl RunConfig {
         if t.batch_size == 0 {
             return Err(config_error("train.batch_size", "must be at least 1"));
         }
+        if t.max_images == Some(0) {
+            return Err(config_error(
+                "train.max_images",
+                "must be at least 1, or absent to read every image",
+            ));
+        }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             return Err(config_error(
                 "train.lr",
@@ -285,22 +302,35 @@ impl RunConfig {
             method.l,
             "L counts patches per iteration, use 1 or more",
         )?;
-        if m > n {
-            let [h, w] = self.image_size();
-            return Err(config_error(
-                field("m"),
-                format!(
-                    "M = {m} exceeds the N = {n} patches of a {h}×{w} image cut into {p} px patches; lower `m` or use smaller patches",
-                    p = self.patch.size
-                ),
-            ));
+        let m_eval = match method.m_eval {
+            None => m,
+            Some(value) => count(
+                "m_eval",
+                value,
+                "M′ counts salient patches at evaluation, use 1 or more",
+            )?,
+        };
+        for (name, value) in [("m", m), ("m_eval", m_eval)] {
+            if value > n {
+                let [h, w] = self.image_size();
+                return Err(config_error(
+                    field(name),
+                    format!(
+                        "{value} salient patches exceed the N = {n} patches of a {h}×{w} image cut into {p} px patches; lower `{name}` or use smaller patches",
+                        p = self.patch.size
+                    ),
+                ));
+            }
         }
         let drop =
             PatchDrop::new(method.drop).map_err(|e| config_error(field("drop"), e.to_string()))?;
-        let buffer =
-            DualBuffer::new(m, s, l).map_err(|e| config_error(field("m/l"), e.to_string()))?;
+        let buffers = |m: usize, name: &str| {
+            DualBuffer::new(m, s, l)
+                .map_err(|e| config_error(field(&format!("{name}/l")), e.to_string()))
+        };
         Ok(MethodPlan {
-            buffer,
+            buffer: buffers(m, "m")?,
+            eval_buffer: buffers(m_eval, "m_eval")?,
             drop,
             aggregator: method.aggregator,
         })
@@ -343,11 +373,22 @@ mod tests {
     fn shipped_configs_are_valid() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs");
         let mut seen = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "json") {
-                continue;
+        let mut pending = vec![dir.clone()];
+        let mut files = Vec::new();
+        while let Some(folder) = pending.pop() {
+            for entry in std::fs::read_dir(&folder).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    pending.push(path);
+                } else if path.extension().is_some_and(|e| e == "json")
+                    // The paper's numbers, not a run config.
+                    && path.file_name().is_some_and(|n| n != "tables.json")
+                {
+                    files.push(path);
+                }
             }
+        }
+        for path in files {
             let mut v: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
             if let Some(arms) = v["encoder"].as_object_mut() {
@@ -361,7 +402,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
         }
-        assert!(seen >= 3, "only {seen} configs in {}", dir.display());
+        // Four top-level configs and the 66 of configs/paper.
+        assert!(seen >= 70, "only {seen} configs under {}", dir.display());
     }
 
     /// Issue criterion: the embedded default needs selection (N ≥ 100, M ≤ 10 % of N, class
@@ -397,7 +439,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("methods[0].m") && err.contains("exceeds the N"),
+            err.contains("methods[0].m") && err.contains("exceed the N"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn m_eval_larger_than_n_is_rejected() {
+        let err = with(|v| v["methods"][0]["m_eval"] = 5000.into())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("methods[0].m_eval") && err.contains("exceed the N"),
             "{err}"
         );
     }

@@ -36,12 +36,27 @@ impl std::fmt::Debug for Failure {
 pub struct ImageDataset {
     source: Arc<dyn ImageSource>,
     failure: Arc<Mutex<Failure>>,
+    /// The source's samples this split reads (`train.max_images`), or all of them.
+    picks: Option<Arc<[usize]>>,
 }
 
 impl ImageDataset {
     /// The split's source.
     pub fn source(&self) -> &dyn ImageSource {
         self.source.as_ref()
+    }
+
+    /// The same split reading at most `limit` samples, spread evenly over the source so that
+    /// class-sorted sources (image folders) keep every class.
+    fn limited(self, limit: Option<usize>) -> Self {
+        let len = self.source.len();
+        match limit {
+            Some(limit) if limit < len => Self {
+                picks: Some((0..limit).map(|i| i * len / limit).collect()),
+                ..self
+            },
+            _ => self,
+        }
     }
 
     fn blank(&self) -> Sample {
@@ -66,9 +81,11 @@ impl ImageDataset {
 
 impl Dataset<Sample> for ImageDataset {
     fn get(&self, index: usize) -> Option<Sample> {
-        if index >= self.source.len() {
-            return None;
-        }
+        let index = match &self.picks {
+            Some(picks) => *picks.get(index)?,
+            None if index < self.source.len() => index,
+            None => return None,
+        };
         let [c, h, w] = self.source.image_size();
         let fits =
             |s: &Sample| [s.channels, s.height, s.width] == [c, h, w] && s.image.len() == c * h * w;
@@ -103,7 +120,9 @@ impl Dataset<Sample> for ImageDataset {
     }
 
     fn len(&self) -> usize {
-        self.source.len()
+        self.picks
+            .as_ref()
+            .map_or_else(|| self.source.len(), |p| p.len())
     }
 }
 
@@ -150,9 +169,13 @@ impl Splits {
     /// encoder, before any run directory exists.
     pub fn open(config: &RunConfig) -> Result<Self> {
         let failure = Arc::new(Mutex::new(Failure::default()));
-        let [train, valid, test] = config.dataset.open()?.map(|source| ImageDataset {
-            source,
-            failure: failure.clone(),
+        let [train, valid, test] = config.dataset.open()?.map(|source| {
+            ImageDataset {
+                source,
+                failure: failure.clone(),
+                picks: None,
+            }
+            .limited(config.train.max_images)
         });
         for (name, split) in [("train", &train), ("valid", &valid), ("test", &test)] {
             if split.source.is_empty() {
@@ -214,5 +237,28 @@ impl Splits {
             .unwrap_or_else(PoisonError::into_inner)
             .error
             .take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_images_spreads_the_picks_over_the_split() {
+        let mut config = RunConfig::from_json(crate::config::QUICKSTART, "quickstart").unwrap();
+        let full = Splits::open(&config).unwrap();
+        config.train.max_images = Some(4);
+        let limited = Splits::open(&config).unwrap();
+        let n = full.train.len();
+        assert!(n > 8, "the quickstart train split has {n} images");
+        assert_eq!(limited.train.len(), 4);
+        assert_eq!(limited.test.len(), 4.min(full.test.len()));
+        assert!(limited.train.get(4).is_none());
+        // The fourth pick is sample 3n/4 of the source, not sample 3.
+        let picked = limited.train.get(3).unwrap();
+        let expected = full.train.get(3 * n / 4).unwrap();
+        assert_eq!(picked.targets, expected.targets);
+        assert_eq!(picked.image, expected.image);
     }
 }

@@ -44,8 +44,10 @@ pub enum SelectionEngine {
 pub struct SelectionPlan {
     /// Patch geometry.
     pub grid: PatchGrid,
-    /// M, S and L.
+    /// M, S and L of training.
     pub buffer: DualBuffer,
+    /// M′, S and L of evaluation (Table 1 evaluates with M′ ≠ M); `buffer` unless set.
+    pub eval_buffer: DualBuffer,
     /// Random patch drop (training only).
     pub drop: PatchDrop,
     /// Shuffle candidates before selection.
@@ -79,11 +81,20 @@ impl SelectionPlan {
         Self {
             grid,
             buffer,
+            eval_buffer: buffer,
             drop,
             shuffle,
             engine: SelectionEngine::default(),
             seed,
             steps: Arc::default(),
+        }
+    }
+
+    /// The same plan evaluating with other buffers (M′ salient patches instead of M).
+    pub fn with_eval_buffer(self, eval_buffer: DualBuffer) -> Self {
+        Self {
+            eval_buffer,
+            ..self
         }
     }
 
@@ -190,7 +201,11 @@ impl<B: Backend> PatchClassifier<B> {
     /// a chunk at a time (run it on a model without autodiff: the result carries no graph).
     fn select(&self, images: &BatchImages<B>, mode: Mode) -> Result<Selection<B>, TrainError> {
         let order = self.plan.candidates(images.batch(), mode);
-        let buffer = self.plan.buffer.with_chunk(order.chunk)?;
+        let buffer = match mode {
+            Mode::Train => self.plan.buffer,
+            Mode::Eval => self.plan.eval_buffer,
+        }
+        .with_chunk(order.chunk)?;
         let grid = &self.plan.grid;
         match images {
             BatchImages::Host { images, device } => self.select_from(

@@ -76,6 +76,8 @@ pub struct SelectionFigures {
     pub n: usize,
     /// Salient patches M.
     pub m: usize,
+    /// Salient patches M′ at evaluation.
+    pub m_eval: usize,
     /// Sub-salient patches S.
     pub s: usize,
     /// Patches per iteration L.

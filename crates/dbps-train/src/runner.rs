@@ -160,6 +160,7 @@ pub fn train_method<B: AutodiffBackend>(
         selection: SelectionFigures {
             n: plan.grid.len(),
             m: plan.buffer.salient(),
+            m_eval: plan.eval_buffer.salient(),
             s: plan.buffer.sub_salient(),
             l: plan.buffer.chunk(),
             drop: plan.drop.ratio(),

@@ -56,6 +56,7 @@ fn classifier<B: Backend>(
         true,
         0,
     )
+    .with_eval_buffer(DualBuffer::new(method.m_eval, method.s, method.l)?)
     .with_engine(engine);
     let model = PatchClassifier::new(encoder, aggregator, plan);
     // Materialise lazily initialised parameters once, as the trainer does.

@@ -4,9 +4,9 @@
 //! `--reference` it reads PyTorch's figures from the same machine and prints the ratios.
 
 mod chart;
-mod measure;
+pub(crate) mod measure;
 mod reference;
-mod scenario;
+pub(crate) mod scenario;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -65,8 +65,9 @@ struct Checks {
     memory_largest_n_over_900: Option<f64>,
 }
 
+/// The machine a measurement ran on.
 #[derive(Debug, Clone, Serialize)]
-struct Machine {
+pub(crate) struct Machine {
     cpu: String,
     threads: usize,
     kernel_isa: String,
@@ -91,7 +92,8 @@ struct Results {
     checks: Checks,
 }
 
-fn machine() -> Machine {
+/// CPU model, threads and the kernels' instruction set.
+pub(crate) fn machine() -> Machine {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -81,6 +81,8 @@ pub struct Method {
     pub name: String,
     /// Salient patches M.
     pub m: usize,
+    /// Salient patches M′ at evaluation.
+    pub m_eval: usize,
     /// Sub-salient patches S (0: IPS).
     pub s: usize,
     /// Patches per iteration L.
@@ -97,6 +99,7 @@ impl Method {
         Self {
             name: format!("IPS M={m}"),
             m,
+            m_eval: m,
             s: 0,
             l,
             drop: 0.0,
@@ -114,6 +117,7 @@ impl Method {
         Self {
             name,
             m,
+            m_eval: m,
             s,
             l,
             drop,
