@@ -83,7 +83,9 @@ pub(crate) fn draw_digit<R: Rng + ?Sized>(
                 (x + u * width, y + v * height)
             })
             .collect();
-        canvas.polyline(&points, thickness.max(1.0), value);
+        // At least 1.6 px, so that some pixel of every stroke is fully covered and a digit is
+        // always brighter than clutter (≤ 0.7).
+        canvas.polyline(&points, thickness.max(1.6), value);
     }
 }
 

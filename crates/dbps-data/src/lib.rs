@@ -25,9 +25,11 @@
 
 mod canvas;
 mod error;
+mod features;
 mod folder;
 mod glyphs;
 mod idx;
+mod majority;
 mod mnist;
 mod sample;
 mod source;
@@ -36,8 +38,13 @@ mod traffic;
 
 pub use canvas::Canvas;
 pub use error::DataError;
+pub use features::{
+    BAG_CLASSES, FEATURE_EXTENSIONS, FeatureBags, FeatureBagsConfig, FeatureFile, write_npy,
+    write_safetensors,
+};
 pub use folder::{IMAGE_EXTENSIONS, ImageFolder, ImageFolderConfig};
 pub use idx::{IdxDigits, read_idx_digits};
+pub use majority::{SyntheticMajority, SyntheticMajorityConfig};
 pub use mnist::{MegapixelMnist, MegapixelMnistConfig};
 pub use sample::{Pixels, Sample, Split, Target, TaskKind, TaskSpec};
 pub use source::ImageSource;

@@ -10,8 +10,14 @@ pub trait ImageSource: Send + Sync + std::fmt::Debug {
     /// The tasks every sample carries a target for, in target order.
     fn tasks(&self) -> Vec<TaskSpec>;
 
-    /// `[C, H, W]` of every sample.
+    /// `[C, H, W]` of every sample (with [`ImageSource::variable_width`], W of the widest).
     fn image_size(&self) -> [usize; 3];
+
+    /// True when samples differ in width: bags of patch features, one column per patch
+    /// ([`crate::FeatureBags`]). Batches then keep each sample at its own width.
+    fn variable_width(&self) -> bool {
+        false
+    }
 
     /// Samples in this split.
     fn len(&self) -> usize;

@@ -31,6 +31,15 @@ pub enum BatchImages<B: Backend> {
     /// Already a tensor on the device; patches are cut from it (on an autodiff backend the
     /// winners stay on the tape, so gradients reach the pixels).
     Device(Tensor<B, 4>),
+    /// Bags of precomputed features of different lengths, each `[1, D, 1, N_i]` in host
+    /// memory: the model selects and aggregates bag by bag, so no bag is padded and no
+    /// placeholder patch reaches selection or the aggregator.
+    Bags {
+        /// One bag per image of the batch.
+        bags: Vec<Arc<HostImages>>,
+        /// Where patches are uploaded.
+        device: B::Device,
+    },
 }
 
 impl<B: Backend> BatchImages<B> {
@@ -47,6 +56,15 @@ impl<B: Backend> BatchImages<B> {
         match self {
             Self::Host { images, .. } => images.batch(),
             Self::Device(images) => images.dims()[0],
+            Self::Bags { bags, .. } => bags.len(),
+        }
+    }
+
+    /// The device patches go to.
+    pub fn device(&self) -> B::Device {
+        match self {
+            Self::Host { device, .. } | Self::Bags { device, .. } => device.clone(),
+            Self::Device(images) => images.device(),
         }
     }
 }
@@ -60,6 +78,10 @@ impl<B: AutodiffBackend> BatchImages<B> {
                 device: device.clone(),
             },
             Self::Device(images) => BatchImages::Device(images.clone().inner()),
+            Self::Bags { bags, device } => BatchImages::Bags {
+                bags: bags.clone(),
+                device: device.clone(),
+            },
         }
     }
 }
@@ -102,22 +124,46 @@ fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingE
 #[derive(Debug, Clone)]
 pub struct ImageBatcher {
     tasks: Vec<TaskSpec>,
+    bags: bool,
 }
 
 impl ImageBatcher {
     /// A batcher for a dataset with these tasks.
     pub fn new(tasks: Vec<TaskSpec>) -> Self {
-        Self { tasks }
+        Self { tasks, bags: false }
+    }
+
+    /// A batcher for a split: bags of features (samples of different widths) stay separate.
+    pub fn for_split(tasks: Vec<TaskSpec>, split: &crate::ImageDataset) -> Self {
+        Self {
+            tasks,
+            bags: split.source().variable_width(),
+        }
     }
 }
 
 impl<B: Backend> Batcher<B, Sample, ImageBatch<B>> for ImageBatcher {
     fn batch(&self, items: Vec<Sample>, device: &B::Device) -> ImageBatch<B> {
-        let (c, h, w) = (items[0].channels, items[0].height, items[0].width);
         let b = items.len();
-        let images = host_images(&items, [b, c, h, w])
-            .expect("ImageDataset::get hands on only samples of the dataset's one C×H×W size");
-        let images = BatchImages::host(images, device);
+        let images = if self.bags {
+            let bags = items
+                .iter()
+                .map(|s| {
+                    let dims = [1, s.channels, s.height, s.width];
+                    host_images(std::slice::from_ref(s), dims).map(Arc::new)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .expect("ImageDataset::get hands on only samples whose values fill their C×H×W");
+            BatchImages::Bags {
+                bags,
+                device: device.clone(),
+            }
+        } else {
+            let (c, h, w) = (items[0].channels, items[0].height, items[0].width);
+            let images = host_images(&items, [b, c, h, w])
+                .expect("ImageDataset::get hands on only samples of the dataset's one C×H×W size");
+            BatchImages::host(images, device)
+        };
         let targets = self
             .tasks
             .iter()

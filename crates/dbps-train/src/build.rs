@@ -16,7 +16,7 @@ pub fn build_classifier<B: Backend>(
     device: &B::Device,
 ) -> Result<PatchClassifier<B>> {
     let grid = config.grid()?;
-    let plan = config.method_plan(index, grid.len())?;
+    let plan = config.method_plan(index, config.max_patches()?)?;
     let encoder = config.encoder.init::<B>(device)?;
     let classes = tasks.iter().map(|t| t.classes).collect();
     let aggregator = config

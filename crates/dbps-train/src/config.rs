@@ -2,7 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use dbps_data::{ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig};
+use dbps_data::{
+    FeatureBagsConfig, ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig,
+    SyntheticMajorityConfig,
+};
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
 use dbps_select::DualBuffer;
@@ -42,7 +45,9 @@ pub struct RunConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum DatasetConfig {
-    /// The embedded procedural digits.
+    /// The embedded default: which of two procedural digits is in the majority, among clutter.
+    SyntheticMajority(SyntheticMajorityConfig),
+    /// Copies of one procedural digit (class = the digit) among clutter.
     SyntheticDigits(SyntheticDigitsConfig),
     /// Photographs in class folders, `ROOT/{train,val,test}/<class>/*` (CQU-BPDD, fMoW, …).
     ImageFolder(ImageFolderConfig),
@@ -50,6 +55,8 @@ pub enum DatasetConfig {
     TrafficSigns(ImageFolderConfig),
     /// Megapixel MNIST from IDX files.
     MegapixelMnist(MegapixelMnistConfig),
+    /// Bags of precomputed patch features, one file per slide (CAMELYON16).
+    FeatureBags(FeatureBagsConfig),
 }
 
 /// Patch geometry.
@@ -186,10 +193,29 @@ impl RunConfig {
     /// Image size `[H, W]` of the dataset.
     pub fn image_size(&self) -> [usize; 2] {
         match &self.dataset {
+            DatasetConfig::SyntheticMajority(c) => [c.canvas, c.canvas],
             DatasetConfig::SyntheticDigits(c) => [c.canvas, c.canvas],
             DatasetConfig::MegapixelMnist(c) => [c.canvas, c.canvas],
             DatasetConfig::ImageFolder(c) => [c.height, c.width],
             DatasetConfig::TrafficSigns(c) => [c.height, c.width],
+            // Each bag is a 1 × N_i row of features with a grid of its own (see `bags`).
+            DatasetConfig::FeatureBags(_) => [1, 1],
+        }
+    }
+
+    /// True for bags of precomputed features: N differs from bag to bag, so there is no one
+    /// patch grid; each bag is cut into its own `1 × N_i` grid of 1-px patches and M and S are
+    /// capped at what a bag holds.
+    pub fn bags(&self) -> bool {
+        matches!(self.dataset, DatasetConfig::FeatureBags(_))
+    }
+
+    /// The most salient patches an image can supply: N of the grid, unbounded for bags.
+    pub fn max_patches(&self) -> Result<usize> {
+        if self.bags() {
+            Ok(usize::MAX)
+        } else {
+            Ok(self.grid()?.len())
         }
     }
 
@@ -214,8 +240,11 @@ impl RunConfig {
 
     /// Checks every setting, so that bad input fails before any work starts.
     pub fn validate(&self) -> Result<()> {
-        let n = self.grid()?.len();
+        let n = self.max_patches()?;
         self.encoder.validate()?;
+        if let DatasetConfig::FeatureBags(bags) = &self.dataset {
+            self.validate_bags(bags)?;
+        }
         if self.methods.is_empty() {
             return Err(config_error(
                 "methods",
@@ -280,6 +309,46 @@ impl RunConfig {
         let embed_dim = self.encoder.embed_dim()?;
         self.aggregator_config(AggregatorKind::Ips, embed_dim, vec![1])
             .validate()?;
+        Ok(())
+    }
+
+    /// What feature bags need: 1-px patches, the identity encoder at the files' width, no
+    /// grid positions.
+    fn validate_bags(&self, bags: &FeatureBagsConfig) -> Result<()> {
+        if self.patch.size != 1 || self.patch.stride.is_some_and(|s| s != 1) {
+            return Err(config_error(
+                "patch.size",
+                "feature bags hold one patch per column: use `\"patch\": { \"size\": 1 }`",
+            ));
+        }
+        match &self.encoder {
+            EncoderConfig::Identity(c) if c.feature_dim == bags.feature_dim => {}
+            EncoderConfig::Identity(c) => {
+                return Err(config_error(
+                    "encoder.identity.feature_dim",
+                    format!(
+                        "{} differs from dataset.feature_bags.feature_dim = {}; the encoder reads the files' features as they are",
+                        c.feature_dim, bags.feature_dim
+                    ),
+                ));
+            }
+            other => {
+                return Err(config_error(
+                    "encoder",
+                    format!(
+                        "`{}` cannot read precomputed features; use {{\"identity\": {{\"feature_dim\": {}, \"projector\": 512}}}}",
+                        other.name(),
+                        bags.feature_dim
+                    ),
+                ));
+            }
+        }
+        if self.aggregator.positional {
+            return Err(config_error(
+                "aggregator.positional",
+                "feature bags carry no patch positions; set it to false",
+            ));
+        }
         Ok(())
     }
 
@@ -402,34 +471,33 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
             seen += 1;
         }
-        // Four top-level configs and the 66 of configs/paper.
-        assert!(seen >= 70, "only {seen} configs under {}", dir.display());
+        // Four top-level configs and the 72 of configs/paper.
+        assert!(seen >= 76, "only {seen} configs under {}", dir.display());
     }
 
-    /// Issue criterion: the embedded default needs selection (N ≥ 100, M ≤ 10 % of N, class
-    /// evidence ≤ 5 % of the image).
+    /// Issue criterion: the embedded default needs selection (N ≥ 100, M ≤ 10 % of N) and
+    /// more context than M patches hold: the digits fill 2–4 × M cells, one patch each, and
+    /// DBPS's S ≈ 2M lets it see about all of them.
     #[test]
-    fn quickstart_task_needs_selection() {
+    fn quickstart_task_needs_more_than_m_patches() {
         let config = RunConfig::quickstart().unwrap();
         let n = config.grid().unwrap().len();
         assert!(n >= 100, "N = {n}");
-        for i in 0..config.methods.len() {
-            let m = config.method_plan(i, n).unwrap().buffer.salient();
-            assert!(m * 10 <= n, "M = {m} is more than 10 % of N = {n}");
-        }
-        let DatasetConfig::SyntheticDigits(data) = &config.dataset else {
-            panic!("the quickstart uses the embedded digits");
+        let DatasetConfig::SyntheticMajority(data) = &config.dataset else {
+            panic!("the quickstart is the embedded majority task");
         };
-        let train = dbps_data::SyntheticDigits::new(data, dbps_data::Split::Train).unwrap();
-        for index in 0..50 {
-            let (canvas, _, boxes) = train.draw(index);
-            let evidence: usize = boxes.iter().map(|[_, _, w, h]| w * h).sum();
-            let share = evidence as f64 / (canvas.width * canvas.height) as f64;
+        assert_eq!(data.cell, config.patch.size, "one item per patch");
+        for i in 0..config.methods.len() {
+            let plan = config.method_plan(i, n).unwrap();
+            let (m, s) = (plan.buffer.salient(), plan.buffer.sub_salient());
+            assert!(m * 10 <= n, "M = {m} is more than 10 % of N = {n}");
             assert!(
-                share <= 0.05,
-                "canvas {index}: digits cover {:.1} %",
-                100.0 * share
+                data.total[0] >= 2 * m && data.total[1] <= 4 * m,
+                "{data:?} for M = {m}"
             );
+            if s > 0 {
+                assert!(s >= 2 * m && m + s >= data.total[0], "S = {s}");
+            }
         }
     }
 

@@ -87,8 +87,12 @@ impl Dataset<Sample> for ImageDataset {
             None => return None,
         };
         let [c, h, w] = self.source.image_size();
-        let fits =
-            |s: &Sample| [s.channels, s.height, s.width] == [c, h, w] && s.image.len() == c * h * w;
+        let variable = self.source.variable_width();
+        let fits = |s: &Sample| {
+            [s.channels, s.height] == [c, h]
+                && (s.width == w || variable && s.width <= w)
+                && s.image.len() == c * h * s.width
+        };
         let sample = self.source.sample(index).and_then(|s| {
             if fits(&s) {
                 Ok(s)
@@ -153,6 +157,7 @@ impl DatasetConfig {
             ])
         }
         match self {
+            Self::SyntheticMajority(c) => each(|s| dbps_data::SyntheticMajority::new(c, s)),
             Self::SyntheticDigits(c) => each(|s| dbps_data::SyntheticDigits::new(c, s)),
             Self::MegapixelMnist(c) => {
                 let [train, valid, test] = dbps_data::MegapixelMnist::splits(c)?;
@@ -160,6 +165,7 @@ impl DatasetConfig {
             }
             Self::ImageFolder(c) => each(|s| ImageFolder::open(c, s)),
             Self::TrafficSigns(c) => each(|s| dbps_data::open_traffic_signs(c, s)),
+            Self::FeatureBags(c) => each(|s| dbps_data::FeatureBags::open(c, s)),
         }
     }
 }
@@ -190,7 +196,9 @@ impl Splits {
         let [c, h, w] = train.source.image_size();
         let [want_h, want_w] = config.image_size();
         let channels = config.encoder.in_channels();
-        if [h, w] != [want_h, want_w] || c != channels {
+        // Bags are as wide as they are long; only their height (1) and width D must agree.
+        let width_agrees = w == want_w || train.source.variable_width();
+        if h != want_h || !width_agrees || c != channels {
             return Err(TrainError::Config {
                 field: format!("encoder.{}.in_channels", config.encoder.name()),
                 reason: format!(

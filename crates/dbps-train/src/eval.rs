@@ -5,14 +5,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::data::dataset::Dataset;
+use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
-use dbps_data::{Sample, TaskSpec};
+use dbps_data::{Sample, Target, TaskKind, TaskSpec};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::build::build_classifier;
 use crate::checkpoint::{MANIFEST, MethodManifest, checkpoint_path, load_weights};
 use crate::datasets::{ImageDataset, Splits};
+use crate::metrics::binary_auc;
 use crate::report::{EvalFigures, TaskAccuracy, write_json_atomic};
 use crate::{ImageBatcher, Result, StepStats, TrainError, TrainedClassifier, TrainingMonitor};
 
@@ -26,7 +28,7 @@ pub fn evaluate<B: Backend>(
     label: &str,
 ) -> Result<EvalFigures> {
     let start = Instant::now();
-    let batcher = ImageBatcher::new(tasks.to_vec());
+    let batcher = ImageBatcher::for_split(tasks.to_vec(), dataset);
     let total = dataset.len();
     let bar = ProgressBar::new(total as u64).with_prefix(label.to_string());
     bar.set_style(
@@ -36,13 +38,36 @@ pub fn evaluate<B: Backend>(
     );
     let mut hits = vec![0i64; tasks.len()];
     let mut loss_sum = 0.0;
+    // Per two-class task: the second class's probability and whether it is the truth.
+    let binary: Vec<bool> = tasks
+        .iter()
+        .map(|t| t.kind == TaskKind::Softmax && t.classes == 2)
+        .collect();
+    let mut scored: Vec<(Vec<f64>, Vec<bool>)> = vec![Default::default(); tasks.len()];
     for start_index in (0..total).step_by(batch_size.max(1)) {
         let items: Vec<Sample> = (start_index..(start_index + batch_size).min(total))
             .filter_map(|i| dataset.get(i))
             .collect();
+        for (t, (_, truth)) in scored.iter_mut().enumerate() {
+            if binary[t] {
+                truth.extend(
+                    items
+                        .iter()
+                        .map(|s| matches!(s.targets.get(t), Some(Target::Class(1)))),
+                );
+            }
+        }
         let batch =
             burn::data::dataloader::batcher::Batcher::<B, _, _>::batch(&batcher, items, device);
-        let stats: StepStats = model.evaluate(batch)?.stats();
+        let (step, logits) = model.evaluate_with_logits(batch)?;
+        for (t, logits) in logits.into_iter().enumerate() {
+            if binary[t] {
+                let probabilities = softmax(logits, 1).into_data();
+                let second = probabilities.iter::<f64>().skip(1).step_by(2);
+                scored[t].0.extend(second);
+            }
+        }
+        let stats: StepStats = step.stats();
         loss_sum += stats.loss * stats.batch as f64;
         hits.iter_mut().zip(&stats.hits).for_each(|(h, s)| *h += s);
         bar.inc(stats.batch as u64);
@@ -53,9 +78,11 @@ pub fn evaluate<B: Backend>(
         tasks: tasks
             .iter()
             .zip(hits)
-            .map(|(t, h)| TaskAccuracy {
+            .zip(scored)
+            .map(|((t, h), (scores, truth))| TaskAccuracy {
                 task: t.name.clone(),
                 accuracy: h as f64 / total.max(1) as f64,
+                auc: binary_auc(&scores, &truth),
             })
             .collect(),
         images: total,

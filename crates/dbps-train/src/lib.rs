@@ -8,9 +8,9 @@
 //! ```
 //! use dbps_train::RunConfig;
 //!
-//! // The embedded default: IPS and DBPS side by side on procedural digits.
+//! // The embedded default: IPS and DBPS side by side on which of two digits leads.
 //! let config = RunConfig::quickstart().unwrap();
-//! assert_eq!(config.grid().unwrap().len(), 100);
+//! assert_eq!(config.grid().unwrap().len(), 256);
 //! assert_eq!(config.methods.len(), 2);
 //! ```
 
@@ -52,7 +52,7 @@ pub use meter::{
     EfficiencyFigures, MeteredOptimizer, PoolProbe, StepFigures, StepMeter, TrackingAllocator,
     live_heap_bytes, peak_heap_bytes, reset_peak_heap,
 };
-pub use metrics::TaskMetric;
+pub use metrics::{TaskMetric, binary_auc};
 pub use model::{
     CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
 };

@@ -89,3 +89,50 @@ impl Numeric for TaskMetric {
         self.state.running_value()
     }
 }
+
+/// Area under the ROC curve of `scores` for the `positive` labels: the probability that a
+/// random positive scores above a random negative, ties counting one half (Mann–Whitney U
+/// with mid-ranks). `None` when either class is absent.
+pub fn binary_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let n = scores.len().min(positive.len());
+    let positives = positive[..n].iter().filter(|&&p| p).count();
+    let negatives = n - positives;
+    if positives == 0 || negatives == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let mut rank_sum = 0.0;
+    let mut start = 0;
+    while start < n {
+        let mut end = start + 1;
+        while end < n && scores[order[end]] == scores[order[start]] {
+            end += 1;
+        }
+        // Ranks start..end (1-based start+1..=end) share their mean.
+        let mid_rank = (start + 1 + end) as f64 / 2.0;
+        rank_sum += mid_rank * order[start..end].iter().filter(|&&i| positive[i]).count() as f64;
+        start = end;
+    }
+    let p = positives as f64;
+    Some((rank_sum - p * (p + 1.0) / 2.0) / (p * negatives as f64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Counted by hand over all positive–negative pairs.
+    #[test]
+    fn auc_counts_ordered_pairs_and_half_ties() {
+        // Positives 0.9, 0.4; negatives 0.5, 0.1: pairs (0.9>0.5, 0.9>0.1, 0.4<0.5, 0.4>0.1) → 3/4.
+        let auc = binary_auc(&[0.9, 0.5, 0.4, 0.1], &[true, false, true, false]).unwrap();
+        assert!((auc - 0.75).abs() < 1e-12, "{auc}");
+        // Positives 0.7, 0.9 against the negative 0.7: a tie counts one half, (0.5 + 1) / 2.
+        let auc = binary_auc(&[0.7, 0.7, 0.9], &[true, false, true]).unwrap();
+        assert!((auc - 0.75).abs() < 1e-12, "{auc}");
+        assert_eq!(binary_auc(&[0.3, 0.8], &[true, true]), None);
+        assert_eq!(binary_auc(&[0.8, 0.3], &[true, false]), Some(1.0));
+        assert_eq!(binary_auc(&[0.8, 0.3], &[false, true]), Some(0.0));
+    }
+}

@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor};
 use dbps_encoder::{Encoder, NativeEncoder, PatchEncoder};
 use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
-use dbps_tiling::{PatchDrop, PatchGrid};
+use dbps_tiling::{HostImages, PatchDrop, PatchGrid, RemainderPolicy};
 
 use crate::candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 use crate::{BatchImages, TrainError};
@@ -98,6 +98,16 @@ impl SelectionPlan {
         }
     }
 
+    /// The plan for one bag of `n` precomputed features: a `1 × n` grid of 1-px patches, the
+    /// same buffers (selection keeps every patch of a bag shorter than M, and fills the
+    /// sub-salient buffer with what is left).
+    pub fn for_bag(&self, n: usize) -> Result<Self, TilingError> {
+        Ok(Self {
+            grid: PatchGrid::new([1, n], 1, 1, RemainderPolicy::Drop)?,
+            ..self.clone()
+        })
+    }
+
     /// The same plan with another selection engine.
     pub fn with_engine(self, engine: SelectionEngine) -> Self {
         Self { engine, ..self }
@@ -182,6 +192,90 @@ pub struct ForwardOutput<B: Backend> {
     pub sub_salient: Option<Tensor<B, 2, Int>>,
 }
 
+impl<B: Backend> ForwardOutput<B> {
+    /// The outputs of single bags as one batch: logits stacked, index rows padded with −1 to
+    /// the longest (a bag shorter than M + S has fewer picks).
+    fn stack(outputs: Vec<Self>) -> Self {
+        let tasks = outputs.first().map_or(0, |o| o.logits.len());
+        let logits = (0..tasks)
+            .map(|t| Tensor::cat(outputs.iter().map(|o| o.logits[t].clone()).collect(), 0))
+            .collect();
+        let pad = |rows: Vec<Option<Tensor<B, 2, Int>>>| -> Option<Tensor<B, 2, Int>> {
+            let width = rows.iter().flatten().map(|r| r.dims()[1]).max()?;
+            let device = rows.iter().flatten().next()?.device();
+            let padded = rows
+                .into_iter()
+                .map(|row| {
+                    let have = row.as_ref().map_or(0, |r| r.dims()[1]);
+                    let filler =
+                        (have < width).then(|| Tensor::full([1, width - have], -1, &device));
+                    Tensor::cat(row.into_iter().chain(filler).collect(), 1)
+                })
+                .collect();
+            Some(Tensor::cat(padded, 0))
+        };
+        let (salient, sub_salient): (Vec<_>, Vec<_>) = outputs
+            .into_iter()
+            .map(|o| (Some(o.salient), o.sub_salient))
+            .unzip();
+        Self {
+            logits,
+            salient: pad(salient).unwrap_or_else(|| Tensor::empty([0, 0], &Default::default())),
+            sub_salient: pad(sub_salient),
+        }
+    }
+}
+
+/// Images of one size: a whole batch, or one bag of a [`BatchImages::Bags`] batch.
+#[derive(Debug, Clone)]
+enum Uniform<B: Backend> {
+    Host(Arc<HostImages>, B::Device),
+    Device(Tensor<B, 4>),
+}
+
+impl<B: Backend> Uniform<B> {
+    fn batch(&self) -> usize {
+        match self {
+            Self::Host(images, _) => images.batch(),
+            Self::Device(images) => images.dims()[0],
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Uniform<B> {
+    fn inner(&self) -> Uniform<B::InnerBackend> {
+        match self {
+            Self::Host(images, device) => Uniform::Host(Arc::clone(images), device.clone()),
+            Self::Device(images) => Uniform::Device(images.clone().inner()),
+        }
+    }
+}
+
+/// Runs `per_batch` on a batch of one size, or on each bag with its own plan and stacks the
+/// results.
+fn each_size<B: Backend, Out: Backend>(
+    plan: &SelectionPlan,
+    images: &BatchImages<B>,
+    per_batch: impl Fn(&SelectionPlan, Uniform<B>) -> Result<ForwardOutput<Out>, TrainError>,
+) -> Result<ForwardOutput<Out>, TrainError> {
+    match images {
+        BatchImages::Host { images, device } => {
+            per_batch(plan, Uniform::Host(Arc::clone(images), device.clone()))
+        }
+        BatchImages::Device(images) => per_batch(plan, Uniform::Device(images.clone())),
+        BatchImages::Bags { bags, device } => {
+            let outputs = bags
+                .iter()
+                .map(|bag| {
+                    let plan = plan.for_bag(bag.dims()[3])?;
+                    per_batch(&plan, Uniform::Host(Arc::clone(bag), device.clone()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(ForwardOutput::stack(outputs))
+        }
+    }
+}
+
 impl<B: Backend> PatchClassifier<B> {
     /// Joins the parts.
     pub fn new(encoder: Encoder<B>, aggregator: Aggregator<B>, plan: SelectionPlan) -> Self {
@@ -199,20 +293,25 @@ impl<B: Backend> PatchClassifier<B> {
 
     /// Picks the salient and sub-salient patches of images `[B, C, H, W]`, cutting candidates
     /// a chunk at a time (run it on a model without autodiff: the result carries no graph).
-    fn select(&self, images: &BatchImages<B>, mode: Mode) -> Result<Selection<B>, TrainError> {
-        let order = self.plan.candidates(images.batch(), mode);
+    fn select(
+        &self,
+        plan: &SelectionPlan,
+        images: &Uniform<B>,
+        mode: Mode,
+    ) -> Result<Selection<B>, TrainError> {
+        let order = plan.candidates(images.batch(), mode);
         let buffer = match mode {
-            Mode::Train => self.plan.buffer,
-            Mode::Eval => self.plan.eval_buffer,
+            Mode::Train => plan.buffer,
+            Mode::Eval => plan.eval_buffer,
         }
         .with_chunk(order.chunk)?;
-        let grid = &self.plan.grid;
+        let grid = &plan.grid;
         match images {
-            BatchImages::Host { images, device } => self.select_from(
+            Uniform::Host(images, device) => self.select_from(
                 buffer,
                 &HostCandidates::new(grid, Arc::clone(images), order, device.clone()),
             ),
-            BatchImages::Device(images) => {
+            Uniform::Device(images) => {
                 self.select_from(buffer, &ImageCandidates::new(grid, images.clone(), order))
             }
         }
@@ -274,8 +373,10 @@ impl<B: Backend> PatchClassifier<B> {
     /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
     /// Images that do not fit the plan's patch grid are an error.
     pub fn forward_eval(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
-        let selection = self.select(images, Mode::Eval)?;
-        Ok(self.aggregate(selection.salient, selection.sub_salient))
+        each_size(&self.plan, images, |plan, images| {
+            let selection = self.select(plan, &images, Mode::Eval)?;
+            Ok(self.aggregate(selection.salient, selection.sub_salient))
+        })
     }
 }
 
@@ -285,18 +386,32 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
     /// sub-salient embeddings join as constants. Images that do not fit the plan's patch grid
     /// are an error.
     pub fn forward_train(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
-        let selection = self.valid().select(&images.inner(), Mode::Train)?;
+        let valid = self.valid();
+        each_size(&self.plan, images, |plan, images| {
+            self.train_one_size(&valid, plan, &images)
+        })
+    }
+
+    /// [`PatchClassifier::forward_train`] on images of one size; `valid` is this model
+    /// without autodiff (what selection runs).
+    fn train_one_size(
+        &self,
+        valid: &PatchClassifier<B::InnerBackend>,
+        plan: &SelectionPlan,
+        images: &Uniform<B>,
+    ) -> Result<ForwardOutput<B>, TrainError> {
+        let selection = valid.select(plan, &images.inner(), Mode::Train)?;
 
         // The M winners are cut again from the images, for the gradient pass.
         let winners = selection.salient.indices.clone();
         let [batch, m] = winners.dims();
         let positions: Vec<i64> = winners.clone().into_data().iter::<i64>().collect();
-        let grid = &self.plan.grid;
+        let grid = &plan.grid;
         let chosen = match images {
-            BatchImages::Host { images, device } => {
+            Uniform::Host(images, device) => {
                 cut_selected_host(grid, images, &positions, m, device)?
             }
-            BatchImages::Device(images) => cut_selected(grid, images, &positions, m)?,
+            Uniform::Device(images) => cut_selected(grid, images, &positions, m)?,
         };
         let indices = Tensor::<B, 2, Int>::from_inner(winners);
         let embeddings = self

@@ -27,6 +27,10 @@ pub struct TaskAccuracy {
     pub task: String,
     /// Fraction of images right.
     pub accuracy: f64,
+    /// Area under the ROC curve of the second class's probability, for two-class tasks whose
+    /// split holds both classes (CAMELYON16 reports it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auc: Option<f64>,
 }
 
 /// Train and validation figures of one epoch.
@@ -72,7 +76,7 @@ pub struct MethodReport {
 /// The selection settings of a method.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SelectionFigures {
-    /// Patches per image N.
+    /// Patches per image N (0 for bags of features, whose N differs from bag to bag).
     pub n: usize,
     /// Salient patches M.
     pub m: usize,
@@ -103,7 +107,7 @@ impl RunReport {
     /// The table the CLI prints: one row per method and task.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9} {:>9}\n",
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12}\n",
             "method",
             "task",
             "test acc",
@@ -112,16 +116,26 @@ impl RunReport {
             "epochs",
             "train time",
             "step",
-            "step mem"
+            "step mem",
+            "test AUC"
         );
         out += &format!(
-            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9} {:>9}\n",
-            "", "", "(last ep.)", "(best valid)", "(last)", "", "", "(mean)", "(peak)"
+            "{:<10} {:<10} {:>11} {:>14} {:>9} {:>7} {:>10} {:>9} {:>9} {:>12}\n",
+            "",
+            "",
+            "(last ep.)",
+            "(best valid)",
+            "(last)",
+            "",
+            "",
+            "(mean)",
+            "(peak)",
+            "(best valid)"
         );
         for m in &self.methods {
             for (last, best) in m.test_last.tasks.iter().zip(&m.test_best_valid.tasks) {
                 out += &format!(
-                    "{:<10} {:<10} {:>10.2}% {:>13.2}% {:>9.4} {:>7} {:>9.1}s {:>9} {:>9}\n",
+                    "{:<10} {:<10} {:>10.2}% {:>13.2}% {:>9.4} {:>7} {:>9.1}s {:>9} {:>9} {:>12}\n",
                     m.method,
                     last.task,
                     100.0 * last.accuracy,
@@ -136,6 +150,7 @@ impl RunReport {
                         .as_ref()
                         .and_then(|e| e.peak_step_bytes)
                         .map_or_else(|| "-".into(), |b| format!("{:.0}MB", b as f64 / 1e6)),
+                    best.auc.map_or_else(|| "-".into(), |a| format!("{a:.4}")),
                 );
             }
         }

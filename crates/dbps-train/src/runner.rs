@@ -46,7 +46,7 @@ pub fn train_method<B: AutodiffBackend>(
     let model = TrainedClassifier::new(classifier, monitor.clone());
     splits.watch(&interrupter);
 
-    let batcher = ImageBatcher::new(splits.tasks.clone());
+    let batcher = ImageBatcher::for_split(splits.tasks.clone(), &splits.train);
     let loader_train = DataLoaderBuilder::new(batcher.clone())
         .batch_size(train.batch_size)
         .shuffle(train.seed)
@@ -158,7 +158,8 @@ pub fn train_method<B: AutodiffBackend>(
     Ok(MethodReport {
         method: method.name.clone(),
         selection: SelectionFigures {
-            n: plan.grid.len(),
+            // Bags of features have no one N.
+            n: if config.bags() { 0 } else { plan.grid.len() },
             m: plan.buffer.salient(),
             m_eval: plan.eval_buffer.salient(),
             s: plan.buffer.sub_salient(),

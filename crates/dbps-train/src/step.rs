@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor};
 use burn_train::metric::{Adaptor, ItemLazy};
 use burn_train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 
-use crate::{BatchImages, ImageBatch, PatchClassifier, StepMeter, TrainError, loss_and_hits};
+use crate::{ImageBatch, PatchClassifier, StepMeter, TrainError, loss_and_hits};
 
 /// Loss and hits of one batch, still on the device.
 #[derive(Debug)]
@@ -169,24 +169,31 @@ impl<B: Backend> TrainedClassifier<B> {
 
     /// Loss and hits of a batch in evaluation mode.
     pub fn evaluate(&self, batch: ImageBatch<B>) -> Result<StepOutput<B>, TrainError> {
+        Ok(self.evaluate_with_logits(batch)?.0)
+    }
+
+    /// Loss and hits of a batch in evaluation mode, and the logits `[B, classes]` per task
+    /// (for metrics over a whole split, such as AUC).
+    pub fn evaluate_with_logits(
+        &self,
+        batch: ImageBatch<B>,
+    ) -> Result<(StepOutput<B>, Vec<Tensor<B, 2>>), TrainError> {
         let size = batch.images.batch();
         let out = self.classifier.forward_eval(&batch.images)?;
-        let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
-        Ok(StepOutput {
+        let (loss, hits) = loss_and_hits(out.logits.clone(), &batch.targets);
+        let step = StepOutput {
             loss,
             hits,
             batch: size,
-        })
+        };
+        Ok((step, out.logits))
     }
 
     /// What a failed step reports to burn-train: a NaN loss and no hits, for the one step
     /// before training stops.
     fn failed(&self, batch: &ImageBatch<B>, error: TrainError) -> StepOutput<B> {
         self.monitor.fail(error);
-        let device = match &batch.images {
-            BatchImages::Host { device, .. } => device.clone(),
-            BatchImages::Device(images) => images.device(),
-        };
+        let device = batch.images.device();
         StepOutput {
             loss: Tensor::from_floats([f32::NAN], &device),
             hits: Tensor::zeros([batch.targets.len()], &device),

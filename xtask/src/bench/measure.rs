@@ -1,6 +1,7 @@
 //! The measurements: training steps through the production step and optimizer wrapper,
 //! no-gradient encoder throughput, and inference per batch.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
@@ -78,13 +79,27 @@ fn random_batch<B: Backend>(geometry: &Geometry, device: &B::Device) -> ImageBat
         .into_data()
         .iter::<f32>()
         .collect();
-    let images = HostImages::new(
-        HostPixels::F32(values),
-        shape,
-        PixelNorm::identity(shape[1]),
-    )
-    .expect("pixel count matches the shape it was drawn with");
-    let images = BatchImages::host(images, device);
+    let host = |values: Vec<f32>, shape: [usize; 4]| {
+        HostImages::new(
+            HostPixels::F32(values),
+            shape,
+            PixelNorm::identity(shape[1]),
+        )
+        .expect("pixel count matches the shape it was drawn with")
+    };
+    let images = if geometry.bags {
+        let per_bag = values.len() / BATCH;
+        let bag_shape = [1, shape[1], shape[2], shape[3]];
+        BatchImages::Bags {
+            bags: values
+                .chunks(per_bag)
+                .map(|bag| Arc::new(host(bag.to_vec(), bag_shape)))
+                .collect(),
+            device: device.clone(),
+        }
+    } else {
+        BatchImages::host(host(values, shape), device)
+    };
     let targets = geometry
         .tasks
         .iter()

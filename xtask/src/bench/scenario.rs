@@ -23,6 +23,9 @@ pub struct Geometry {
     pub attention: AttentionSettings,
     /// The tasks (one query token each).
     pub tasks: Vec<TaskSpec>,
+    /// Bags of features (`1 × width` each): the batch keeps each image as its own bag and the
+    /// model selects bag by bag, as it does for real feature bags.
+    pub bags: bool,
 }
 
 impl Geometry {
@@ -45,6 +48,7 @@ impl Geometry {
                 ..AttentionSettings::default()
             },
             tasks: MegapixelMnist::tasks(),
+            bags: false,
         }
     }
 
@@ -65,6 +69,7 @@ impl Geometry {
                 ..AttentionSettings::default()
             },
             tasks: vec![TaskSpec::softmax("distress", 7)],
+            bags: false,
         }
     }
 

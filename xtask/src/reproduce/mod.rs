@@ -136,7 +136,8 @@ fn reproduce<B: AutodiffBackend>(
             Some(path) => {
                 let resolved = row::resolve(&root, path, &args.data_root, &effort)?;
                 let n = resolved.config.grid()?.len();
-                if resolved.config.patch.size != dataset.patch || Some(n) != dataset.patches {
+                let grid_agrees = resolved.config.bags() || Some(n) == dataset.patches;
+                if resolved.config.patch.size != dataset.patch || !grid_agrees {
                     bail!(
                         "{}: {n} patches of {} px, but the paper's {} has {} of {} px ({}); fix the config",
                         path.display(),

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
 use dbps_data::{MegapixelMnist, TaskSpec};
 use dbps_encoder::EncoderConfig;
@@ -11,7 +11,7 @@ use dbps_train::config::DatasetConfig;
 use dbps_train::{RunConfig, SelectionEngine};
 use serde::Serialize;
 
-use super::paper::{DatasetInfo, PaperRow, Table};
+use super::paper::{DatasetInfo, Metric, PaperRow, Table};
 use crate::bench::measure;
 use crate::bench::scenario::{Geometry, Method};
 
@@ -105,7 +105,8 @@ pub fn resolve(
     let data = match &config.dataset {
         DatasetConfig::ImageFolder(c) | DatasetConfig::TrafficSigns(c) => c.root.clone(),
         DatasetConfig::MegapixelMnist(c) => c.digits_dir.clone(),
-        DatasetConfig::SyntheticDigits(_) => PathBuf::new(),
+        DatasetConfig::FeatureBags(c) => c.root.clone(),
+        DatasetConfig::SyntheticDigits(_) | DatasetConfig::SyntheticMajority(_) => PathBuf::new(),
     };
     Ok(ResolvedConfig {
         config,
@@ -128,8 +129,18 @@ fn fresh(encoder: &EncoderConfig) -> EncoderConfig {
 
 /// The bench's geometry and method for a row config: the image size, encoder and attention of
 /// the config, the tasks of the dataset.
-fn scenario(config: &RunConfig, dataset: &DatasetInfo) -> (Geometry, Method) {
-    let [height, width] = config.image_size();
+fn scenario(config: &RunConfig, dataset: &DatasetInfo) -> Result<(Geometry, Method)> {
+    let [height, width] = match dataset.generated_bag {
+        Some(length) if config.bags() => [1, length],
+        None if config.bags() => {
+            bail!(
+                "{}: bags of features need `generated_bag` in {}",
+                dataset.title,
+                super::paper::TABLES
+            )
+        }
+        _ => config.image_size(),
+    };
     let tasks = match config.dataset {
         DatasetConfig::MegapixelMnist(_) => MegapixelMnist::tasks(),
         _ => vec![TaskSpec::softmax("class", dataset.classes)],
@@ -143,6 +154,7 @@ fn scenario(config: &RunConfig, dataset: &DatasetInfo) -> (Geometry, Method) {
         encoder: fresh(&config.encoder),
         attention: config.aggregator.clone(),
         tasks,
+        bags: config.bags(),
     };
     let method = &config.methods[0];
     let count = |v: i64| usize::try_from(v).unwrap_or(0);
@@ -155,7 +167,7 @@ fn scenario(config: &RunConfig, dataset: &DatasetInfo) -> (Geometry, Method) {
         drop: method.drop,
         aggregator: method.aggregator,
     };
-    (geometry, method)
+    Ok((geometry, method))
 }
 
 /// Milliseconds and peak memory of one training step or inference batch.
@@ -256,8 +268,8 @@ pub fn measure_row<B: AutodiffBackend>(
             MetricCell::Missing(format!("not built: dbps cannot read {} yet", dataset.title));
         return result;
     };
-    let (geometry, method) = scenario(&resolved.config, dataset);
     let cost = || -> Result<Cost> {
+        let (geometry, method) = scenario(&resolved.config, dataset)?;
         Ok(if table == Table::Three {
             let r = measure::inference_cost::<B::InnerBackend>(
                 &geometry,
@@ -300,7 +312,14 @@ pub fn measure_row<B: AutodiffBackend>(
             w.display()
         ))
     } else {
-        match train::<B>(&resolved.config, row, runs, device, device_name) {
+        match train::<B>(
+            &resolved.config,
+            row,
+            dataset.metric,
+            runs,
+            device,
+            device_name,
+        ) {
             Ok(cell) => cell,
             Err(e) => {
                 result.error = Some(format!("training: {e:#}"));
@@ -316,6 +335,7 @@ pub fn measure_row<B: AutodiffBackend>(
 fn train<B: AutodiffBackend>(
     config: &RunConfig,
     row: &PaperRow,
+    metric: Metric,
     runs: &Path,
     device: &B::Device,
     device_name: &str,
@@ -326,12 +346,20 @@ fn train<B: AutodiffBackend>(
         .methods
         .first()
         .context("the run trained no method")?;
-    let tasks: Vec<(String, f64)> = method
+    let tasks = method
         .test_best_valid
         .tasks
         .iter()
-        .map(|t| (t.task.clone(), 100.0 * t.accuracy))
-        .collect();
+        .map(|t| {
+            let value = match metric {
+                Metric::Accuracy => Some(t.accuracy),
+                Metric::Auc => t.auc,
+            };
+            value
+                .map(|v| (t.task.clone(), 100.0 * v))
+                .with_context(|| format!("the test split of task {} lacks a class: no AUC", t.task))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mean = tasks.iter().map(|(_, a)| a).sum::<f64>() / tasks.len().max(1) as f64;
     Ok(MetricCell::Measured {
         mean,
