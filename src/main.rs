@@ -45,6 +45,9 @@ enum Command {
         /// Override the config's number of epochs.
         #[arg(long)]
         epochs: Option<usize>,
+        /// Override the config's training seed (initialisation, data order, drops, shuffles).
+        #[arg(long)]
+        seed: Option<u64>,
         /// torchvision ResNet weights to start from (`.pth` or `.safetensors`); overrides the
         /// config's `encoder.<resnet>.weights`.
         #[arg(long)]
@@ -82,6 +85,7 @@ fn run(cli: Cli) -> Result<()> {
             config,
             output,
             epochs,
+            seed,
             weights,
             device: choice,
         } => {
@@ -92,6 +96,9 @@ fn run(cli: Cli) -> Result<()> {
             };
             if let Some(epochs) = epochs {
                 config.train.epochs = epochs;
+            }
+            if let Some(seed) = seed {
+                config.train.seed = seed;
             }
             if let Some(weights) = weights {
                 config.encoder = config.encoder.with_weights(weights)?;

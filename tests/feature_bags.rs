@@ -2,9 +2,11 @@
 //! (`.npy` and `.safetensors`, lengths differing) train through the real loader and config and
 //! report AUC; bad feature files fail naming the file and the problem.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{stderr, train};
 use dbps_data::{write_npy, write_safetensors};
 use serde_json::{Value, json};
 
@@ -57,21 +59,6 @@ fn config(root: &Path) -> Value {
         ],
         "train": { "epochs": 1, "warmup_epochs": 0, "batch_size": 3 }
     })
-}
-
-fn train(dir: &Path, config: &Value) -> Output {
-    let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_dbps"))
-        .args(["train", "--config", path.to_str().unwrap(), "--output"])
-        .arg(dir.join("run"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the dbps binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

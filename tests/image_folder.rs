@@ -1,9 +1,11 @@
 //! Image-folder datasets end to end: a tiny fake `ROOT/{train,test}/<class>/` tree trains
 //! through the real loader and config, and bad data fails naming the file and the problem.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::{stderr, train};
 use image::{Rgb, RgbImage};
 use serde_json::{Value, json};
 
@@ -49,21 +51,6 @@ fn config(root: &Path) -> Value {
         "methods": [ { "name": "DBPS", "m": 2, "s": 3, "l": 4 } ],
         "train": { "epochs": 1, "warmup_epochs": 0, "batch_size": 2 }
     })
-}
-
-fn train(dir: &Path, config: &Value) -> Output {
-    let path = dir.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(config).unwrap()).unwrap();
-    Command::new(env!("CARGO_BIN_EXE_dbps"))
-        .args(["train", "--config", path.to_str().unwrap(), "--output"])
-        .arg(dir.join("run"))
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the dbps binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -1,13 +1,13 @@
-//! Writes canvas 0..k of the synthetic digits (default config or a JSON given as the first
-//! argument) as binary PGM files, for looking at what the model sees.
-use dbps_data::{ImageSource, Pixels, Split, SyntheticDigits, SyntheticDigitsConfig};
+//! Writes canvases 0..4 of the embedded default (two-digit majority; default config or a JSON
+//! given as the first argument) as binary PGM files, for looking at what the model sees.
+use dbps_data::{ImageSource, Pixels, Split, SyntheticMajority, SyntheticMajorityConfig};
 
 fn main() {
-    let config: SyntheticDigitsConfig = match std::env::args().nth(1) {
-        Some(json) => serde_json::from_str(&json).expect("a SyntheticDigitsConfig as JSON"),
-        None => SyntheticDigitsConfig::default(),
+    let config: SyntheticMajorityConfig = match std::env::args().nth(1) {
+        Some(json) => serde_json::from_str(&json).expect("a SyntheticMajorityConfig as JSON"),
+        None => SyntheticMajorityConfig::default(),
     };
-    let data = SyntheticDigits::new(&config, Split::Train).expect("valid config");
+    let data = SyntheticMajority::new(&config, Split::Train).expect("valid config");
     for i in 0..4 {
         let s = data.sample(i).expect("index in range");
         let mut out = format!("P5\n{} {}\n255\n", s.width, s.height).into_bytes();
@@ -16,6 +16,13 @@ fn main() {
         };
         out.extend(values.iter().map(|v| (v * 255.0) as u8));
         std::fs::write(format!("canvas-{i}.pgm"), out).expect("writable cwd");
-        eprintln!("canvas-{i}.pgm: digit {:?}", s.targets[0]);
+        let (_, class, cells) = data.draw(i);
+        eprintln!(
+            "canvas-{i}.pgm: class {class} ({} × digit {}, {} × digit {})",
+            cells[0].len(),
+            config.digits[0],
+            cells[1].len(),
+            config.digits[1]
+        );
     }
 }

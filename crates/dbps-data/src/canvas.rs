@@ -1,3 +1,5 @@
+use crate::{Pixels, Sample, Target};
+
 /// A single-channel image in [0, 1] that strokes and stamps are drawn onto (max compositing).
 #[derive(Debug, Clone)]
 pub struct Canvas {
@@ -16,6 +18,17 @@ impl Canvas {
             pixels: vec![0.0; height * width],
             height,
             width,
+        }
+    }
+
+    /// The canvas as a one-channel sample with these targets.
+    pub fn into_sample(self, targets: Vec<Target>) -> Sample {
+        Sample {
+            image: Pixels::F32(self.pixels),
+            channels: 1,
+            height: self.height,
+            width: self.width,
+            targets,
         }
     }
 

@@ -1,7 +1,10 @@
 //! Datasets of huge single-image samples for dbps.
 //!
-//! - [`SyntheticDigits`]: the embedded default, needing no files: one procedurally drawn digit
-//!   (random stroke jitter, thickness, slant, scale) on a large canvas of noise and clutter strokes.
+//! - [`SyntheticMajority`]: the embedded default, needing no files: which of two procedurally
+//!   drawn digits is in the majority among 2–4 × M digits and clutter strokes, one per cell.
+//! - [`SyntheticDigits`]: copies of one procedurally drawn digit (random stroke jitter,
+//!   thickness, slant, scale) on a large canvas of noise and clutter strokes.
+//! - [`FeatureBags`]: precomputed patch features, one `[N_i, D]` file per slide (CAMELYON16).
 //! - [`MegapixelMnist`]: the IPS benchmark (method.md §11) built from IDX digit files, with the
 //!   majority / max / top / multi tasks and disjoint digit pools per split.
 //! - [`ImageFolder`]: photographs in `ROOT/{train,val,test}/<class>/` (CQU-BPDD, fMoW, MAME,
@@ -14,9 +17,9 @@
 //! Every dataset is an [`ImageSource`]: what the training loop reads, one split at a time.
 //!
 //! ```
-//! use dbps_data::{ImageSource, Pixels, SyntheticDigits, SyntheticDigitsConfig, Split};
+//! use dbps_data::{ImageSource, Pixels, Split, SyntheticMajority, SyntheticMajorityConfig};
 //!
-//! let data = SyntheticDigits::new(&SyntheticDigitsConfig::default(), Split::Train).unwrap();
+//! let data = SyntheticMajority::new(&SyntheticMajorityConfig::default(), Split::Train).unwrap();
 //! let sample = data.sample(0).unwrap();
 //! let Pixels::F32(values) = &sample.image else { unreachable!("generated canvases are f32") };
 //! assert_eq!(values.len(), sample.height * sample.width);

@@ -9,7 +9,7 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
 use crate::glyphs::{draw_clutter, draw_digit};
-use crate::{Canvas, DataError, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
+use crate::{Canvas, DataError, ImageSource, Sample, Split, Target, TaskSpec};
 
 /// Settings of the digit-counting dataset (`dataset.synthetic_majority` in a run config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -259,13 +259,7 @@ impl ImageSource for SyntheticMajority {
             });
         }
         let (canvas, class, _) = self.draw(index);
-        Ok(Sample {
-            image: Pixels::F32(canvas.pixels),
-            channels: 1,
-            height: canvas.height,
-            width: canvas.width,
-            targets: vec![Target::Class(class)],
-        })
+        Ok(canvas.into_sample(vec![Target::Class(class)]))
     }
 }
 

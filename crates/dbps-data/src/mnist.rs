@@ -5,7 +5,7 @@ use rand::{Rng, RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Canvas, DataError, IdxDigits, ImageSource, Pixels, Sample, Split, Target, TaskKind, TaskSpec,
+    Canvas, DataError, IdxDigits, ImageSource, Sample, Split, Target, TaskKind, TaskSpec,
     read_idx_digits,
 };
 
@@ -325,13 +325,7 @@ impl ImageSource for MegapixelMnist {
             return Err(DataError::IndexOutOfRange { index, len });
         }
         let (canvas, targets, _) = self.draw(index);
-        Ok(Sample {
-            image: Pixels::F32(canvas.pixels),
-            channels: 1,
-            height: canvas.height,
-            width: canvas.width,
-            targets,
-        })
+        Ok(canvas.into_sample(targets))
     }
 }
 
