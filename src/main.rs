@@ -38,6 +38,10 @@ enum Command {
         /// JSON run config; the embedded default (configs/quickstart.json) when absent.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Continue the interrupted run in this directory from its last complete checkpoint
+        /// (its own config.json decides everything else).
+        #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "output", "epochs", "seed", "weights"])]
+        resume: Option<PathBuf>,
         /// Run directory; defaults to the config's `output_dir` or `runs/<name>` (never overwritten:
         /// a taken directory gets a `-2`, `-3`, … suffix).
         #[arg(long)]
@@ -52,6 +56,22 @@ enum Command {
         /// config's `encoder.<resnet>.weights`.
         #[arg(long)]
         weights: Option<PathBuf>,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
+    },
+    /// Class probabilities of new images from the best checkpoints of a run.
+    Predict {
+        /// Image files, or folders of images (read as the run's training images were:
+        /// photographs resized to the training size, grayscale canvases at their own size).
+        #[arg(required = true, value_name = "IMAGE")]
+        images: Vec<PathBuf>,
+        /// A run directory written by `dbps train`, or one of its method folders.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
@@ -82,12 +102,22 @@ fn device(choice: Device) -> Result<DeviceChoice> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Train {
+            resume: Some(run_dir),
+            device: choice,
+            ..
+        } => {
+            let report = device(choice)?.resume(&run_dir)?;
+            println!("{}", report.table());
+            println!("results: {}", report.dir.join("metrics.json").display());
+        }
+        Command::Train {
             config,
             output,
             epochs,
             seed,
             weights,
             device: choice,
+            resume: None,
         } => {
             let device = device(choice)?;
             let mut config = match &config {
@@ -111,6 +141,19 @@ fn run(cli: Cli) -> Result<()> {
             let report = device.train(&config, &wanted)?;
             println!("{}", report.table());
             println!("results: {}", report.dir.join("metrics.json").display());
+        }
+        Command::Predict {
+            images,
+            checkpoint,
+            json,
+            device: choice,
+        } => {
+            let report = device(choice)?.predict(&checkpoint, &images)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{}", report.table());
+            }
         }
         Command::Eval {
             checkpoint,

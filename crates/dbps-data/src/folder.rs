@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use image::imageops::FilterType;
-use image::{ImageReader, RgbImage};
+use image::ImageReader;
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::file_input::{decode, planar_resized};
 use crate::{DataError, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
 
 /// File extensions read as images (case-insensitive).
@@ -258,25 +258,6 @@ impl ImageFolder {
     pub fn classes(&self) -> &[String] {
         &self.classes
     }
-
-    fn decode(&self, path: &Path) -> Result<RgbImage, DataError> {
-        let unreadable = |e: &dyn std::fmt::Display| {
-            folder_error(
-                path,
-                format!("cannot decode the image: {e}"),
-                "replace or remove the file (truncated or corrupt)",
-            )
-        };
-        let reader = ImageReader::open(path)
-            .map_err(|source| DataError::Io {
-                path: path.to_path_buf(),
-                source,
-            })?
-            .with_guessed_format()
-            .map_err(|e| unreadable(&e))?;
-        let image = reader.decode().map_err(|e| unreadable(&e))?;
-        Ok(image.to_rgb8())
-    }
 }
 
 /// `[width, height]` from the file's header.
@@ -352,18 +333,7 @@ impl ImageSource for ImageFolder {
             len: self.files.len(),
         })?;
         let (h, w) = (self.config.height, self.config.width);
-        let rgb = image::imageops::resize(
-            &self.decode(path)?,
-            w as u32,
-            h as u32,
-            FilterType::Triangle,
-        );
-        let mut pixels = vec![0u8; 3 * h * w];
-        for (i, p) in rgb.pixels().enumerate() {
-            for c in 0..3 {
-                pixels[c * h * w + i] = p[c];
-            }
-        }
+        let mut pixels = planar_resized(&decode(path)?.to_rgb8(), [h, w]);
         if self.augment {
             let draw = self.draws[index].fetch_add(1, Ordering::Relaxed);
             let seed = self.config.seed
@@ -389,6 +359,7 @@ impl ImageSource for ImageFolder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use image::RgbImage;
 
     fn tree(name: &str, per_class: u8) -> PathBuf {
         let root =

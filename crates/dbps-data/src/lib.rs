@@ -29,6 +29,7 @@
 mod canvas;
 mod error;
 mod features;
+mod file_input;
 mod folder;
 mod glyphs;
 mod idx;
@@ -45,6 +46,7 @@ pub use features::{
     BAG_CLASSES, FEATURE_EXTENSIONS, FeatureBags, FeatureBagsConfig, FeatureFile, write_npy,
     write_safetensors,
 };
+pub use file_input::{FileInput, image_files};
 pub use folder::{IMAGE_EXTENSIONS, ImageFolder, ImageFolderConfig};
 pub use idx::{IdxDigits, read_idx_digits};
 pub use majority::{SyntheticMajority, SyntheticMajorityConfig};

@@ -1,8 +1,9 @@
 //! Backend choice: burn-flex on the CPU by default, burn-cuda behind the `cuda` feature.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::eval::{EvalReport, eval_checkpoints};
+use crate::predict::{PredictReport, predict};
 use crate::report::RunReport;
 use crate::{Result, RunConfig, runner};
 
@@ -85,6 +86,31 @@ impl DeviceChoice {
             Self::Cuda(n) => {
                 let device = burn_cuda::CudaDevice::new(*n);
                 runner::run::<CudaTrainBackend>(config, wanted, &device, &self.name())
+            }
+        }
+    }
+
+    /// Continues the interrupted run in `run_dir` (see [`runner::resume`]).
+    pub fn resume(&self, run_dir: &Path) -> Result<RunReport> {
+        match self {
+            Self::Cpu => {
+                runner::resume::<CpuTrainBackend>(run_dir, &Default::default(), &self.name())
+            }
+            #[cfg(feature = "cuda")]
+            Self::Cuda(n) => {
+                let device = burn_cuda::CudaDevice::new(*n);
+                runner::resume::<CudaTrainBackend>(run_dir, &device, &self.name())
+            }
+        }
+    }
+
+    /// Predicts the images of `inputs` with the best checkpoints under `dir`.
+    pub fn predict(&self, dir: &Path, inputs: &[PathBuf]) -> Result<PredictReport> {
+        match self {
+            Self::Cpu => predict::<CpuBackend>(dir, inputs, &Default::default(), &self.name()),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(n) => {
+                predict::<CudaBackend>(dir, inputs, &burn_cuda::CudaDevice::new(*n), &self.name())
             }
         }
     }

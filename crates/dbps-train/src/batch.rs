@@ -97,7 +97,7 @@ pub struct ImageBatch<B: Backend> {
 
 /// The samples' pixels as one host batch: 8-bit photographs stay 8-bit (normalised with the
 /// ImageNet statistics as patches are cut), everything else is f32.
-fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingError> {
+pub(crate) fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingError> {
     let bytes: Option<Vec<u8>> = items
         .iter()
         .map(|s| match &s.image {

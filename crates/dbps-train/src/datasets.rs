@@ -5,7 +5,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use burn::data::dataset::Dataset;
 use burn_train::Interrupter;
 use dbps_data::{
-    DataError, ImageFolder, ImageSource, Pixels, Sample, Split, Target, TaskKind, TaskSpec,
+    DataError, FileInput, ImageFolder, ImageSource, Pixels, Sample, Split, Target, TaskKind,
+    TaskSpec,
 };
 
 use crate::config::{DatasetConfig, RunConfig};
@@ -166,6 +167,23 @@ impl DatasetConfig {
             Self::ImageFolder(c) => each(|s| ImageFolder::open(c, s)),
             Self::TrafficSigns(c) => each(|s| dbps_data::open_traffic_signs(c, s)),
             Self::FeatureBags(c) => each(|s| dbps_data::FeatureBags::open(c, s)),
+        }
+    }
+}
+
+impl DatasetConfig {
+    /// How a new image file is fed to a model trained on this dataset (`dbps predict`), or
+    /// `None` for feature bags, which are not images.
+    pub fn file_input(&self) -> Option<FileInput> {
+        match self {
+            Self::SyntheticMajority(_) | Self::SyntheticDigits(_) | Self::MegapixelMnist(_) => {
+                Some(FileInput::Gray)
+            }
+            Self::ImageFolder(c) | Self::TrafficSigns(c) => Some(FileInput::Photo {
+                height: c.height,
+                width: c.width,
+            }),
+            Self::FeatureBags(_) => None,
         }
     }
 }

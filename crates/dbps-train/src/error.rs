@@ -68,6 +68,14 @@ pub enum TrainError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// An image given to `dbps predict` cannot be used.
+    #[error("{path}: {reason}")]
+    Input {
+        /// The image file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// Writing results failed.
     #[error("cannot write {path}: {source}")]
     Write {

@@ -8,15 +8,15 @@ use burn::data::dataset::Dataset;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use dbps_data::{Sample, Target, TaskKind, TaskSpec};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
-use crate::build::build_classifier;
-use crate::checkpoint::{MANIFEST, MethodManifest, checkpoint_path, load_weights};
+use crate::checkpoint::method_dirs;
 use crate::datasets::{ImageDataset, Splits};
 use crate::metrics::binary_auc;
+use crate::predict::TrainedMethod;
+use crate::renderer::progress_bar;
 use crate::report::{EvalFigures, TaskAccuracy, write_json_atomic};
-use crate::{ImageBatcher, Result, StepStats, TrainError, TrainedClassifier, TrainingMonitor};
+use crate::{ImageBatcher, Result, StepStats, TrainedClassifier, TrainingMonitor};
 
 /// Evaluates a model on a dataset split, batch by batch, in inference mode.
 pub fn evaluate<B: Backend>(
@@ -30,12 +30,7 @@ pub fn evaluate<B: Backend>(
     let start = Instant::now();
     let batcher = ImageBatcher::for_split(tasks.to_vec(), dataset);
     let total = dataset.len();
-    let bar = ProgressBar::new(total as u64).with_prefix(label.to_string());
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
+    let bar = progress_bar(total, label);
     let mut hits = vec![0i64; tasks.len()];
     let mut loss_sum = 0.0;
     // Per two-class task: the second class's probability and whether it is the truth.
@@ -135,33 +130,6 @@ impl EvalReport {
     }
 }
 
-/// Method directories under `dir`: `dir` itself if it holds a manifest, else its sub-folders that do.
-fn method_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
-    if dir.join(MANIFEST).is_file() {
-        return Ok(vec![dir.to_path_buf()]);
-    }
-    let entries = std::fs::read_dir(dir).map_err(|e| TrainError::Checkpoint {
-        what: "checkpoint directory",
-        path: dir.to_path_buf(),
-        reason: format!("cannot be read ({e}); pass the run directory `dbps train` printed"),
-    })?;
-    let mut dirs: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(MANIFEST).is_file())
-        .collect();
-    dirs.sort();
-    if dirs.is_empty() {
-        return Err(TrainError::Checkpoint {
-            what: "checkpoint directory",
-            path: dir.to_path_buf(),
-            reason: format!(
-                "holds no {MANIFEST}; pass a run directory written by `dbps train` or one of its method folders"
-            ),
-        });
-    }
-    Ok(dirs)
-}
-
 /// Evaluates the best checkpoint of every method under `dir` on the test split and writes `eval.json`.
 pub fn eval_checkpoints<B: Backend>(
     dir: &Path,
@@ -173,40 +141,12 @@ pub fn eval_checkpoints<B: Backend>(
         methods: Vec::new(),
     };
     for method_dir in method_dirs(dir)? {
-        let path = method_dir.join(MANIFEST);
-        let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Checkpoint {
-            what: "manifest",
-            path: path.clone(),
-            reason: format!("cannot be read ({e})"),
-        })?;
-        let manifest: MethodManifest =
-            serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint {
-                what: "manifest",
-                path: path.clone(),
-                reason: format!("is damaged ({e}); re-run `dbps train` to rewrite it"),
-            })?;
-        let config = manifest.config;
-        config.validate()?;
-        if manifest.method >= config.methods.len() {
-            return Err(TrainError::Checkpoint {
-                what: "manifest",
-                path,
-                reason: format!(
-                    "names method {} but its config lists {}",
-                    manifest.method,
-                    config.methods.len()
-                ),
-            });
-        }
-        let splits = Splits::open(&config)?;
-        let classifier = build_classifier::<B>(&config, manifest.method, &splits.tasks, device)?;
-        let checkpoint = checkpoint_path(&method_dir, manifest.best_epoch);
-        let model = load_weights(
-            TrainedClassifier::new(classifier, TrainingMonitor::default()),
-            &checkpoint,
-            device,
-        )?;
-        let name = config.methods[manifest.method].name.clone();
+        let method = TrainedMethod::<B>::open(&method_dir, device)?;
+        let config = &method.manifest.config;
+        let splits = Splits::open(config)?;
+        let checkpoint = method.manifest.best_checkpoint(&method_dir)?;
+        let model = TrainedClassifier::new(method.model, TrainingMonitor::default());
+        let name = method.manifest.name().to_string();
         let test = evaluate(
             &model,
             &splits.test,
@@ -220,7 +160,7 @@ pub fn eval_checkpoints<B: Backend>(
         }
         report.methods.push(CheckpointEval {
             method: name,
-            epoch: manifest.best_epoch,
+            epoch: method.manifest.best_epoch,
             checkpoint,
             test,
         });

@@ -21,6 +21,7 @@ mod candidates;
 mod checkpoint;
 pub mod config;
 mod datasets;
+mod epoch_order;
 mod error;
 mod eval;
 mod heap;
@@ -28,6 +29,7 @@ mod loss;
 pub mod meter;
 mod metrics;
 mod model;
+mod predict;
 mod renderer;
 mod report;
 mod run_dir;
@@ -41,9 +43,12 @@ pub use backend::{CudaBackend, CudaTrainBackend};
 pub use batch::{BatchImages, ImageBatch, ImageBatcher, TaskTargets};
 pub use build::build_classifier;
 pub use candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
-pub use checkpoint::{CheckpointRecorder, MANIFEST, MethodManifest, checkpoint_path, load_weights};
+pub use checkpoint::{
+    CheckpointRecorder, HISTORY, MANIFEST, MethodManifest, checkpoint_path, load_weights,
+};
 pub use config::{MethodPlan, RunConfig};
 pub use datasets::{ImageDataset, Splits};
+pub use epoch_order::{EpochOrder, epoch_seed};
 pub use error::{Result, TrainError};
 pub use eval::{CheckpointEval, EvalReport, eval_checkpoints, evaluate};
 pub use heap::retain_freed_memory;
@@ -56,12 +61,13 @@ pub use metrics::{TaskMetric, binary_auc};
 pub use model::{
     CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
 };
+pub use predict::{ImagePrediction, PredictReport, TaskPrediction, TrainedMethod, predict};
 pub use renderer::ProgressRenderer;
 pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
     write_json_atomic,
 };
 pub use run_dir::fresh_run_dir;
-pub use runner::{run, train_method};
+pub use runner::{resume, run, train_method};
 pub use schedule::WarmupCosine;
-pub use step::{StepOutput, StepStats, TrainedClassifier, TrainingMonitor};
+pub use step::{EpochTally, StepOutput, StepStats, TrainedClassifier, TrainingMonitor};

@@ -108,6 +108,12 @@ impl SelectionPlan {
         })
     }
 
+    /// Starts the training draws (drops and shuffles) of `epoch` from a value fixed by the
+    /// epoch, so that a run resumed at that epoch draws what an uninterrupted one did.
+    pub fn start_epoch(&self, epoch: usize) {
+        self.steps.store((epoch as u64) << 32, Ordering::Relaxed);
+    }
+
     /// The same plan with another selection engine.
     pub fn with_engine(self, engine: SelectionEngine) -> Self {
         Self { engine, ..self }
@@ -289,6 +295,22 @@ impl<B: Backend> PatchClassifier<B> {
     /// The selection plan.
     pub fn plan(&self) -> &SelectionPlan {
         &self.plan
+    }
+
+    /// The same classifier over images of `[height, width]`: the patch grid is rebuilt with
+    /// the same patch size, stride and remainder policy (prediction on images of any size the
+    /// grid allows; an image with fewer patches than M + S has all of them selected).
+    pub fn for_image_size(&self, size: [usize; 2]) -> Result<Self, TilingError> {
+        let trained = &self.plan.grid;
+        let grid = PatchGrid::new(size, trained.patch(), trained.stride(), trained.remainder())?;
+        Ok(Self {
+            encoder: self.encoder.clone(),
+            aggregator: self.aggregator.clone(),
+            plan: SelectionPlan {
+                grid,
+                ..self.plan.clone()
+            },
+        })
     }
 
     /// Picks the salient and sub-salient patches of images `[B, C, H, W]`, cutting candidates

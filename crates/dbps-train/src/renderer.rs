@@ -7,6 +7,18 @@ use burn_train::renderer::{
 };
 use indicatif::{ProgressBar, ProgressStyle};
 
+/// A bar over `len` items of long work (evaluation, prediction) labelled `prefix`; indicatif
+/// hides it when stderr is not a terminal.
+pub(crate) fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64).with_prefix(prefix.to_string());
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar
+}
+
 /// Shows one bar per epoch phase with the running loss and accuracy; hidden when not a terminal.
 pub struct ProgressRenderer {
     label: String,

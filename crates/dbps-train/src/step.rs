@@ -11,7 +11,7 @@ use burn_train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 use crate::{ImageBatch, PatchClassifier, StepMeter, TrainError, loss_and_hits};
 
 /// Loss and hits of one batch, still on the device.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StepOutput<B: Backend> {
     /// Mean loss over tasks `[1]`.
     pub loss: Tensor<B, 1>,
@@ -74,6 +74,45 @@ impl Adaptor<StepStats> for StepStats {
     }
 }
 
+/// Batch-weighted sums of one split's loss and accuracy over an epoch.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct SplitSums {
+    loss: f64,
+    accuracy: f64,
+    images: usize,
+}
+
+impl SplitSums {
+    fn add(&mut self, stats: &StepStats) {
+        self.loss += stats.loss * stats.batch as f64;
+        self.accuracy += 100.0 * stats.mean_accuracy() * stats.batch as f64;
+        self.images += stats.batch;
+    }
+
+    /// `(mean loss, mean accuracy in %)`, NaN for a split that saw no image.
+    fn means(&self) -> (f64, f64) {
+        if self.images == 0 {
+            return (f64::NAN, f64::NAN);
+        }
+        let n = self.images as f64;
+        (self.loss / n, self.accuracy / n)
+    }
+}
+
+/// The epoch's figures as the steps saw them: mean loss and accuracy (%) of the training and
+/// the validation batches, weighted by batch size (what burn-train's metrics average).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EpochTally {
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Mean training accuracy over tasks, in percent.
+    pub train_accuracy: f64,
+    /// Mean validation loss.
+    pub valid_loss: f64,
+    /// Mean validation accuracy over tasks, in percent.
+    pub valid_accuracy: f64,
+}
+
 /// Watches training from inside the step: a non-finite loss stops training before it reaches
 /// the weights, and the [`StepMeter`] clock starts with each step's selection (a
 /// [`crate::MeteredOptimizer`] sharing the meter stops it).
@@ -82,6 +121,9 @@ pub struct TrainingMonitor {
     interrupter: Interrupter,
     diverged: Arc<Mutex<Option<f64>>>,
     failure: Arc<Mutex<Option<TrainError>>>,
+    // Kept here rather than read back from burn-train's metric store: that store numbers the
+    // first epoch of every process 1, so the first epoch after a resume would be misfiled.
+    sums: Arc<Mutex<[SplitSums; 2]>>,
     meter: StepMeter,
 }
 
@@ -122,7 +164,7 @@ impl TrainingMonitor {
 
     /// Records the first error a step met (burn-train's steps cannot return one) and stops
     /// training; the runner reports it ([`TrainingMonitor::take_failure`]).
-    fn fail(&self, error: TrainError) {
+    pub(crate) fn fail(&self, error: TrainError) {
         tracing::error!(%error, "step failed; stopping");
         self.interrupter.stop(Some("a step failed"));
         self.failure
@@ -137,6 +179,24 @@ impl TrainingMonitor {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take()
+    }
+
+    /// Adds a step's figures to the epoch's training (`valid == false`) or validation sums.
+    fn tally(&self, stats: &StepStats, valid: bool) {
+        self.sums.lock().unwrap_or_else(|e| e.into_inner())[usize::from(valid)].add(stats);
+    }
+
+    /// The figures of the epoch that just ended; the sums start over for the next.
+    pub fn take_epoch(&self) -> EpochTally {
+        let sums = std::mem::take(&mut *self.sums.lock().unwrap_or_else(|e| e.into_inner()));
+        let ((train_loss, train_accuracy), (valid_loss, valid_accuracy)) =
+            (sums[0].means(), sums[1].means());
+        EpochTally {
+            train_loss,
+            train_accuracy,
+            valid_loss,
+            valid_accuracy,
+        }
     }
 
     fn check(&self, loss: f64) -> bool {
@@ -236,6 +296,7 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
             hits,
             batch: size,
         };
+        self.monitor.tally(&item.clone().stats(), false);
         TrainOutput { grads, item }
     }
 }
@@ -245,10 +306,12 @@ impl<B: Backend> InferenceStep for TrainedClassifier<B> {
     type Output = StepOutput<B>;
 
     fn step(&self, batch: ImageBatch<B>) -> StepOutput<B> {
-        match self.evaluate(batch.clone()) {
+        let out = match self.evaluate(batch.clone()) {
             Ok(out) => out,
             Err(error) => self.failed(&batch, error),
-        }
+        };
+        self.monitor.tally(&out.clone().stats(), true);
+        out
     }
 }
 

@@ -1,0 +1,176 @@
+//! One image file read the way a dataset reads its own images: what `dbps predict` feeds a
+//! trained model, and what [`crate::ImageFolder`] decodes.
+
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageReader, RgbImage};
+
+use crate::folder::IMAGE_EXTENSIONS;
+use crate::{DataError, Pixels, Sample};
+
+/// How a model's training data turned files into pixels, so that a new file is fed the same
+/// way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileInput {
+    /// Grayscale canvases (the generated datasets, megapixel MNIST): one channel, value / 255,
+    /// read at the file's own size (any size the patch grid allows).
+    Gray,
+    /// Photographs (image folders, traffic signs): RGB resized to `height × width` as in
+    /// training, kept 8-bit and ImageNet-normalised as patches are cut.
+    Photo {
+        /// Height the training images were resized to.
+        height: usize,
+        /// Width the training images were resized to.
+        width: usize,
+    },
+}
+
+impl FileInput {
+    /// The file as a sample without targets.
+    pub fn read(&self, path: &Path) -> Result<Sample, DataError> {
+        let image = decode(path)?;
+        Ok(match *self {
+            Self::Gray => {
+                let gray = image.to_luma8();
+                let (width, height) = (gray.width() as usize, gray.height() as usize);
+                Sample {
+                    image: Pixels::F32(
+                        gray.into_raw()
+                            .iter()
+                            .map(|&v| f32::from(v) / 255.0)
+                            .collect(),
+                    ),
+                    channels: 1,
+                    height,
+                    width,
+                    targets: Vec::new(),
+                }
+            }
+            Self::Photo { height, width } => Sample {
+                image: Pixels::ImageNet8(planar_resized(&image.to_rgb8(), [height, width])),
+                channels: 3,
+                height,
+                width,
+                targets: Vec::new(),
+            },
+        })
+    }
+}
+
+/// Decodes an image file (format from its content), naming the file and the fix on failure.
+pub(crate) fn decode(path: &Path) -> Result<DynamicImage, DataError> {
+    let unreadable = |e: &dyn std::fmt::Display| DataError::Folder {
+        path: path.to_path_buf(),
+        problem: format!("cannot decode the image: {e}"),
+        fix: "replace or remove the file (truncated or corrupt)".into(),
+    };
+    ImageReader::open(path)
+        .map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .with_guessed_format()
+        .map_err(|e| unreadable(&e))?
+        .decode()
+        .map_err(|e| unreadable(&e))
+}
+
+/// `rgb` resized to `height × width` (bilinear) as channel-major bytes `[3, H, W]`.
+pub(crate) fn planar_resized(rgb: &RgbImage, [h, w]: [usize; 2]) -> Vec<u8> {
+    let resized = image::imageops::resize(rgb, w as u32, h as u32, FilterType::Triangle);
+    let mut pixels = vec![0u8; 3 * h * w];
+    for (i, p) in resized.pixels().enumerate() {
+        for c in 0..3 {
+            pixels[c * h * w + i] = p[c];
+        }
+    }
+    pixels
+}
+
+/// The image files named by `inputs`: files as given, folders as their image files in name
+/// order. A missing path or a folder without images is an error naming it.
+pub fn image_files(inputs: &[PathBuf]) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let entries = std::fs::read_dir(input).map_err(|source| DataError::Io {
+                path: input.clone(),
+                source,
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension().is_some_and(|x| {
+                            IMAGE_EXTENSIONS.contains(&x.to_string_lossy().to_lowercase().as_str())
+                        })
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(DataError::Folder {
+                    path: input.clone(),
+                    problem: "holds no image".into(),
+                    fix: format!(
+                        "put .{} files in it or name the files",
+                        IMAGE_EXTENSIONS.join("/.")
+                    ),
+                });
+            }
+            found.sort();
+            files.extend(found);
+        } else if input.is_file() {
+            files.push(input.clone());
+        } else {
+            return Err(DataError::Missing {
+                what: "image",
+                path: input.clone(),
+                fix: "name an image file or a folder of images",
+            });
+        }
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gray_files_keep_their_size_and_photos_take_the_training_size() {
+        let dir = std::env::temp_dir().join(format!("dbps-file-input-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.png");
+        image::GrayImage::from_fn(6, 4, |x, _| image::Luma([if x == 0 { 255 } else { 0 }]))
+            .save(&path)
+            .unwrap();
+        let gray = FileInput::Gray.read(&path).unwrap();
+        assert_eq!([gray.channels, gray.height, gray.width], [1, 4, 6]);
+        let Pixels::F32(values) = &gray.image else {
+            panic!("gray files are f32")
+        };
+        assert_eq!(&values[..2], &[1.0, 0.0]);
+        let photo = FileInput::Photo {
+            height: 8,
+            width: 8,
+        }
+        .read(&path)
+        .unwrap();
+        assert_eq!([photo.channels, photo.height, photo.width], [3, 8, 8]);
+        assert_eq!(photo.image.len(), 3 * 64);
+
+        std::fs::write(dir.join("b.png"), b"not a png").unwrap();
+        let err = FileInput::Gray
+            .read(&dir.join("b.png"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("b.png") && err.contains("cannot decode"),
+            "{err}"
+        );
+        assert_eq!(image_files(std::slice::from_ref(&dir)).unwrap().len(), 2);
+        let err = image_files(&[dir.join("absent")]).unwrap_err().to_string();
+        assert!(err.contains("absent"), "{err}");
+    }
+}

@@ -1,0 +1,209 @@
+//! `dbps train --resume`: a run killed with SIGKILL mid-training continues from its last
+//! complete checkpoint and ends with the metrics of an uninterrupted run with the same seed.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+fn dbps(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dbps"));
+    command.args(args).env("RUST_LOG", "warn");
+    command
+}
+
+fn finished(mut command: Command) -> Output {
+    command.output().expect("the dbps binary runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dbps-resume-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+    )
+    .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Five epochs of both methods, with everything random switched on: dropout, patch drop,
+/// shuffled candidates, shuffled batches.
+fn config() -> Value {
+    json!({
+        "name": "resume",
+        "dataset": { "synthetic_digits": {
+            "canvas": 64, "digit_height": [10, 14], "copies": 1, "clutter": 3, "clutter_size": 8, "sizes": [64, 16, 16]
+        } },
+        "patch": { "size": 16 },
+        "encoder": { "resnet18": { "stages": 2, "in_channels": 1, "width": 4 } },
+        "aggregator": { "heads": 2, "d_k": 4, "d_v": 4, "d_inner": 16, "dropout": 0.2, "attn_dropout": 0.1 },
+        "methods": [
+            { "name": "IPS", "m": 2, "s": 0, "l": 4, "aggregator": "ips" },
+            { "name": "DBPS", "m": 2, "s": 4, "l": 4, "drop": 0.3, "aggregator": "dual_attention" }
+        ],
+        "train": { "epochs": 5, "batch_size": 8, "lr": 0.001, "warmup_epochs": 0.5, "shuffle_patches": true, "seed": 3 }
+    })
+}
+
+/// What must agree between two runs: everything but clocks and memory.
+fn outcome(metrics: &Value) -> Vec<Value> {
+    metrics["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let history: Vec<Value> = m["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    json!([
+                        e["epoch"],
+                        e["train_loss"],
+                        e["train_accuracy"],
+                        e["valid_loss"],
+                        e["valid_accuracy"]
+                    ])
+                })
+                .collect();
+            let test = |t: &Value| json!([t["loss"], t["tasks"]]);
+            json!({
+                "method": m["method"],
+                "best_epoch": m["best_epoch"],
+                "history": history,
+                "test_last": test(&m["test_last"]),
+                "test_best_valid": test(&m["test_best_valid"]),
+            })
+        })
+        .collect()
+}
+
+/// Checkpoint files left in a method folder.
+fn checkpoint_files(method_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(method_dir.join("checkpoint"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
+    let dir = scratch("kill");
+    let config_path = dir.join("config.json");
+    std::fs::write(&config_path, config().to_string()).unwrap();
+    let config_arg = config_path.to_str().unwrap();
+
+    let whole = dir.join("whole");
+    let out = finished(dbps(&[
+        "train",
+        "--config",
+        config_arg,
+        "--output",
+        whole.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    let expected = outcome(&read_json(&whole.join("metrics.json")));
+
+    // Once training ends, only the last and the best epoch's checkpoints are kept.
+    for m in read_json(&whole.join("metrics.json"))["methods"]
+        .as_array()
+        .unwrap()
+    {
+        let best = m["best_epoch"].as_u64().unwrap();
+        let mut kept: Vec<String> = [5, best]
+            .iter()
+            .flat_map(|e| ["model", "optim", "scheduler"].map(|p| format!("{p}-{e}.mpk")))
+            .collect();
+        kept.sort();
+        kept.dedup();
+        let method_dir = whole.join(m["method"].as_str().unwrap());
+        assert_eq!(checkpoint_files(&method_dir), kept);
+    }
+
+    // The same run, killed while IPS trains its third epoch.
+    let killed = dir.join("killed");
+    let mut child = dbps(&[
+        "train",
+        "--config",
+        config_arg,
+        "--output",
+        killed.to_str().unwrap(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let second = killed.join("IPS/checkpoint/model-2.mpk");
+    let start = Instant::now();
+    while !second.is_file() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before its second checkpoint"
+        );
+        assert!(start.elapsed() < Duration::from_secs(300), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the run finished before it could be killed; make the config larger"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        !killed.join("metrics.json").exists(),
+        "IPS had not finished"
+    );
+    // What `dbps eval` and `--resume` need exists before the run ends.
+    let manifest = read_json(&killed.join("IPS/method.json"));
+    assert!(manifest["epochs"].as_u64().unwrap() >= 2, "{manifest}");
+
+    let out = finished(dbps(&["train", "--resume", killed.to_str().unwrap()]));
+    assert!(out.status.success(), "resume failed: {}", stderr(&out));
+    let resumed = outcome(&read_json(&killed.join("metrics.json")));
+    assert_eq!(resumed, expected);
+
+    // A finished run resumes to itself without training.
+    let before = std::fs::read(killed.join("metrics.json")).unwrap();
+    let out = finished(dbps(&["train", "--resume", killed.to_str().unwrap()]));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DBPS"));
+    assert_eq!(std::fs::read(killed.join("metrics.json")).unwrap(), before);
+}
+
+#[test]
+fn resume_on_a_directory_without_a_run_says_so() {
+    let dir = scratch("empty");
+    let out = finished(dbps(&["train", "--resume", dir.to_str().unwrap()]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(dir.to_str().unwrap()) && err.contains("holds no run"),
+        "{err}"
+    );
+
+    let out = finished(dbps(&[
+        "train",
+        "--resume",
+        dir.to_str().unwrap(),
+        "--epochs",
+        "3",
+    ]));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("cannot be used with"),
+        "{}",
+        stderr(&out)
+    );
+}
