@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use dbps_train::{DeviceChoice, RunConfig};
+use dbps_train::{DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig};
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
 #[global_allocator]
@@ -72,6 +72,33 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Where to run.
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
+    },
+    /// Draw where a trained model looked: the image with its salient and sub-salient patches
+    /// outlined, beside a heatmap of the scorer's attention over all patches (one row per
+    /// method); the geometry goes to a JSON file beside the PNG.
+    Explain {
+        /// The image file (read as the run's training images were).
+        #[arg(value_name = "IMAGE")]
+        image: PathBuf,
+        /// A run directory written by `dbps train`, or one of its method folders.
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// The figure to write (PNG).
+        #[arg(long, value_name = "FILE.png")]
+        out: PathBuf,
+        /// Attention map of one head (0, 1, …) or the mean over heads.
+        #[arg(long, default_value = "mean")]
+        head: HeadChoice,
+        /// Colour scale of the heatmap: raw, min-max, percentile (1st–99th) or
+        /// percentile:LOW,HIGH.
+        #[arg(long, default_value = "min-max")]
+        norm: Normalisation,
+        /// Longest side of each panel in pixels (small images are enlarged by a whole factor).
+        #[arg(long, default_value_t = 512)]
+        panel: u32,
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
@@ -154,6 +181,33 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 print!("{}", report.table());
             }
+        }
+        Command::Explain {
+            image,
+            checkpoint,
+            out,
+            head,
+            norm,
+            panel,
+            device: choice,
+        } => {
+            let options = ExplainOptions {
+                normalisation: norm,
+                head,
+                panel,
+            };
+            let explanation = device(choice)?.explain(&checkpoint, &image, &out, &options)?;
+            for m in &explanation.methods {
+                println!(
+                    "{}: {} salient, {} sub-salient of {} patches",
+                    m.method,
+                    m.salient.len(),
+                    m.sub_salient.len(),
+                    m.attention.len()
+                );
+            }
+            println!("figure: {}", out.display());
+            println!("geometry: {}", out.with_extension("json").display());
         }
         Command::Eval {
             checkpoint,

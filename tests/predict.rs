@@ -1,5 +1,6 @@
-//! `dbps predict`: the embedded default trained briefly, then class probabilities of fresh
-//! images written as PNG files, as a table and as JSON; bad input named.
+//! `dbps predict` and `dbps explain`: the embedded default trained briefly, then class
+//! probabilities of fresh images written as PNG files (a table, JSON), the figure of where each
+//! method looked (outlines checked pixel by pixel against the picks), and bad input named.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -51,8 +52,103 @@ fn fresh_images(folder: &Path, count: usize) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The outline colours the figure promises, read from its sidecar.
+fn color(geometry: &Value, key: &str) -> [u8; 3] {
+    let c: Vec<u8> = geometry[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u8)
+        .collect();
+    [c[0], c[1], c[2]]
+}
+
+/// Every patch `predict` picked has its outline on the figure's image panel — the rectangle
+/// from its grid index, the grid's stride and the panel's scale — and no outline pixel lies
+/// anywhere else on that panel.
+fn check_outlines(png: &image::RgbImage, geometry: &Value, predictions: &[Value], image: &Path) {
+    let scale = geometry["scale"].as_f64().unwrap();
+    let cols = geometry["grid"]["cols"].as_u64().unwrap() as usize;
+    let stride = geometry["grid"]["stride"].as_u64().unwrap() as usize;
+    let patch = geometry["grid"]["patch"].as_u64().unwrap() as usize;
+    let [pw, ph] = [0, 1].map(|i| geometry["panel"][i].as_u64().unwrap() as u32);
+    let (salient_color, sub_color) = (
+        color(geometry, "salient_color"),
+        color(geometry, "sub_salient_color"),
+    );
+    let methods = geometry["methods"].as_array().unwrap();
+    assert_eq!(methods.len(), 2);
+    for m in methods {
+        let predicted = predictions
+            .iter()
+            .find(|p| p["method"] == m["method"] && p["image"] == image.to_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            m["salient"], predicted["salient"],
+            "explain selects what predict selected"
+        );
+        assert_eq!(m["sub_salient"], predicted["sub_salient"]);
+        let [left, top] = [0, 1].map(|i| m["image_panel"][i].as_u64().unwrap() as u32);
+        let rect = |index: u64| {
+            let (row, col) = (index as usize / cols, index as usize % cols);
+            let at = |v: usize| (v as f64 * scale).floor() as u32;
+            let (x0, y0) = (at(col * stride), at(row * stride));
+            (
+                left + x0,
+                top + y0,
+                left + at(col * stride + patch),
+                top + at(row * stride + patch),
+            )
+        };
+        let mut expected = std::collections::HashMap::new();
+        for (key, c) in [("sub_salient", sub_color), ("salient", salient_color)] {
+            for index in m[key].as_array().unwrap() {
+                let (x0, y0, x1, y1) = rect(index.as_u64().unwrap());
+                // The outline's outermost ring: every pixel of it has the colour.
+                for x in x0..x1 {
+                    for y in [y0, y1 - 1] {
+                        assert_eq!(png.get_pixel(x, y).0, c, "{key} {index} at ({x}, {y})");
+                        expected.insert((x, y), c);
+                    }
+                }
+                for y in y0..y1 {
+                    for x in [x0, x1 - 1] {
+                        assert_eq!(png.get_pixel(x, y).0, c, "{key} {index} at ({x}, {y})");
+                        expected.insert((x, y), c);
+                    }
+                }
+                // The centre of the patch is image, not outline.
+                let centre = png.get_pixel((x0 + x1) / 2, (y0 + y1) / 2).0;
+                assert!(
+                    centre != salient_color && centre != sub_color,
+                    "{key} {index} is filled"
+                );
+            }
+        }
+        // Outline pixels off every picked patch's ring would be outlines in the wrong place:
+        // allow the second, inner ring of each rectangle only.
+        for y in top..top + ph {
+            for x in left..left + pw {
+                let px = png.get_pixel(x, y).0;
+                if px != salient_color && px != sub_color || expected.contains_key(&(x, y)) {
+                    continue;
+                }
+                let inner = [(1i64, 0i64), (-1, 0), (0, 1), (0, -1)]
+                    .iter()
+                    .any(|(dx, dy)| {
+                        expected.get(&((x as i64 + dx) as u32, (y as i64 + dy) as u32)) == Some(&px)
+                    });
+                assert!(
+                    inner,
+                    "an outline pixel at ({x}, {y}) belongs to no picked patch"
+                );
+            }
+        }
+    }
+}
+
 #[test]
-fn predict_after_a_brief_training_of_the_embedded_default() {
+fn predict_and_explain_after_a_brief_training_of_the_embedded_default() {
     let dir = scratch("e2e");
     let run = dir.join("run");
     let out = dbps(&["train", "--epochs", "2", "--output", run.to_str().unwrap()]);
@@ -127,6 +223,52 @@ fn predict_after_a_brief_training_of_the_embedded_default() {
     ]);
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["predictions"][0], *first);
+
+    // explain draws the same picks predict reported, outlined exactly on their patches.
+    let figure = dir.join("explain").join("fresh-0.png");
+    std::fs::create_dir_all(figure.parent().unwrap()).unwrap();
+    let out = dbps(&[
+        "explain",
+        images[0].to_str().unwrap(),
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        figure.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "explain failed: {}", stderr(&out));
+    let geometry: Value =
+        serde_json::from_str(&std::fs::read_to_string(figure.with_extension("json")).unwrap())
+            .unwrap();
+    let png = image::open(&figure).unwrap().to_rgb8();
+    check_outlines(&png, &geometry, predictions, &images[0]);
+
+    // One head, percentile scale; a head the model lacks is named with the range.
+    let out = dbps(&[
+        "explain",
+        images[1].to_str().unwrap(),
+        "--checkpoint",
+        run.join("DBPS").to_str().unwrap(),
+        "--out",
+        dir.join("explain").join("head.png").to_str().unwrap(),
+        "--head",
+        "1",
+        "--norm",
+        "percentile:5,95",
+    ]);
+    assert!(out.status.success(), "explain failed: {}", stderr(&out));
+    let out = dbps(&[
+        "explain",
+        images[1].to_str().unwrap(),
+        "--checkpoint",
+        run.to_str().unwrap(),
+        "--out",
+        dir.join("explain").join("bad.png").to_str().unwrap(),
+        "--head",
+        "99",
+    ]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("`--head`"), "{}", stderr(&out));
+    assert!(!dir.join("explain").join("bad.png").exists());
 
     // Bad input is named with the fix.
     let junk = dir.join("junk.png");

@@ -1,67 +1,15 @@
 //! PNG bar charts drawn with embedded-graphics' built-in bitmap font (no font files, nothing
-//! fetched) and encoded with `png`: the bench's and the reproduction's charts.
+//! fetched) into dbps-train's [`Framebuffer`]: the bench's and the reproduction's charts.
 
-use std::convert::Infallible;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use dbps_train::Framebuffer;
 use embedded_graphics::mono_font::{MonoTextStyle, ascii::FONT_7X13, ascii::FONT_9X15_BOLD};
 use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
 use embedded_graphics::primitives::{PrimitiveStyle, Rectangle};
 use embedded_graphics::text::Text;
-
-/// An RGB framebuffer that embedded-graphics draws into.
-struct Framebuffer {
-    width: u32,
-    height: u32,
-    pixels: Vec<u8>,
-}
-
-impl Framebuffer {
-    fn new(width: u32, height: u32) -> Self {
-        Self {
-            width,
-            height,
-            pixels: vec![255; (width * height * 3) as usize],
-        }
-    }
-
-    fn save(&self, path: &Path) -> Result<()> {
-        let file = std::fs::File::create(path)
-            .with_context(|| format!("cannot create {}", path.display()))?;
-        let mut encoder = png::Encoder::new(std::io::BufWriter::new(file), self.width, self.height);
-        encoder.set_color(png::ColorType::Rgb);
-        encoder.set_depth(png::BitDepth::Eight);
-        let mut writer = encoder.write_header()?;
-        writer.write_image_data(&self.pixels)?;
-        Ok(())
-    }
-}
-
-impl OriginDimensions for Framebuffer {
-    fn size(&self) -> Size {
-        Size::new(self.width, self.height)
-    }
-}
-
-impl DrawTarget for Framebuffer {
-    type Color = Rgb888;
-    type Error = Infallible;
-
-    fn draw_iter<I: IntoIterator<Item = Pixel<Rgb888>>>(
-        &mut self,
-        pixels: I,
-    ) -> Result<(), Infallible> {
-        for Pixel(p, c) in pixels {
-            if p.x >= 0 && p.y >= 0 && (p.x as u32) < self.width && (p.y as u32) < self.height {
-                let at = ((p.y as u32 * self.width + p.x as u32) * 3) as usize;
-                self.pixels[at..at + 3].copy_from_slice(&[c.r(), c.g(), c.b()]);
-            }
-        }
-        Ok(())
-    }
-}
 
 /// One bar: label, value, colour.
 pub struct Bar {
@@ -112,5 +60,5 @@ pub fn bar_chart(path: &Path, title: &str, unit: &str, bars: &[Bar]) -> Result<(
         let _ =
             Text::new(&value, Point::new(label_w + len as i32 + 6, y + 15), black).draw(&mut fb);
     }
-    fb.save(path)
+    Ok(fb.save(path)?)
 }

@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::eval::{EvalReport, eval_checkpoints};
+use crate::explain::{ExplainOptions, Explanation, explain};
 use crate::predict::{PredictReport, predict};
 use crate::report::RunReport;
 use crate::{Result, RunConfig, runner};
@@ -111,6 +112,23 @@ impl DeviceChoice {
             #[cfg(feature = "cuda")]
             Self::Cuda(n) => {
                 predict::<CudaBackend>(dir, inputs, &burn_cuda::CudaDevice::new(*n), &self.name())
+            }
+        }
+    }
+
+    /// Explains `image` with the best checkpoints under `dir`, drawing the figure to `out`.
+    pub fn explain(
+        &self,
+        dir: &Path,
+        image: &Path,
+        out: &Path,
+        options: &ExplainOptions,
+    ) -> Result<Explanation> {
+        match self {
+            Self::Cpu => explain::<CpuBackend>(dir, image, out, options, &Default::default()),
+            #[cfg(feature = "cuda")]
+            Self::Cuda(n) => {
+                explain::<CudaBackend>(dir, image, out, options, &burn_cuda::CudaDevice::new(*n))
             }
         }
     }

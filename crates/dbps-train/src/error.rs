@@ -76,6 +76,14 @@ pub enum TrainError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// A command-line option does not fit the model it is applied to.
+    #[error("option `{option}`: {reason}")]
+    Option {
+        /// The option, as typed (`--head`).
+        option: &'static str,
+        /// What is wrong and what to use instead.
+        reason: String,
+    },
     /// Writing results failed.
     #[error("cannot write {path}: {source}")]
     Write {

@@ -24,6 +24,8 @@ mod datasets;
 mod epoch_order;
 mod error;
 mod eval;
+mod explain;
+mod figure;
 mod heap;
 mod loss;
 pub mod meter;
@@ -51,6 +53,11 @@ pub use datasets::{ImageDataset, Splits};
 pub use epoch_order::{EpochOrder, epoch_seed};
 pub use error::{Result, TrainError};
 pub use eval::{CheckpointEval, EvalReport, eval_checkpoints, evaluate};
+pub use explain::{
+    ExplainOptions, Explanation, GridGeometry, HeadChoice, MethodExplanation, Normalisation,
+    PatchAttention, SALIENT_COLOR, SUB_SALIENT_COLOR, explain, normalise,
+};
+pub use figure::{Framebuffer, heat_color};
 pub use heap::retain_freed_memory;
 pub use loss::{loss_and_hits, task_hits, task_loss};
 pub use meter::{

@@ -313,6 +313,36 @@ impl<B: Backend> PatchClassifier<B> {
         })
     }
 
+    /// Attention logits `[1, H, T, K]` of the scorer's T query tokens over all K candidates
+    /// of one image's `source`, embedded L at a time in inference mode: the scores behind
+    /// [`crate::PatchAttention`]. Memory holds one chunk of patches and the H · T · K logits.
+    pub fn attention_logits<C>(&self, source: &C) -> Result<Tensor<B, 4>, TrainError>
+    where
+        C: CandidateChunks<B, Error = TilingError>,
+    {
+        let k = source.candidates();
+        let l = self.plan.eval_buffer.chunk().max(1);
+        let native = self.native_encoder();
+        let indices = source.indices();
+        let queries = self.aggregator.query_tokens().unsqueeze_dim::<3>(0);
+        let mut chunks = Vec::with_capacity(k.div_ceil(l));
+        for start in (0..k).step_by(l) {
+            let end = (start + l).min(k);
+            let patches = source.chunk(start, end)?;
+            let embeddings = match &native {
+                Some(native) => native.embed(patches),
+                None => self.encoder.embed(patches),
+            };
+            let d = embeddings.dims()[1];
+            let embeddings = self.aggregator.with_positions(
+                embeddings.reshape([1, end - start, d]),
+                indices.clone().slice([0..1, start..end]),
+            );
+            chunks.push(self.aggregator.scorer().logits(queries.clone(), embeddings));
+        }
+        Ok(Tensor::cat(chunks, 3))
+    }
+
     /// Picks the salient and sub-salient patches of images `[B, C, H, W]`, cutting candidates
     /// a chunk at a time (run it on a model without autodiff: the result carries no graph).
     fn select(

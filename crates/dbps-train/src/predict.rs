@@ -1,11 +1,13 @@
 //! `dbps predict`: class probabilities of new images from the best checkpoints of a run.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use dbps_data::{FileInput, Sample, TaskKind, TaskSpec, image_files};
+use dbps_tiling::HostImages;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::host_images;
@@ -91,14 +93,27 @@ impl<B: Backend> TrainedMethod<B> {
     pub fn predict(&self, path: &Path, device: &B::Device) -> Result<ImagePrediction> {
         let sample = self.read(path)?;
         let model = self.fitted(path, &sample)?;
-        let images = BatchImages::host(
-            host_images(
-                std::slice::from_ref(&sample),
-                [1, sample.channels, sample.height, sample.width],
-            )?,
-            device,
-        );
-        let out = model.forward_eval(&images)?;
+        let images = Arc::new(host_images(
+            std::slice::from_ref(&sample),
+            [1, sample.channels, sample.height, sample.width],
+        )?);
+        self.predict_fitted(path, &model, &images, device)
+    }
+
+    /// [`TrainedMethod::predict`] of an image already read into `images` (`[1, C, H, W]`)
+    /// with the classifier [`TrainedMethod::fitted`] to it.
+    pub(crate) fn predict_fitted(
+        &self,
+        path: &Path,
+        model: &PatchClassifier<B>,
+        images: &Arc<HostImages>,
+        device: &B::Device,
+    ) -> Result<ImagePrediction> {
+        let [_, _, height, width] = images.dims();
+        let out = model.forward_eval(&BatchImages::Host {
+            images: Arc::clone(images),
+            device: device.clone(),
+        })?;
         let tasks = self
             .tasks
             .iter()
@@ -109,7 +124,7 @@ impl<B: Backend> TrainedMethod<B> {
             image: path.to_path_buf(),
             method: self.manifest.name().to_string(),
             epoch: self.manifest.best_epoch,
-            size: [sample.height, sample.width],
+            size: [height, width],
             patches: model.plan().grid.len(),
             tasks,
             salient: patch_indices(out.salient),
