@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
-use dbps_train::{DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig};
+use dbps_train::{
+    DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig, SlideOptions,
+};
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
 #[global_allocator]
@@ -72,6 +74,8 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        slides: SlideArgs,
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
@@ -112,6 +116,38 @@ enum Command {
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
     },
+}
+
+/// How tiled (Big)TIFF slides are read.
+#[derive(clap::Args)]
+struct SlideArgs {
+    /// For tiled TIFF slides: read the pyramid level closest to this downsample of full
+    /// resolution without being coarser (1 = full resolution).
+    #[arg(long, default_value_t = 1.0)]
+    downsample: f64,
+    /// For tiled TIFF slides: encode only patches on tissue (Otsu threshold on a thumbnail);
+    /// the background patches skipped are reported.
+    #[arg(long)]
+    tissue_mask: bool,
+    /// For tiled TIFF slides: MiB of decoded tiles kept in memory.
+    #[arg(long, default_value_t = 64)]
+    tile_cache_mib: usize,
+}
+
+impl SlideArgs {
+    fn options(&self) -> Result<SlideOptions> {
+        if !(self.downsample.is_finite() && self.downsample >= 1.0) {
+            anyhow::bail!(
+                "--downsample {} must be at least 1 (1 = full resolution, 4 = a quarter of the width)",
+                self.downsample
+            );
+        }
+        Ok(SlideOptions {
+            downsample: self.downsample,
+            tissue_mask: self.tissue_mask,
+            cache_bytes: self.tile_cache_mib.max(1) << 20,
+        })
+    }
 }
 
 fn device(choice: Device) -> Result<DeviceChoice> {
@@ -173,9 +209,10 @@ fn run(cli: Cli) -> Result<()> {
             images,
             checkpoint,
             json,
+            slides,
             device: choice,
         } => {
-            let report = device(choice)?.predict(&checkpoint, &images)?;
+            let report = device(choice)?.predict(&checkpoint, &images, &slides.options()?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {

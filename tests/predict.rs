@@ -5,7 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dbps_data::{ImageSource, Pixels, Split, SyntheticMajority, SyntheticMajorityConfig};
+use dbps_data::{
+    ImageSource, Pixels, PyramidSpec, Split, SyntheticMajority, SyntheticMajorityConfig,
+    TileCompression, write_tiled_tiff,
+};
 use serde_json::Value;
 
 fn dbps(args: &[&str]) -> Output {
@@ -147,6 +150,258 @@ fn check_outlines(png: &image::RgbImage, geometry: &Value, predictions: &[Value]
     }
 }
 
+/// A gray pyramid whose level 0 is `size`, black but for `placed` images at their top-left
+/// level-0 pixels; reduced levels sample level 0 at their downsample.
+fn write_slide(
+    path: &Path,
+    levels: &[[usize; 2]],
+    tile: usize,
+    compression: TileCompression,
+    placed: &[(&image::GrayImage, [usize; 2])],
+) {
+    let spec = PyramidSpec {
+        levels: levels.to_vec(),
+        tile,
+        channels: 1,
+        compression,
+        big: levels[0][0] * levels[0][1] > 1 << 30,
+    };
+    let full = levels[0];
+    write_tiled_tiff(path, &spec, |level, [y0, x0], side| {
+        let d = full[1] / levels[level][1];
+        let mut out = vec![0u8; side * side];
+        for (image, [py, px]) in placed {
+            let (h, w) = (image.height() as usize, image.width() as usize);
+            // Level-0 extent of the tile against the placed image's.
+            if y0 * d >= py + h
+                || (y0 + side) * d <= *py
+                || x0 * d >= px + w
+                || (x0 + side) * d <= *px
+            {
+                continue;
+            }
+            for y in 0..side {
+                for x in 0..side {
+                    let (fy, fx) = ((y0 + y) * d, (x0 + x) * d);
+                    if (*py..py + h).contains(&fy) && (*px..px + w).contains(&fx) {
+                        out[y * side + x] =
+                            image.get_pixel((fx - px) as u32, (fy - py) as u32).0[0];
+                    }
+                }
+            }
+        }
+        out
+    })
+    .unwrap();
+}
+
+fn json(out: &Output) -> Value {
+    assert!(out.status.success(), "dbps failed: {}", stderr(out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Slides: the same pixels as a tiled TIFF and as a PNG predict alike; a 1.07-gigapixel
+/// BigTIFF predicts in under 1 GiB with only its tissue read; bad slides are named.
+fn check_slides(dir: &Path, run: &Path, images: &[PathBuf]) {
+    let canvas = image::open(&images[0]).unwrap().to_luma8();
+    let run = run.to_str().unwrap();
+
+    // One 256 × 256 canvas as a single-level LZW slide with 64 px tiles.
+    let small = dir.join("canvas.tif");
+    write_slide(
+        &small,
+        &[[256, 256]],
+        64,
+        TileCompression::Lzw,
+        &[(&canvas, [0, 0])],
+    );
+    let as_png = json(&dbps(&[
+        "predict",
+        images[0].to_str().unwrap(),
+        "--checkpoint",
+        run,
+        "--json",
+    ]));
+    let as_slide = json(&dbps(&[
+        "predict",
+        small.to_str().unwrap(),
+        "--checkpoint",
+        run,
+        "--json",
+    ]));
+    for (a, b) in as_png["predictions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(as_slide["predictions"].as_array().unwrap())
+    {
+        assert_eq!(a["salient"], b["salient"]);
+        assert_eq!(a["sub_salient"], b["sub_salient"]);
+        let p = |v: &Value| -> Vec<f64> {
+            v["tasks"][0]["probabilities"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect()
+        };
+        assert!(
+            p(a).iter().zip(p(b)).all(|(x, y)| (x - y).abs() < 1e-5),
+            "{a} vs {b}"
+        );
+        assert_eq!(b["slide"]["level"], 0);
+    }
+
+    // 32768 × 32768 px, four levels, three canvases on black.
+    let huge = dir.join("gigapixel.tif");
+    let others: Vec<image::GrayImage> = images[1..3]
+        .iter()
+        .map(|p| image::open(p).unwrap().to_luma8())
+        .collect();
+    let spots = [[4096, 4096], [20_000, 12_000], [30_000, 30_500]];
+    let placed = [
+        (&canvas, spots[0]),
+        (&others[0], spots[1]),
+        (&others[1], spots[2]),
+    ];
+    write_slide(
+        &huge,
+        &[[32_768, 32_768], [8192, 8192], [2048, 2048], [512, 512]],
+        512,
+        TileCompression::Deflate,
+        &placed,
+    );
+    let report = json(&dbps(&[
+        "predict",
+        huge.to_str().unwrap(),
+        "--checkpoint",
+        run,
+        "--tissue-mask",
+        "--json",
+    ]));
+    let peak = report["peak_resident_mib"]
+        .as_f64()
+        .expect("Linux reports VmHWM");
+    assert!(peak < 1024.0, "peak resident memory {peak} MiB");
+    eprintln!("gigapixel predict: peak resident {peak:.0} MiB");
+    for p in report["predictions"].as_array().unwrap() {
+        assert_eq!(p["patches"], 2048 * 2048);
+        let reading = &p["slide"];
+        assert!(
+            reading["patches_skipped"].as_u64().unwrap() > 4_000_000,
+            "{reading}"
+        );
+        // Each canvas overlaps at most 4 of the 4096 level-0 tiles.
+        assert!(
+            reading["tiles_read"].as_u64().unwrap() <= 12,
+            "{reading}"
+        );
+        for key in ["salient", "sub_salient"] {
+            for index in p[key].as_array().unwrap() {
+                let i = index.as_u64().unwrap() as usize;
+                let (y, x) = ((i / 2048) * 16, (i % 2048) * 16);
+                // On a canvas, give or take the mask's 32 px thumbnail pixels.
+                let near = spots.iter().any(|[sy, sx]| {
+                    (sy - 32..sy + 256 + 32).contains(&y) && (sx - 32..sx + 256 + 32).contains(&x)
+                });
+                assert!(near, "{key} patch {i} at ({y}, {x}) is background");
+            }
+        }
+    }
+    let quarter = json(&dbps(&[
+        "predict",
+        huge.to_str().unwrap(),
+        "--checkpoint",
+        run,
+        "--tissue-mask",
+        "--downsample",
+        "4",
+        "--json",
+    ]));
+    assert_eq!(quarter["predictions"][0]["slide"]["level"], 1);
+    assert_eq!(quarter["predictions"][0]["patches"], 512 * 512);
+
+    // Bad slides: the file and the fix are named.
+    let damaged = dir.join("damaged.tif");
+    write_slide(
+        &damaged,
+        &[[256, 256]],
+        64,
+        TileCompression::Deflate,
+        &[(&canvas, [0, 0])],
+    );
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    bytes[16..40].fill(0xff);
+    std::fs::write(&damaged, &bytes).unwrap();
+    let j2k = dir.join("j2k.tif");
+    write_slide(
+        &j2k,
+        &[[256, 256]],
+        64,
+        TileCompression::None,
+        &[(&canvas, [0, 0])],
+    );
+    let mut bytes = std::fs::read(&j2k).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == [3, 1, 3, 0, 1, 0, 0, 0])
+        .unwrap();
+    bytes[at + 8..at + 10].copy_from_slice(&34712u16.to_le_bytes());
+    std::fs::write(&j2k, &bytes).unwrap();
+    let tiny = dir.join("tiny.tif");
+    write_slide(&tiny, &[[8, 8]], 16, TileCompression::None, &[]);
+    let junk = dir.join("junk.tif");
+    std::fs::write(&junk, b"II*\0 but nothing after the magic").unwrap();
+    for (file, says) in [
+        (&damaged, "tile 0 of level 0 cannot be read"),
+        (&j2k, "compression 34712"),
+        (&tiny, "16 px patches"),
+        (&junk, "not a readable TIFF"),
+    ] {
+        let out = dbps(&["predict", file.to_str().unwrap(), "--checkpoint", run]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(file.to_str().unwrap()) && err.contains(says),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+
+    // A checkpoint whose config builds a model of another shape.
+    let other = dir.join("other");
+    std::fs::create_dir_all(other.join("DBPS/checkpoint")).unwrap();
+    for entry in std::fs::read_dir(Path::new(run).join("DBPS/checkpoint")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(
+            entry.path(),
+            other.join("DBPS/checkpoint").join(entry.file_name()),
+        )
+        .unwrap();
+    }
+    let mut manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(run).join("DBPS/method.json")).unwrap(),
+    )
+    .unwrap();
+    let inner = manifest["config"]["aggregator"]["d_inner"]
+        .as_u64()
+        .unwrap();
+    manifest["config"]["aggregator"]["d_inner"] = Value::from(inner * 2);
+    std::fs::write(other.join("DBPS/method.json"), manifest.to_string()).unwrap();
+    let out = dbps(&[
+        "predict",
+        images[0].to_str().unwrap(),
+        "--checkpoint",
+        other.join("DBPS").to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("does not fit this model") && err.contains("parameter"),
+        "{err}"
+    );
+}
+
 #[test]
 fn predict_and_explain_after_a_brief_training_of_the_embedded_default() {
     let dir = scratch("e2e");
@@ -269,6 +524,8 @@ fn predict_and_explain_after_a_brief_training_of_the_embedded_default() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("`--head`"), "{}", stderr(&out));
     assert!(!dir.join("explain").join("bad.png").exists());
+
+    check_slides(&dir, &run, &images);
 
     // Bad input is named with the fix.
     let junk = dir.join("junk.png");

@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::eval::{EvalReport, eval_checkpoints};
 use crate::explain::{ExplainOptions, Explanation, explain};
-use crate::predict::{PredictReport, predict};
+use crate::predict::{PredictReport, SlideOptions, predict};
 use crate::report::RunReport;
 use crate::{Result, RunConfig, runner};
 
@@ -106,13 +106,24 @@ impl DeviceChoice {
     }
 
     /// Predicts the images of `inputs` with the best checkpoints under `dir`.
-    pub fn predict(&self, dir: &Path, inputs: &[PathBuf]) -> Result<PredictReport> {
+    pub fn predict(
+        &self,
+        dir: &Path,
+        inputs: &[PathBuf],
+        slides: &SlideOptions,
+    ) -> Result<PredictReport> {
         match self {
-            Self::Cpu => predict::<CpuBackend>(dir, inputs, &Default::default(), &self.name()),
-            #[cfg(feature = "cuda")]
-            Self::Cuda(n) => {
-                predict::<CudaBackend>(dir, inputs, &burn_cuda::CudaDevice::new(*n), &self.name())
+            Self::Cpu => {
+                predict::<CpuBackend>(dir, inputs, slides, &Default::default(), &self.name())
             }
+            #[cfg(feature = "cuda")]
+            Self::Cuda(n) => predict::<CudaBackend>(
+                dir,
+                inputs,
+                slides,
+                &burn_cuda::CudaDevice::new(*n),
+                &self.name(),
+            ),
         }
     }
 

@@ -9,10 +9,11 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::record::{
     FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError,
 };
+use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 use burn_train::checkpoint::{CheckpointingAction, CheckpointingStrategy};
 use burn_train::metric::store::EventStoreClient;
@@ -282,7 +283,8 @@ pub fn load_weights<B: Backend>(
                 .into(),
         });
     }
-    model
+    let expected = ParamShapes::of(&model);
+    let loaded = model
         .load_file(path.with_extension(""), &CheckpointRecorder::new(), device)
         .map_err(|e| TrainError::Checkpoint {
             what: "weight file",
@@ -290,7 +292,57 @@ pub fn load_weights<B: Backend>(
             reason: format!(
                 "does not fit this model ({e}); it was written by another config or is damaged"
             ),
-        })
+        })?;
+    // burn takes a recorded tensor whatever its shape: compare before anything runs on it.
+    let found = ParamShapes::of(&loaded);
+    let mismatch = expected
+        .iter()
+        .zip(&found)
+        .find(|(a, b)| a != b)
+        .map(|((name, want), (_, got))| format!("parameter `{name}` is {want:?} in the model the config builds but {got:?} in the file"))
+        .or_else(|| (expected.len() != found.len()).then(|| format!("the model has {} parameters, the file {}", expected.len(), found.len())));
+    match mismatch {
+        Some(what) => Err(TrainError::Checkpoint {
+            what: "weight file",
+            path: path.to_path_buf(),
+            reason: format!(
+                "does not fit this model: {what}; it was written by another config (check the method.json beside it)"
+            ),
+        }),
+        None => Ok(loaded),
+    }
+}
+
+/// Every float parameter of a module, by path, with its shape, in visiting order.
+struct ParamShapes {
+    path: Vec<String>,
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl ParamShapes {
+    fn of<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<usize>)> {
+        let mut visitor = Self {
+            path: Vec::new(),
+            shapes: Vec::new(),
+        };
+        module.visit(&mut visitor);
+        visitor.shapes
+    }
+}
+
+impl<B: Backend> ModuleVisitor<B> for ParamShapes {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.shapes
+            .push((self.path.join("."), param.val().dims().to_vec()));
+    }
 }
 
 /// Records each epoch's figures (`history.json`, `method.json`), saves its checkpoint, prunes

@@ -37,6 +37,7 @@ mod report;
 mod run_dir;
 mod runner;
 mod schedule;
+mod slide_source;
 mod step;
 
 pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice, pool_probe};
@@ -68,7 +69,10 @@ pub use metrics::{TaskMetric, binary_auc};
 pub use model::{
     CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
 };
-pub use predict::{ImagePrediction, PredictReport, TaskPrediction, TrainedMethod, predict};
+pub use predict::{
+    ImagePrediction, PredictReport, SlideOptions, SlideReading, TaskPrediction, TrainedMethod,
+    peak_resident_mib, predict,
+};
 pub use renderer::ProgressRenderer;
 pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
@@ -77,4 +81,5 @@ pub use report::{
 pub use run_dir::fresh_run_dir;
 pub use runner::{resume, run, train_method};
 pub use schedule::WarmupCosine;
+pub use slide_source::{SlideCandidates, tissue_patches};
 pub use step::{EpochTally, StepOutput, StepStats, TrainedClassifier, TrainingMonitor};

@@ -318,7 +318,8 @@ impl<B: Backend> PatchClassifier<B> {
     /// [`crate::PatchAttention`]. Memory holds one chunk of patches and the H · T · K logits.
     pub fn attention_logits<C>(&self, source: &C) -> Result<Tensor<B, 4>, TrainError>
     where
-        C: CandidateChunks<B, Error = TilingError>,
+        C: CandidateChunks<B>,
+        TrainError: From<C::Error>,
     {
         let k = source.candidates();
         let l = self.plan.eval_buffer.chunk().max(1);
@@ -371,7 +372,8 @@ impl<B: Backend> PatchClassifier<B> {
 
     fn select_from<C>(&self, buffer: DualBuffer, source: &C) -> Result<Selection<B>, TrainError>
     where
-        C: CandidateChunks<B, Error = TilingError>,
+        C: CandidateChunks<B>,
+        TrainError: From<C::Error>,
     {
         let scorer = AttentionScorer(&self.aggregator);
         Ok(match self.native_encoder() {
@@ -419,6 +421,18 @@ impl<B: Backend> PatchClassifier<B> {
             salient: salient.indices,
             sub_salient: sub_indices,
         }
+    }
+
+    /// Evaluation forward on the candidates of any patch source (one image streamed from
+    /// disk, a tissue-masked subset of a slide): select with the evaluation buffers, aggregate.
+    pub fn forward_eval_from<C>(&self, source: &C) -> Result<ForwardOutput<B>, TrainError>
+    where
+        C: CandidateChunks<B>,
+        TrainError: From<C::Error>,
+    {
+        let buffer = self.plan.eval_buffer;
+        let selection = self.select_from(buffer, source)?;
+        Ok(self.aggregate(selection.salient, selection.sub_salient))
     }
 
     /// Evaluation forward on images `[B, C, H, W]`: select among all patches and aggregate the

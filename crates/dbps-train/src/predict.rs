@@ -6,7 +6,7 @@ use std::sync::Arc;
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use dbps_data::{FileInput, Sample, TaskKind, TaskSpec, image_files};
+use dbps_data::{FileInput, Sample, Slide, TaskKind, TaskSpec, TissueMask, image_files, is_tiff};
 use dbps_tiling::HostImages;
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +15,10 @@ use crate::build::build_classifier;
 use crate::checkpoint::{MethodManifest, load_weights, method_dirs};
 use crate::datasets::Splits;
 use crate::renderer::progress_bar;
-use crate::{BatchImages, PatchClassifier, Result, TrainError, TrainedClassifier, TrainingMonitor};
+use crate::slide_source::{SlideCandidates, tissue_patches};
+use crate::{
+    BatchImages, Mode, PatchClassifier, Result, TrainError, TrainedClassifier, TrainingMonitor,
+};
 
 /// A method's best-on-validation weights, rebuilt from its directory.
 #[derive(Debug)]
@@ -89,6 +92,90 @@ impl<B: Backend> TrainedMethod<B> {
             })
     }
 
+    /// Class probabilities of a whole-slide image, its patches streamed from disk at the level
+    /// `options` asks for (and, with the tissue mask, only patches on tissue).
+    pub fn predict_slide(
+        &self,
+        slide: &Arc<Slide>,
+        options: &SlideOptions,
+        device: &B::Device,
+    ) -> Result<ImagePrediction> {
+        let path = slide.path();
+        let (model, source, reading) = self.slide_source(slide, options, device)?;
+        let out = model.forward_eval_from(&source)?;
+        let mut prediction = self.prediction(path, &model, out);
+        prediction.slide = Some(SlideReading {
+            tiles_read: source.tiles_read(),
+            ..reading
+        });
+        Ok(prediction)
+    }
+
+    /// The classifier fitted to the slide level `options` picks, its candidates, and what
+    /// was read (`tiles_read` counts once the candidates have been read).
+    pub(crate) fn slide_source(
+        &self,
+        slide: &Arc<Slide>,
+        options: &SlideOptions,
+        device: &B::Device,
+    ) -> Result<(PatchClassifier<B>, SlideCandidates<B>, SlideReading)> {
+        let path = slide.path();
+        let level = slide.level_for(options.downsample);
+        let l = slide.levels()[level];
+        let patch = self.model.plan().grid.patch();
+        let model = self.model.for_image_size(l.size).map_err(|e| TrainError::Input {
+            path: path.to_path_buf(),
+            reason: format!(
+                "level {level} ({}×{} px, downsample {:.1}): {e}; the model cuts {patch} px patches, so ask for a level at least that large with a smaller --downsample",
+                l.size[0], l.size[1], l.downsample
+            ),
+        })?;
+        let grid = model.plan().grid;
+        // The order evaluation reads an image's patches in (shuffled when the plan says so):
+        // selection is iterative, so a slide and the same pixels as an image agree only when
+        // their candidates come in the same order.
+        let order = model.plan().candidates(1, Mode::Eval).indices;
+        let (indices, threshold) = if options.tissue_mask {
+            let (thumbnail, size) = slide.thumbnail(MASK_THUMBNAIL)?;
+            let mask = TissueMask::otsu(&thumbnail, size);
+            let mut keep = vec![false; grid.len()];
+            for i in tissue_patches(&grid, l.size, &mask) {
+                keep[i as usize] = true;
+            }
+            let kept = order.into_iter().filter(|&i| keep[i as usize]).collect();
+            (kept, Some(mask.threshold))
+        } else {
+            (order, None)
+        };
+        if indices.is_empty() {
+            return Err(TrainError::Input {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "the tissue mask (Otsu threshold {}) keeps no patch; run without --tissue-mask",
+                    threshold.unwrap_or(0)
+                ),
+            });
+        }
+        tracing::info!(slide = %path.display(), level, patches = grid.len(), kept = indices.len(), "reading slide patches");
+        let reading = SlideReading {
+            level,
+            downsample: l.downsample,
+            patches_skipped: grid.len() - indices.len(),
+            tissue_threshold: threshold,
+            tiles: l.tile_count(),
+            tiles_read: 0,
+        };
+        let source = SlideCandidates::new(
+            Arc::clone(slide),
+            level,
+            grid,
+            indices,
+            self.file_input()?,
+            device.clone(),
+        );
+        Ok((model, source, reading))
+    }
+
     /// Class probabilities of one image file, with the patches the model looked at.
     pub fn predict(&self, path: &Path, device: &B::Device) -> Result<ImagePrediction> {
         let sample = self.read(path)?;
@@ -109,27 +196,36 @@ impl<B: Backend> TrainedMethod<B> {
         images: &Arc<HostImages>,
         device: &B::Device,
     ) -> Result<ImagePrediction> {
-        let [_, _, height, width] = images.dims();
         let out = model.forward_eval(&BatchImages::Host {
             images: Arc::clone(images),
             device: device.clone(),
         })?;
+        Ok(self.prediction(path, model, out))
+    }
+
+    fn prediction(
+        &self,
+        path: &Path,
+        model: &PatchClassifier<B>,
+        out: crate::ForwardOutput<B>,
+    ) -> ImagePrediction {
         let tasks = self
             .tasks
             .iter()
             .zip(out.logits)
             .map(|(task, logits)| TaskPrediction::new(task, logits))
             .collect();
-        Ok(ImagePrediction {
+        ImagePrediction {
             image: path.to_path_buf(),
             method: self.manifest.name().to_string(),
             epoch: self.manifest.best_epoch,
-            size: [height, width],
+            size: model.plan().grid.image_size(),
             patches: model.plan().grid.len(),
             tasks,
             salient: patch_indices(out.salient),
             sub_salient: out.sub_salient.map(patch_indices).unwrap_or_default(),
-        })
+            slide: None,
+        }
     }
 }
 
@@ -204,6 +300,51 @@ pub struct ImagePrediction {
     pub salient: Vec<usize>,
     /// Grid indices of the S sub-salient patches (DBPS).
     pub sub_salient: Vec<usize>,
+    /// How a whole-slide image was read (absent for ordinary images).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<SlideReading>,
+}
+
+/// Longest side of the thumbnail the tissue mask is computed on.
+const MASK_THUMBNAIL: usize = 1024;
+
+/// How `dbps predict` and `dbps explain` read whole-slide images (tiled TIFF and BigTIFF).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SlideOptions {
+    /// Requested downsample of level 0: the most reduced level not coarser than this is read.
+    pub downsample: f64,
+    /// Encode only patches on tissue (Otsu threshold on a thumbnail).
+    pub tissue_mask: bool,
+    /// Bytes of decoded tiles kept in memory.
+    pub cache_bytes: usize,
+}
+
+impl Default for SlideOptions {
+    fn default() -> Self {
+        Self {
+            downsample: 1.0,
+            tissue_mask: false,
+            cache_bytes: 64 << 20,
+        }
+    }
+}
+
+/// How one slide was read.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SlideReading {
+    /// Pyramid level read (0 = full resolution).
+    pub level: usize,
+    /// Its downsample of level 0.
+    pub downsample: f64,
+    /// Grid patches the tissue mask left out as background (never read or encoded).
+    pub patches_skipped: usize,
+    /// The mask's Otsu threshold, when a mask was used.
+    pub tissue_threshold: Option<u8>,
+    /// Tiles in the level.
+    pub tiles: usize,
+    /// Distinct tiles of the level its patches lay on (tiles under skipped patches only are
+    /// never read).
+    pub tiles_read: usize,
 }
 
 /// Everything `dbps predict` found.
@@ -211,6 +352,8 @@ pub struct ImagePrediction {
 pub struct PredictReport {
     /// Backend and device.
     pub device: String,
+    /// Peak resident memory of the process in MiB (Linux's VmHWM), read when prediction ended.
+    pub peak_resident_mib: Option<f64>,
     /// Per image, per method.
     pub predictions: Vec<ImagePrediction>,
 }
@@ -257,15 +400,36 @@ impl PredictReport {
                 );
             }
         }
+        for p in &self.predictions {
+            if let Some(r) = p.slide {
+                out += &format!(
+                    "{} ({}): level {} (downsample {:.1}, {}×{} px), {} of {} patches skipped as background, {} of {} tiles read\n",
+                    name(&p.image),
+                    p.method,
+                    r.level,
+                    r.downsample,
+                    p.size[0],
+                    p.size[1],
+                    r.patches_skipped,
+                    p.patches,
+                    r.tiles_read,
+                    r.tiles
+                );
+            }
+        }
+        if let Some(mib) = self.peak_resident_mib {
+            out += &format!("peak resident memory: {mib:.0} MiB\n");
+        }
         out
     }
 }
 
 /// Predicts every image of `inputs` (files, or folders of images) with every method under
-/// `checkpoint` (a run directory or one method folder).
+/// `checkpoint` (a run directory or one method folder); tiled TIFFs are streamed as slides.
 pub fn predict<B: Backend>(
     checkpoint: &Path,
     inputs: &[PathBuf],
+    slides: &SlideOptions,
     device: &B::Device,
     device_name: &str,
 ) -> Result<PredictReport> {
@@ -277,14 +441,38 @@ pub fn predict<B: Backend>(
     let bar = progress_bar(files.len() * methods.len(), "predict");
     let mut predictions = Vec::with_capacity(files.len() * methods.len());
     for file in &files {
+        let slide = open_slide(file, slides)?;
         for method in &methods {
-            predictions.push(method.predict(file, device)?);
+            predictions.push(match &slide {
+                Some(slide) => method.predict_slide(slide, slides, device)?,
+                None => method.predict(file, device)?,
+            });
             bar.inc(1);
+        }
+        if let Some(reading) = predictions.last().and_then(|p| p.slide) {
+            tracing::info!(slide = %file.display(), skipped = reading.patches_skipped, tiles_read = reading.tiles_read, tiles = reading.tiles, "slide read");
         }
     }
     bar.finish_and_clear();
     Ok(PredictReport {
         device: device_name.to_string(),
+        peak_resident_mib: peak_resident_mib(),
         predictions,
     })
+}
+
+/// The file as a slide when it is a TIFF with tiled images; `None` for any other image.
+pub(crate) fn open_slide(path: &Path, options: &SlideOptions) -> Result<Option<Arc<Slide>>> {
+    if !is_tiff(path) {
+        return Ok(None);
+    }
+    Ok(Slide::open_tiled(path, options.cache_bytes)?.map(Arc::new))
+}
+
+/// The process's peak resident set in MiB (`VmHWM` in `/proc/self/status`; Linux only).
+pub fn peak_resident_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
