@@ -100,9 +100,12 @@ enum Command {
         /// percentile:LOW,HIGH.
         #[arg(long, default_value = "min-max")]
         norm: Normalisation,
-        /// Longest side of each panel in pixels (small images are enlarged by a whole factor).
+        /// Longest side of each panel in pixels (small images are enlarged by a whole factor,
+        /// slides drawn on a thumbnail).
         #[arg(long, default_value_t = 512)]
         panel: u32,
+        #[command(flatten)]
+        slides: SlideArgs,
         /// Where to run.
         #[arg(long, value_enum, default_value = "cpu")]
         device: Device,
@@ -226,12 +229,14 @@ fn run(cli: Cli) -> Result<()> {
             head,
             norm,
             panel,
+            slides,
             device: choice,
         } => {
             let options = ExplainOptions {
                 normalisation: norm,
                 head,
                 panel,
+                slides: slides.options()?,
             };
             let explanation = device(choice)?.explain(&checkpoint, &image, &out, &options)?;
             for m in &explanation.methods {

@@ -292,10 +292,7 @@ fn check_slides(dir: &Path, run: &Path, images: &[PathBuf]) {
             "{reading}"
         );
         // Each canvas overlaps at most 4 of the 4096 level-0 tiles.
-        assert!(
-            reading["tiles_read"].as_u64().unwrap() <= 12,
-            "{reading}"
-        );
+        assert!(reading["tiles_read"].as_u64().unwrap() <= 12, "{reading}");
         for key in ["salient", "sub_salient"] {
             for index in p[key].as_array().unwrap() {
                 let i = index.as_u64().unwrap() as usize;
@@ -307,6 +304,40 @@ fn check_slides(dir: &Path, run: &Path, images: &[PathBuf]) {
                 assert!(near, "{key} patch {i} at ({y}, {x}) is background");
             }
         }
+    }
+    // explain draws the slide on a thumbnail, with the picks predict made.
+    let figure = dir.join("gigapixel.png");
+    let out = dbps(&[
+        "explain",
+        huge.to_str().unwrap(),
+        "--checkpoint",
+        run,
+        "--tissue-mask",
+        "--out",
+        figure.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "explain failed: {}", stderr(&out));
+    let geometry: Value =
+        serde_json::from_str(&std::fs::read_to_string(figure.with_extension("json")).unwrap())
+            .unwrap();
+    assert!(
+        geometry["scale"].as_f64().unwrap() < 0.02,
+        "{}",
+        geometry["scale"]
+    );
+    assert!(image::open(&figure).unwrap().width() >= 2 * 512);
+    for m in geometry["methods"].as_array().unwrap() {
+        let predicted = report["predictions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["method"] == m["method"])
+            .unwrap();
+        assert_eq!(m["salient"], predicted["salient"]);
+        assert_eq!(m["sub_salient"], predicted["sub_salient"]);
+        let kept = 2048 * 2048 - predicted["slide"]["patches_skipped"].as_u64().unwrap();
+        assert_eq!(m["candidates"].as_array().unwrap().len() as u64, kept);
+        assert_eq!(m["attention"].as_array().unwrap().len() as u64, kept);
     }
     let quarter = json(&dbps(&[
         "predict",

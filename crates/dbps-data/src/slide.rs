@@ -418,6 +418,22 @@ impl Slide {
     /// read from the smallest level that is at least that large (each thumbnail pixel is
     /// the level pixel at its centre).
     pub fn thumbnail(&self, max_side: usize) -> Result<(Vec<u8>, [usize; 2]), DataError> {
+        let (pixels, size) = self.thumbnail_color(max_side)?;
+        if self.channels == 1 {
+            return Ok((pixels, size));
+        }
+        let gray = pixels
+            .chunks_exact(3)
+            .map(|px| {
+                (0.299 * f32::from(px[0]) + 0.587 * f32::from(px[1]) + 0.114 * f32::from(px[2]))
+                    .round() as u8
+            })
+            .collect();
+        Ok((gray, size))
+    }
+
+    /// [`Slide::thumbnail`] in the slide's own channels (interleaved).
+    pub fn thumbnail_color(&self, max_side: usize) -> Result<(Vec<u8>, [usize; 2]), DataError> {
         let level = self
             .levels
             .iter()
@@ -429,22 +445,15 @@ impl Slide {
             ((lh as f64 * scale).round() as usize).max(1),
             ((lw as f64 * scale).round() as usize).max(1),
         );
-        let mut out = Vec::with_capacity(h * w);
         let c = self.channels;
+        let mut out = Vec::with_capacity(h * w * c);
         for ty in 0..h {
             let sy = (((ty as f64 + 0.5) / scale) as usize).min(lh - 1);
             // One row of the level at a time: a thumbnail never holds more than a band of tiles.
             let row = self.read_region(level, [sy, 0], [1, lw])?;
             for tx in 0..w {
                 let sx = (((tx as f64 + 0.5) / scale) as usize).min(lw - 1);
-                let px = &row[sx * c..sx * c + c];
-                let gray = if c == 3 {
-                    (0.299 * f32::from(px[0]) + 0.587 * f32::from(px[1]) + 0.114 * f32::from(px[2]))
-                        .round() as u8
-                } else {
-                    px[0]
-                };
-                out.push(gray);
+                out.extend_from_slice(&row[sx * c..sx * c + c]);
             }
         }
         Ok((out, [h, w]))

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::host_images;
 use crate::checkpoint::method_dirs;
 use crate::figure::{Framebuffer, heat_color};
-use crate::predict::{TaskPrediction, TrainedMethod};
+use crate::predict::{SlideOptions, SlideReading, TaskPrediction, TrainedMethod, open_slide};
 use crate::report::write_json_atomic;
 use crate::{CandidateOrder, HostCandidates, Result, TrainError};
 
@@ -141,6 +141,8 @@ pub struct ExplainOptions {
     /// Longest side of each panel in pixels: small images are enlarged by a whole factor
     /// (every patch outline lands on whole pixels), large ones shrunk to a thumbnail.
     pub panel: u32,
+    /// How whole-slide images (tiled TIFF) are read.
+    pub slides: SlideOptions,
 }
 
 impl Default for ExplainOptions {
@@ -149,6 +151,7 @@ impl Default for ExplainOptions {
             normalisation: Normalisation::MinMax,
             head: HeadChoice::Mean,
             panel: 512,
+            slides: SlideOptions::default(),
         }
     }
 }
@@ -269,8 +272,11 @@ pub struct MethodExplanation {
     pub salient: Vec<usize>,
     /// Grid indices of the sub-salient patches (outlined in [`SUB_SALIENT_COLOR`]).
     pub sub_salient: Vec<usize>,
-    /// The drawn map's weight per patch, before normalisation.
+    /// The drawn map's weights, before normalisation, of the patches in `candidates`.
     pub attention: Vec<f32>,
+    /// The grid index of each weight: every patch in grid order for an image; the patches on
+    /// tissue, in reading order, for a masked slide (the others were never encoded).
+    pub candidates: Vec<usize>,
     /// The weights that map to the darkest and brightest colour.
     pub range: [f32; 2],
     /// Top-left pixel `[x, y]` of the image panel (outlines).
@@ -332,6 +338,31 @@ fn patch_rect(grid: &PatchGrid, index: usize, scale: f64) -> [i64; 4] {
     [x0, y0, x1, y1]
 }
 
+/// What the panels show under outlines and heat: the image, or a slide's thumbnail.
+struct Backdrop {
+    /// `[h, w]` row-major.
+    rgb: Vec<[u8; 3]>,
+    /// `[h, w]`.
+    size: [usize; 2],
+}
+
+impl Backdrop {
+    /// From interleaved 8-bit pixels of `channels` (1 or 3).
+    fn rgb(pixels: &[u8], channels: usize, size: [usize; 2]) -> Self {
+        let rgb = pixels
+            .chunks_exact(channels)
+            .map(|px| {
+                if channels >= 3 {
+                    [px[0], px[1], px[2]]
+                } else {
+                    [px[0]; 3]
+                }
+            })
+            .collect();
+        Self { rgb, size }
+    }
+}
+
 /// The image's pixels as display RGB, `[h, w]` row-major.
 fn display_rgb(sample: &Sample) -> Vec<[u8; 3]> {
     let plane = sample.height * sample.width;
@@ -374,12 +405,13 @@ fn heatmap(
     [pw, ph]: [u32; 2],
     grid: &PatchGrid,
     scale: f64,
+    candidates: &[usize],
     levels: &[f32],
 ) -> Vec<[u8; 3]> {
     let (pw, ph) = (pw as usize, ph as usize);
     let mut sum = vec![0f32; pw * ph];
     let mut count = vec![0u32; pw * ph];
-    for (index, &level) in levels.iter().enumerate() {
+    for (&index, &level) in candidates.iter().zip(levels) {
         let [x0, y0, x1, y1] = patch_rect(grid, index, scale);
         for y in y0.max(0) as usize..(y1 as usize).min(ph) {
             for x in x0.max(0) as usize..(x1 as usize).min(pw) {
@@ -452,31 +484,80 @@ pub fn explain<B: Backend>(
         .iter()
         .map(|dir| TrainedMethod::<B>::open(dir, device))
         .collect::<Result<Vec<_>>>()?;
+    let slide = open_slide(image, &options.slides)?;
     let mut rows = Vec::with_capacity(methods.len());
     let mut layout = None;
     for method in &methods {
-        let sample = method.read(image)?;
-        let model = method.fitted(image, &sample)?;
-        let grid = model.plan().grid;
-        let images = Arc::new(host_images(
-            std::slice::from_ref(&sample),
-            [1, sample.channels, sample.height, sample.width],
-        )?);
-        let prediction = method.predict_fitted(image, &model, &images, device)?;
-        let n = grid.len();
-        let order = CandidateOrder {
-            indices: (0..n as i64).collect(),
-            per_image: n,
-            chunk: model.plan().eval_buffer.chunk().max(1),
+        let (prediction, weights, candidates, grid, heads) = match &slide {
+            Some(slide) => {
+                let (model, source, reading) =
+                    method.slide_source(slide, &options.slides, device)?;
+                let out = model.forward_eval_from(&source)?;
+                let mut prediction = method.prediction(image, &model, out);
+                let attention = PatchAttention::from_logits(model.attention_logits(&source)?);
+                prediction.slide = Some(SlideReading {
+                    tiles_read: source.tiles_read(),
+                    ..reading
+                });
+                let candidates: Vec<usize> =
+                    source.grid_indices().iter().map(|&i| i as usize).collect();
+                let grid = model.plan().grid;
+                if layout.is_none() {
+                    let (thumbnail, size) = slide.thumbnail_color(options.panel as usize)?;
+                    layout = Some((
+                        grid,
+                        Backdrop::rgb(&thumbnail, slide.channels(), size),
+                        attention.heads(),
+                    ));
+                }
+                (
+                    prediction,
+                    attention.map(options.head)?,
+                    candidates,
+                    grid,
+                    attention.heads(),
+                )
+            }
+            None => {
+                let sample = method.read(image)?;
+                let model = method.fitted(image, &sample)?;
+                let grid = model.plan().grid;
+                let images = Arc::new(host_images(
+                    std::slice::from_ref(&sample),
+                    [1, sample.channels, sample.height, sample.width],
+                )?);
+                let prediction = method.predict_fitted(image, &model, &images, device)?;
+                let n = grid.len();
+                let order = CandidateOrder {
+                    indices: (0..n as i64).collect(),
+                    per_image: n,
+                    chunk: model.plan().eval_buffer.chunk().max(1),
+                };
+                let source = HostCandidates::new(&grid, images, order, device.clone());
+                let attention = PatchAttention::from_logits(model.attention_logits(&source)?);
+                if layout.is_none() {
+                    layout = Some((
+                        grid,
+                        Backdrop {
+                            rgb: display_rgb(&sample),
+                            size: [sample.height, sample.width],
+                        },
+                        attention.heads(),
+                    ));
+                }
+                (
+                    prediction,
+                    attention.map(options.head)?,
+                    (0..n).collect(),
+                    grid,
+                    attention.heads(),
+                )
+            }
         };
-        let source = HostCandidates::new(&grid, images, order, device.clone());
-        let attention = PatchAttention::from_logits(model.attention_logits(&source)?);
-        let weights = attention.map(options.head)?;
-        tracing::info!(method = %prediction.method, patches = n, heads = attention.heads(), "attention over all patches");
-        layout.get_or_insert((grid, display_rgb(&sample), attention.heads()));
-        rows.push((prediction, weights));
+        tracing::info!(method = %prediction.method, patches = grid.len(), scored = candidates.len(), heads, "attention over the candidates");
+        rows.push((prediction, weights, candidates));
     }
-    let Some((grid, rgb, heads)) = layout else {
+    let Some((grid, backdrop, heads)) = layout else {
         return Err(TrainError::Checkpoint {
             what: "run",
             path: checkpoint.to_path_buf(),
@@ -489,13 +570,15 @@ pub fn explain<B: Backend>(
         ((size[1] as f64 * scale).floor() as u32).max(1),
         ((size[0] as f64 * scale).floor() as u32).max(1),
     ];
-    let base = resampled(&rgb, size, panel, scale);
+    // A slide's backdrop is a thumbnail, not the level itself: resample it to the panel.
+    let backdrop_scale = f64::from(panel[0]) / backdrop.size[1] as f64;
+    let base = resampled(&backdrop.rgb, backdrop.size, panel, backdrop_scale);
     let rows: Vec<_> = rows
         .into_iter()
-        .map(|(prediction, weights)| {
+        .map(|(prediction, weights, candidates)| {
             let (levels, range) = normalise(&weights, options.normalisation);
             let title = row_title(&prediction, range);
-            (prediction, weights, levels, range, title)
+            (prediction, weights, candidates, levels, range, title)
         })
         .collect();
     let caption = format!(
@@ -505,7 +588,7 @@ pub fn explain<B: Backend>(
     // The fonts are 9 (titles) and 7 (legend) pixels wide per character.
     let title_w = rows
         .iter()
-        .map(|r| 9 * r.4.chars().count() as u32)
+        .map(|r| 9 * r.5.chars().count() as u32)
         .max()
         .unwrap_or(0);
     let row_h = TITLE + panel[1] + MARGIN;
@@ -518,7 +601,8 @@ pub fn explain<B: Backend>(
     let bold = MonoTextStyle::new(&FONT_9X15_BOLD, Rgb888::BLACK);
 
     let mut explained = Vec::with_capacity(rows.len());
-    for (r, (prediction, weights, levels, range, title)) in rows.into_iter().enumerate() {
+    for (r, (prediction, weights, candidates, levels, range, title)) in rows.into_iter().enumerate()
+    {
         let top = MARGIN + r as u32 * row_h;
         let left = [MARGIN, top + TITLE];
         let right = [2 * MARGIN + panel[0], top + TITLE];
@@ -549,7 +633,7 @@ pub fn explain<B: Backend>(
             }
         }
 
-        let heat = heatmap(&base, panel, &grid, scale, &levels);
+        let heat = heatmap(&base, panel, &grid, scale, &candidates, &levels);
         fb.blit(
             i64::from(right[0]),
             i64::from(right[1]),
@@ -564,6 +648,7 @@ pub fn explain<B: Backend>(
             salient: prediction.salient,
             sub_salient: prediction.sub_salient,
             attention: weights,
+            candidates,
             range,
             image_panel: left,
             heatmap_panel: right,
@@ -587,16 +672,6 @@ pub fn explain<B: Backend>(
             fb.put(m + x, bar_y + dy, color);
         }
     }
-    let range = explained.first().map_or([0.0, 0.0], |e| e.range);
-    let ends = if explained.len() > 1 {
-        "per row".to_string()
-    } else {
-        format!("{:.2e} to {:.2e}", range[0], range[1])
-    };
-    let caption = format!(
-        "attention, {} ({}): {ends}",
-        options.head, options.normalisation
-    );
     let _ = Text::new(
         &caption,
         Point::new((m + bar_w + 10) as i32, bar_y as i32 + 10),

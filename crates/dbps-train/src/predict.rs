@@ -203,7 +203,7 @@ impl<B: Backend> TrainedMethod<B> {
         Ok(self.prediction(path, model, out))
     }
 
-    fn prediction(
+    pub(crate) fn prediction(
         &self,
         path: &Path,
         model: &PatchClassifier<B>,
