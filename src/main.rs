@@ -21,6 +21,9 @@ static ALLOCATOR: dbps_train::TrackingAllocator = dbps_train::TrackingAllocator;
     about = "Iterative (IPS) and dual-buffer (DBPS) patch selection for huge images"
 )]
 struct Cli {
+    /// No progress bars: log lines only (their detail set with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, global = true)]
+    quiet: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,7 +67,8 @@ enum Command {
     },
     /// Class probabilities of new images from the best checkpoints of a run.
     Predict {
-        /// Image files, or folders of images (read as the run's training images were:
+        /// Image files, folders of images, or tiled (Big)TIFF slides streamed tile by tile (images
+        /// are read as the run's training images were:
         /// photographs resized to the training size, grayscale canvases at their own size).
         #[arg(required = true, value_name = "IMAGE")]
         images: Vec<PathBuf>,
@@ -288,7 +292,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if cli.quiet {
+        dbps_train::hide_progress_bars();
+    }
+    match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {}", report(&err));

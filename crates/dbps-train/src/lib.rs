@@ -73,7 +73,7 @@ pub use predict::{
     ImagePrediction, PredictReport, SlideOptions, SlideReading, TaskPrediction, TrainedMethod,
     peak_resident_mib, predict,
 };
-pub use renderer::ProgressRenderer;
+pub use renderer::{ProgressRenderer, hide_progress_bars};
 pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
     write_json_atomic,

@@ -5,12 +5,29 @@ use burn_train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use indicatif::{ProgressBar, ProgressStyle};
 
+static BARS_HIDDEN: AtomicBool = AtomicBool::new(false);
+
+/// Hides every progress bar of this process (`--quiet`: logs only).
+pub fn hide_progress_bars() {
+    BARS_HIDDEN.store(true, Ordering::Relaxed);
+}
+
+fn new_bar(len: u64) -> ProgressBar {
+    if BARS_HIDDEN.load(Ordering::Relaxed) {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    }
+}
+
 /// A bar over `len` items of long work (evaluation, prediction) labelled `prefix`; indicatif
-/// hides it when stderr is not a terminal.
+/// hides it when stderr is not a terminal, and [`hide_progress_bars`] hides it always.
 pub(crate) fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64).with_prefix(prefix.to_string());
+    let bar = new_bar(len as u64).with_prefix(prefix.to_string());
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar())
@@ -72,7 +89,7 @@ impl ProgressRenderer {
             if let Some(bar) = self.bar.take() {
                 bar.finish_and_clear();
             }
-            let bar = ProgressBar::new(progress.items_total as u64);
+            let bar = new_bar(progress.items_total as u64);
             bar.set_style(
                 ProgressStyle::with_template(
                     "{prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",

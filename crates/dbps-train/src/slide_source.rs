@@ -10,6 +10,9 @@ use burn::tensor::{Int, Tensor, TensorData};
 use dbps_data::{DataError, FileInput, Slide, TissueMask};
 use dbps_select::CandidateChunks;
 use dbps_tiling::PatchGrid;
+use indicatif::ProgressBar;
+
+use crate::renderer::progress_bar;
 
 /// How a slide's 8-bit pixels become model input: the training data's channels and scaling.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -71,6 +74,7 @@ pub struct SlideCandidates<B: Backend> {
     pixels: SlidePixels,
     device: B::Device,
     touched: Mutex<BTreeSet<usize>>,
+    bar: ProgressBar,
 }
 
 impl<B: Backend> SlideCandidates<B> {
@@ -88,9 +92,10 @@ impl<B: Backend> SlideCandidates<B> {
             slide,
             level,
             grid,
-            indices,
             pixels: SlidePixels::new(input),
             device,
+            bar: progress_bar(indices.len(), "slide patches"),
+            indices,
             touched: Mutex::default(),
         }
     }
@@ -157,6 +162,14 @@ impl<B: Backend> CandidateChunks<B> for SlideCandidates<B> {
             let region = self.slide.read_region(self.level, origin, [p, p])?;
             self.pixels
                 .planar(&region, self.slide.channels(), &mut values);
+        }
+        // Selection and the attention map each read every chunk once, from 0.
+        if start == 0 {
+            self.bar.reset();
+        }
+        self.bar.set_position(end as u64);
+        if end == self.indices.len() {
+            self.bar.finish_and_clear();
         }
         Ok(Tensor::from_data(
             TensorData::new(values, [end - start, c, p, p]),
