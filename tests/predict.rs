@@ -353,26 +353,16 @@ fn check_slides(dir: &Path, run: &Path, images: &[PathBuf]) {
     assert_eq!(quarter["predictions"][0]["patches"], 512 * 512);
 
     // Bad slides: the file and the fix are named.
-    let damaged = dir.join("damaged.tif");
-    write_slide(
-        &damaged,
-        &[[256, 256]],
-        64,
-        TileCompression::Deflate,
-        &[(&canvas, [0, 0])],
-    );
-    let mut bytes = std::fs::read(&damaged).unwrap();
-    bytes[16..40].fill(0xff);
+    let canvas_slide = |name: &str, compression| {
+        let path = dir.join(name);
+        write_slide(&path, &[[256, 256]], 64, compression, &[(&canvas, [0, 0])]);
+        (path.clone(), std::fs::read(&path).unwrap())
+    };
+    let (damaged, mut bytes) = canvas_slide("damaged.tif", TileCompression::Deflate);
+    bytes[8..10].fill(0xff); // the first tile's zlib header
     std::fs::write(&damaged, &bytes).unwrap();
-    let j2k = dir.join("j2k.tif");
-    write_slide(
-        &j2k,
-        &[[256, 256]],
-        64,
-        TileCompression::None,
-        &[(&canvas, [0, 0])],
-    );
-    let mut bytes = std::fs::read(&j2k).unwrap();
+    let (j2k, mut bytes) = canvas_slide("j2k.tif", TileCompression::None);
+    // The compression entry: tag 259, type SHORT, one value; its value becomes 34712 (JPEG 2000).
     let at = bytes
         .windows(8)
         .position(|w| w == [3, 1, 3, 0, 1, 0, 0, 0])
