@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::host_images;
 use crate::checkpoint::method_dirs;
 use crate::figure::{Framebuffer, heat_color};
-use crate::predict::{SlideOptions, SlideReading, TaskPrediction, TrainedMethod, open_slide};
+use crate::predict::{SlideOptions, TaskPrediction, TrainedMethod, open_slide};
 use crate::report::write_json_atomic;
 use crate::{CandidateOrder, HostCandidates, Result, TrainError};
 
@@ -490,15 +490,9 @@ pub fn explain<B: Backend>(
     for method in &methods {
         let (prediction, weights, candidates, grid, heads) = match &slide {
             Some(slide) => {
-                let (model, source, reading) =
-                    method.slide_source(slide, &options.slides, device)?;
-                let out = model.forward_eval_from(&source)?;
-                let mut prediction = method.prediction(image, &model, out);
+                let (prediction, model, source) =
+                    method.slide_prediction(slide, &options.slides, device)?;
                 let attention = PatchAttention::from_logits(model.attention_logits(&source)?);
-                prediction.slide = Some(SlideReading {
-                    tiles_read: source.tiles_read(),
-                    ..reading
-                });
                 let candidates: Vec<usize> =
                     source.grid_indices().iter().map(|&i| i as usize).collect();
                 let grid = model.plan().grid;

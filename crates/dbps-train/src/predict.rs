@@ -100,20 +100,30 @@ impl<B: Backend> TrainedMethod<B> {
         options: &SlideOptions,
         device: &B::Device,
     ) -> Result<ImagePrediction> {
-        let path = slide.path();
+        Ok(self.slide_prediction(slide, options, device)?.0)
+    }
+
+    /// [`TrainedMethod::predict_slide`], with the fitted classifier and the candidates it
+    /// read (what `explain` scores again for the attention map).
+    pub(crate) fn slide_prediction(
+        &self,
+        slide: &Arc<Slide>,
+        options: &SlideOptions,
+        device: &B::Device,
+    ) -> Result<(ImagePrediction, PatchClassifier<B>, SlideCandidates<B>)> {
         let (model, source, reading) = self.slide_source(slide, options, device)?;
         let out = model.forward_eval_from(&source)?;
-        let mut prediction = self.prediction(path, &model, out);
+        let mut prediction = self.prediction(slide.path(), &model, out);
         prediction.slide = Some(SlideReading {
             tiles_read: source.tiles_read(),
             ..reading
         });
-        Ok(prediction)
+        Ok((prediction, model, source))
     }
 
     /// The classifier fitted to the slide level `options` picks, its candidates, and what
     /// was read (`tiles_read` counts once the candidates have been read).
-    pub(crate) fn slide_source(
+    fn slide_source(
         &self,
         slide: &Arc<Slide>,
         options: &SlideOptions,
@@ -203,7 +213,7 @@ impl<B: Backend> TrainedMethod<B> {
         Ok(self.prediction(path, model, out))
     }
 
-    pub(crate) fn prediction(
+    fn prediction(
         &self,
         path: &Path,
         model: &PatchClassifier<B>,
