@@ -7,28 +7,25 @@ use dbps_data::{
     TileCompression, write_tiled_tiff,
 };
 
-fn main() {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args()
         .nth(1)
-        .expect("usage: gigapixel_slide OUT.tif");
+        .ok_or("usage: gigapixel_slide OUT.tif (the file to write)")?;
     let config = SyntheticMajorityConfig {
         seed: 12_345,
         ..SyntheticMajorityConfig::default()
     };
-    let data = SyntheticMajority::new(&config, Split::Test).expect("default config");
+    let data = SyntheticMajority::new(&config, Split::Test)?;
     let spots = [[4096, 4096], [20_000, 12_000], [30_000, 30_500]];
-    let canvases: Vec<(Vec<u8>, [usize; 2], [usize; 2])> = spots
-        .iter()
-        .enumerate()
-        .map(|(i, &spot)| {
-            let s = data.sample(i).expect("index in range");
-            let Pixels::F32(values) = &s.image else {
-                unreachable!("generated canvases are f32")
-            };
-            let bytes = values.iter().map(|v| (v * 255.0).round() as u8).collect();
-            (bytes, [s.height, s.width], spot)
-        })
-        .collect();
+    let mut canvases: Vec<(Vec<u8>, [usize; 2], [usize; 2])> = Vec::new();
+    for (i, &spot) in spots.iter().enumerate() {
+        let s = data.sample(i)?;
+        let Pixels::F32(values) = &s.image else {
+            return Err("generated canvases are f32".into());
+        };
+        let bytes = values.iter().map(|v| (v * 255.0).round() as u8).collect();
+        canvases.push((bytes, [s.height, s.width], spot));
+    }
     let levels = vec![[32_768, 32_768], [8192, 8192], [2048, 2048], [512, 512]];
     let spec = PyramidSpec {
         levels: levels.clone(),
@@ -62,10 +59,10 @@ fn main() {
             }
             tile
         },
-    )
-    .expect("writable output");
+    )?;
     eprintln!(
         "{out}: {} tiles, {} stored, {} bytes",
         written.tiles, written.stored, written.bytes
     );
+    Ok(())
 }

@@ -4,8 +4,6 @@
 //! saves after every epoch and prunes what is no longer needed.
 
 use std::collections::BTreeSet;
-use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -22,7 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::report::{EpochFigures, write_json_atomic};
+use crate::report::{EpochFigures, write_atomic, write_json_atomic};
 use crate::{Result, StepMeter, TrainError, TrainedClassifier, TrainingMonitor};
 
 /// The recorder of every checkpoint dbps writes: burn's named MessagePack format at full
@@ -52,19 +50,14 @@ impl<B: Backend> Recorder<B> for CheckpointRecorder {
         mut file: PathBuf,
     ) -> std::result::Result<(), RecorderError> {
         file.set_extension(<Self as FileRecorder<B>>::file_extension());
-        let tmp = file.with_extension("mpk.tmp");
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            RecorderError::Unknown(format!("cannot {what} {}: {e}", tmp.display()))
+        let fail = |e: &dyn std::fmt::Display| {
+            RecorderError::Unknown(format!("cannot write {}: {e}", file.display()))
         };
         if let Some(parent) = file.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| fail("create the folder of", &e))?;
+            std::fs::create_dir_all(parent).map_err(|e| fail(&e))?;
         }
-        let mut writer = BufWriter::new(File::create(&tmp).map_err(|e| fail("create", &e))?);
-        rmp_serde::encode::write_named(&mut writer, &item).map_err(|e| fail("write", &e))?;
-        writer.flush().map_err(|e| fail("write", &e))?;
-        let handle = writer.into_inner().map_err(|e| fail("write", &e))?;
-        handle.sync_all().map_err(|e| fail("sync", &e))?;
-        std::fs::rename(&tmp, &file).map_err(|e| fail("rename", &e))
+        let bytes = rmp_serde::to_vec_named(&item).map_err(|e| fail(&e))?;
+        write_atomic(&file, &bytes).map_err(|e| fail(&e))
     }
 
     fn load_item<I: DeserializeOwned>(

@@ -296,7 +296,13 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
             hits,
             batch: size,
         };
-        self.monitor.tally(&item.clone().stats(), false);
+        // The loss is on the host already; only the hits are read back.
+        let stats = StepStats {
+            loss: value,
+            hits: item.hits.clone().into_data().iter::<i64>().collect(),
+            batch: size,
+        };
+        self.monitor.tally(&stats, false);
         TrainOutput { grads, item }
     }
 }
