@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{stderr, train};
+use common::{metrics, stderr, train};
 use dbps_data::{write_npy, write_safetensors};
 use serde_json::{Value, json};
 
@@ -68,9 +68,7 @@ fn feature_bags_train_and_report_auc() {
     fake_slides(&root);
     let out = train(&dir, &config(&root));
     assert!(out.status.success(), "train failed: {}", stderr(&out));
-    let metrics: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/metrics.json")).unwrap())
-            .unwrap();
+    let metrics = metrics(&dir);
     for method in metrics["methods"].as_array().unwrap() {
         assert_eq!(method["selection"]["n"], 0, "bags have no one N");
         let test = &method["test_best_valid"];

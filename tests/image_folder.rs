@@ -5,7 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{stderr, train};
+use common::{metrics, stderr, train};
 use image::{Rgb, RgbImage};
 use serde_json::{Value, json};
 
@@ -61,9 +61,7 @@ fn image_folder_trains_through_the_real_loader() {
     fake_dataset(&root, [96, 72]);
     let out = train(&dir, &config(&root));
     assert!(out.status.success(), "train failed: {}", stderr(&out));
-    let metrics: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/metrics.json")).unwrap())
-            .unwrap();
+    let metrics = metrics(&dir);
     let method = &metrics["methods"][0];
     assert_eq!(method["epochs"], 1);
     // The carved validation split (one image per class) and the test split were scored.
@@ -178,9 +176,7 @@ fn traffic_signs_train_through_the_real_loader() {
     config["dataset"] = json!({ "traffic_signs": { "root": root, "height": 48, "width": 64, "val_fraction": 0.34, "max_shift": 8 } });
     let out = train(&dir, &config);
     assert!(out.status.success(), "train failed: {}", stderr(&out));
-    let metrics: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("run/metrics.json")).unwrap())
-            .unwrap();
+    let metrics = metrics(&dir);
     // Set2's four kept images (the dropped ones are never opened: they do not exist).
     assert_eq!(metrics["methods"][0]["test_last"]["images"], 4, "{metrics}");
 }

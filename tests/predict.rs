@@ -2,26 +2,17 @@
 //! probabilities of fresh images written as PNG files (a table, JSON), the figure of where each
 //! method looked (outlines checked pixel by pixel against the picks), and bad input named.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use common::{dbps, stderr};
 use dbps_data::{
     ImageSource, Pixels, PyramidSpec, Split, SyntheticMajority, SyntheticMajorityConfig,
     TileCompression, write_tiled_tiff,
 };
 use serde_json::Value;
-
-fn dbps(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dbps"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("the dbps binary runs")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dbps-predict-{name}-{}", std::process::id()));

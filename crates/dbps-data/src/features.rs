@@ -394,7 +394,7 @@ impl ImageSource for FeatureBags {
         [self.dim, 1, widest]
     }
 
-    fn variable_width(&self) -> bool {
+    fn variable_size(&self) -> bool {
         true
     }
 
@@ -492,7 +492,7 @@ mod tests {
         .unwrap();
         let bags = FeatureBags::open(&config(root, 2), Split::Train).unwrap();
         assert_eq!(bags.lengths(), vec![3, 2]);
-        assert!(bags.variable_width());
+        assert!(bags.variable_size());
         assert_eq!(bags.image_size(), [2, 1, 3]);
         let a = bags.sample(0).unwrap();
         assert_eq!((a.channels, a.height, a.width), (2, 1, 3));

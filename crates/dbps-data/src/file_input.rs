@@ -24,6 +24,24 @@ pub enum FileInput {
         /// Width the training images were resized to.
         width: usize,
     },
+    /// Whole-slide images (a `slides` dataset): RGB at the file's own size, kept 8-bit and
+    /// ImageNet-normalised as patches are cut.
+    Rgb,
+}
+
+impl FileInput {
+    /// Channels C of the model input.
+    pub fn channels(&self) -> usize {
+        match self {
+            Self::Gray => 1,
+            Self::Photo { .. } | Self::Rgb => 3,
+        }
+    }
+
+    /// True when values are ImageNet-normalised (else value / 255).
+    pub fn imagenet(&self) -> bool {
+        !matches!(self, Self::Gray)
+    }
 }
 
 impl FileInput {
@@ -54,6 +72,17 @@ impl FileInput {
                 width,
                 targets: Vec::new(),
             },
+            Self::Rgb => {
+                let rgb = image.to_rgb8();
+                let (width, height) = (rgb.width() as usize, rgb.height() as usize);
+                Sample {
+                    image: Pixels::ImageNet8(planar_resized(&rgb, [height, width])),
+                    channels: 3,
+                    height,
+                    width,
+                    targets: Vec::new(),
+                }
+            }
         })
     }
 }
@@ -77,10 +106,13 @@ pub(crate) fn decode(path: &Path) -> Result<DynamicImage, DataError> {
 }
 
 /// `rgb` resized to `height × width` (bilinear) as channel-major bytes `[3, H, W]`.
+/// An image already of that size is copied as it is.
 pub(crate) fn planar_resized(rgb: &RgbImage, [h, w]: [usize; 2]) -> Vec<u8> {
-    let resized = image::imageops::resize(rgb, w as u32, h as u32, FilterType::Triangle);
+    let same = [rgb.height() as usize, rgb.width() as usize] == [h, w];
+    let resized =
+        (!same).then(|| image::imageops::resize(rgb, w as u32, h as u32, FilterType::Triangle));
     let mut pixels = vec![0u8; 3 * h * w];
-    for (i, p) in resized.pixels().enumerate() {
+    for (i, p) in resized.as_ref().unwrap_or(rgb).pixels().enumerate() {
         for c in 0..3 {
             pixels[c * h * w + i] = p[c];
         }

@@ -84,14 +84,21 @@ pub enum Pixels {
     ImageNet8(Vec<u8>),
     /// Values ready for the model (the generated datasets: [0, 1]).
     F32(Vec<f32>),
+    /// A whole-slide image left on disk: the model reads the patches it needs
+    /// ([`crate::SlideSet`]).
+    Slide(std::sync::Arc<crate::SlideImage>),
 }
 
 impl Pixels {
-    /// Number of values.
+    /// Number of values (of a slide: at the level read, were it decoded).
     pub fn len(&self) -> usize {
         match self {
             Self::ImageNet8(v) => v.len(),
             Self::F32(v) => v.len(),
+            Self::Slide(s) => {
+                let [h, w] = s.size();
+                s.input.channels() * h * w
+            }
         }
     }
 

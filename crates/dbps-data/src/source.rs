@@ -10,12 +10,14 @@ pub trait ImageSource: Send + Sync + std::fmt::Debug {
     /// The tasks every sample carries a target for, in target order.
     fn tasks(&self) -> Vec<TaskSpec>;
 
-    /// `[C, H, W]` of every sample (with [`ImageSource::variable_width`], W of the widest).
+    /// `[C, H, W]` of every sample (with [`ImageSource::variable_size`], H and W of the
+    /// largest).
     fn image_size(&self) -> [usize; 3];
 
-    /// True when samples differ in width: bags of patch features, one column per patch
-    /// ([`crate::FeatureBags`]). Batches then keep each sample at its own width.
-    fn variable_width(&self) -> bool {
+    /// True when samples differ in size: bags of patch features differ in width, one column
+    /// per patch ([`crate::FeatureBags`]); slides in both sides ([`crate::SlideSet`]). Batches
+    /// then keep each sample apart, on a patch grid of its own.
+    fn variable_size(&self) -> bool {
         false
     }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use burn::data::dataloader::batcher::Batcher;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor, TensorData};
-use dbps_data::{Pixels, Sample, Target, TaskKind, TaskSpec};
+use dbps_data::{Pixels, Sample, SlideImage, Target, TaskKind, TaskSpec};
 use dbps_tiling::{HostImages, HostPixels, PixelNorm, TilingError};
 
 /// The ground truth of one task for a batch.
@@ -31,12 +31,13 @@ pub enum BatchImages<B: Backend> {
     /// Already a tensor on the device; patches are cut from it (on an autodiff backend the
     /// winners stay on the tape, so gradients reach the pixels).
     Device(Tensor<B, 4>),
-    /// Bags of precomputed features of different lengths, each `[1, D, 1, N_i]` in host
-    /// memory: the model selects and aggregates bag by bag, so no bag is padded and no
-    /// placeholder patch reaches selection or the aggregator.
-    Bags {
-        /// One bag per image of the batch.
-        bags: Vec<Arc<HostImages>>,
+    /// Images of different sizes, each on a patch grid of its own: bags of precomputed
+    /// features (`[1, D, 1, N_i]` in host memory) or slides left on disk. The model selects and
+    /// aggregates image by image, so nothing is padded and no placeholder patch reaches
+    /// selection or the aggregator.
+    Separate {
+        /// One entry per image of the batch.
+        images: Vec<SingleImage>,
         /// Where patches are uploaded.
         device: B::Device,
     },
@@ -56,14 +57,14 @@ impl<B: Backend> BatchImages<B> {
         match self {
             Self::Host { images, .. } => images.batch(),
             Self::Device(images) => images.dims()[0],
-            Self::Bags { bags, .. } => bags.len(),
+            Self::Separate { images, .. } => images.len(),
         }
     }
 
     /// The device patches go to.
     pub fn device(&self) -> B::Device {
         match self {
-            Self::Host { device, .. } | Self::Bags { device, .. } => device.clone(),
+            Self::Host { device, .. } | Self::Separate { device, .. } => device.clone(),
             Self::Device(images) => images.device(),
         }
     }
@@ -78,10 +79,32 @@ impl<B: AutodiffBackend> BatchImages<B> {
                 device: device.clone(),
             },
             Self::Device(images) => BatchImages::Device(images.clone().inner()),
-            Self::Bags { bags, device } => BatchImages::Bags {
-                bags: bags.clone(),
+            Self::Separate { images, device } => BatchImages::Separate {
+                images: images.clone(),
                 device: device.clone(),
             },
+        }
+    }
+}
+
+/// One image of a [`BatchImages::Separate`] batch.
+#[derive(Debug, Clone)]
+pub enum SingleImage {
+    /// `[1, C, H, W]` in host memory (a bag of features: `[1, D, 1, N]`).
+    Host(Arc<HostImages>),
+    /// A whole-slide image whose patches are read from disk as selection asks for them.
+    Slide(Arc<SlideImage>),
+}
+
+impl SingleImage {
+    /// `[H, W]` of the image (of a slide: at the level read).
+    pub fn size(&self) -> [usize; 2] {
+        match self {
+            Self::Host(images) => {
+                let [_, _, h, w] = images.dims();
+                [h, w]
+            }
+            Self::Slide(slide) => slide.size(),
         }
     }
 }
@@ -98,11 +121,15 @@ pub struct ImageBatch<B: Backend> {
 /// The samples' pixels as one host batch: 8-bit photographs stay 8-bit (normalised with the
 /// ImageNet statistics as patches are cut), everything else is f32.
 pub(crate) fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingError> {
+    // A slide's pixels stay on disk (read patch by patch): none of its values are here.
+    if items.iter().any(|s| matches!(s.image, Pixels::Slide(_))) {
+        return Err(TilingError::PixelCount { dims, got: 0 });
+    }
     let bytes: Option<Vec<u8>> = items
         .iter()
         .map(|s| match &s.image {
             Pixels::ImageNet8(v) => Some(v.as_slice()),
-            Pixels::F32(_) => None,
+            Pixels::F32(_) | Pixels::Slide(_) => None,
         })
         .collect::<Option<Vec<_>>>()
         .map(|parts| parts.concat());
@@ -115,6 +142,7 @@ pub(crate) fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImag
         match &s.image {
             Pixels::F32(v) => values.extend_from_slice(v),
             Pixels::ImageNet8(v) => values.extend(imagenet.apply_planar(v, s.height * s.width)),
+            Pixels::Slide(_) => {}
         }
     }
     HostImages::new(HostPixels::F32(values), dims, PixelNorm::identity(dims[1]))
@@ -124,20 +152,23 @@ pub(crate) fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImag
 #[derive(Debug, Clone)]
 pub struct ImageBatcher {
     tasks: Vec<TaskSpec>,
-    bags: bool,
+    separate: bool,
 }
 
 impl ImageBatcher {
     /// A batcher for a dataset with these tasks.
     pub fn new(tasks: Vec<TaskSpec>) -> Self {
-        Self { tasks, bags: false }
+        Self {
+            tasks,
+            separate: false,
+        }
     }
 
-    /// A batcher for a split: bags of features (samples of different widths) stay separate.
+    /// A batcher for a split: samples of different sizes (bags, slides) stay separate.
     pub fn for_split(tasks: Vec<TaskSpec>, split: &crate::ImageDataset) -> Self {
         Self {
             tasks,
-            bags: split.source().variable_width(),
+            separate: split.source().variable_size(),
         }
     }
 }
@@ -145,17 +176,21 @@ impl ImageBatcher {
 impl<B: Backend> Batcher<B, Sample, ImageBatch<B>> for ImageBatcher {
     fn batch(&self, items: Vec<Sample>, device: &B::Device) -> ImageBatch<B> {
         let b = items.len();
-        let images = if self.bags {
-            let bags = items
+        let images = if self.separate {
+            let images = items
                 .iter()
-                .map(|s| {
-                    let dims = [1, s.channels, s.height, s.width];
-                    host_images(std::slice::from_ref(s), dims).map(Arc::new)
+                .map(|s| match &s.image {
+                    Pixels::Slide(slide) => Ok(SingleImage::Slide(Arc::clone(slide))),
+                    _ => {
+                        let dims = [1, s.channels, s.height, s.width];
+                        host_images(std::slice::from_ref(s), dims)
+                            .map(|h| SingleImage::Host(Arc::new(h)))
+                    }
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .expect("ImageDataset::get hands on only samples whose values fill their C×H×W");
-            BatchImages::Bags {
-                bags,
+            BatchImages::Separate {
+                images,
                 device: device.clone(),
             }
         } else {

@@ -3,8 +3,8 @@
 use std::path::{Path, PathBuf};
 
 use dbps_data::{
-    FeatureBagsConfig, ImageFolderConfig, MegapixelMnistConfig, SyntheticDigitsConfig,
-    SyntheticMajorityConfig,
+    FeatureBagsConfig, ImageFolderConfig, MegapixelMnistConfig, SlidesConfig,
+    SyntheticDigitsConfig, SyntheticMajorityConfig,
 };
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
@@ -57,6 +57,8 @@ pub enum DatasetConfig {
     MegapixelMnist(MegapixelMnistConfig),
     /// Bags of precomputed patch features, one file per slide (CAMELYON16).
     FeatureBags(FeatureBagsConfig),
+    /// Whole-slide images (tiled TIFF/BigTIFF) listed in `labels.csv`, patches read from disk.
+    Slides(SlidesConfig),
 }
 
 /// Patch geometry.
@@ -200,19 +202,31 @@ impl RunConfig {
             DatasetConfig::TrafficSigns(c) => [c.height, c.width],
             // Each bag is a 1 × N_i row of features with a grid of its own (see `bags`).
             DatasetConfig::FeatureBags(_) => [1, 1],
+            // Each slide has a grid of its own; this one-patch grid only checks the geometry.
+            DatasetConfig::Slides(_) => [self.patch.size, self.patch.size],
         }
     }
 
-    /// True for bags of precomputed features: N differs from bag to bag, so there is no one
-    /// patch grid; each bag is cut into its own `1 × N_i` grid of 1-px patches and M and S are
-    /// capped at what a bag holds.
+    /// True for bags of precomputed features: each bag is cut into its own `1 × N_i` grid of
+    /// 1-px patches (see [`RunConfig::grid_per_image`]).
     pub fn bags(&self) -> bool {
         matches!(self.dataset, DatasetConfig::FeatureBags(_))
     }
 
-    /// The most salient patches an image can supply: N of the grid, unbounded for bags.
+    /// True when N differs from image to image (feature bags, slides): there is no one patch
+    /// grid; each image is cut into a grid of its own and M and S are capped at what an image
+    /// holds.
+    pub fn grid_per_image(&self) -> bool {
+        matches!(
+            self.dataset,
+            DatasetConfig::FeatureBags(_) | DatasetConfig::Slides(_)
+        )
+    }
+
+    /// The most salient patches an image can supply: N of the grid, unbounded when each image
+    /// has a grid of its own.
     pub fn max_patches(&self) -> Result<usize> {
-        if self.bags() {
+        if self.grid_per_image() {
             Ok(usize::MAX)
         } else {
             Ok(self.grid()?.len())
@@ -244,6 +258,12 @@ impl RunConfig {
         self.encoder.validate()?;
         if let DatasetConfig::FeatureBags(bags) = &self.dataset {
             self.validate_bags(bags)?;
+        }
+        if matches!(self.dataset, DatasetConfig::Slides(_)) && self.aggregator.positional {
+            return Err(config_error(
+                "aggregator.positional",
+                "slides differ in size, so a patch's grid index means a different place on each; set it to false",
+            ));
         }
         if self.methods.is_empty() {
             return Err(config_error(

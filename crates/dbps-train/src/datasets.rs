@@ -10,6 +10,7 @@ use dbps_data::{
 };
 
 use crate::config::{DatasetConfig, RunConfig};
+use crate::renderer::progress_bar;
 use crate::{Result, TrainError};
 
 /// The first sample that failed to load, and who to tell.
@@ -39,6 +40,9 @@ pub struct ImageDataset {
     failure: Arc<Mutex<Failure>>,
     /// The source's samples this split reads (`train.max_images`), or all of them.
     picks: Option<Arc<[usize]>>,
+    /// `[H, W]` of the blank that stands in for a sample that failed to load: the source's
+    /// size, or one patch for sources whose largest sample could be gigapixel.
+    blank_size: [usize; 2],
 }
 
 impl ImageDataset {
@@ -61,7 +65,8 @@ impl ImageDataset {
     }
 
     fn blank(&self) -> Sample {
-        let [c, h, w] = self.source.image_size();
+        let c = self.source.image_size()[0];
+        let [h, w] = self.blank_size;
         Sample {
             image: Pixels::F32(vec![0.0; c * h * w]),
             channels: c,
@@ -88,11 +93,11 @@ impl Dataset<Sample> for ImageDataset {
             None => return None,
         };
         let [c, h, w] = self.source.image_size();
-        let variable = self.source.variable_width();
+        let variable = self.source.variable_size();
         let fits = |s: &Sample| {
-            [s.channels, s.height] == [c, h]
-                && (s.width == w || variable && s.width <= w)
-                && s.image.len() == c * h * s.width
+            s.channels == c
+                && ([s.height, s.width] == [h, w] || variable && s.height <= h && s.width <= w)
+                && s.image.len() == c * s.height * s.width
         };
         let sample = self.source.sample(index).and_then(|s| {
             if fits(&s) {
@@ -167,13 +172,22 @@ impl DatasetConfig {
             Self::ImageFolder(c) => each(|s| ImageFolder::open(c, s)),
             Self::TrafficSigns(c) => each(|s| dbps_data::open_traffic_signs(c, s)),
             Self::FeatureBags(c) => each(|s| dbps_data::FeatureBags::open(c, s)),
+            Self::Slides(c) => each(|s| {
+                let bar = progress_bar(0, &format!("preparing {s:?} slides"));
+                let set = dbps_data::SlideSet::open(c, s, |done, total| {
+                    bar.set_length(total as u64);
+                    bar.set_position(done as u64);
+                });
+                bar.finish_and_clear();
+                set
+            }),
         }
     }
 }
 
 impl DatasetConfig {
-    /// How a new image file is fed to a model trained on this dataset (`dbps predict`), or
-    /// `None` for feature bags, which are not images.
+    /// How a new image file (or a slide's pixels) is fed to a model trained on this dataset
+    /// (`dbps predict`, slide datasets), or `None` for feature bags, which are not images.
     pub fn file_input(&self) -> Option<FileInput> {
         match self {
             Self::SyntheticMajority(_) | Self::SyntheticDigits(_) | Self::MegapixelMnist(_) => {
@@ -183,6 +197,7 @@ impl DatasetConfig {
                 height: c.height,
                 width: c.width,
             }),
+            Self::Slides(c) => Some(c.input()),
             Self::FeatureBags(_) => None,
         }
     }
@@ -193,11 +208,19 @@ impl Splits {
     /// encoder, before any run directory exists.
     pub fn open(config: &RunConfig) -> Result<Self> {
         let failure = Arc::new(Mutex::new(Failure::default()));
+        let patch = config.patch.size;
         let [train, valid, test] = config.dataset.open()?.map(|source| {
+            let [_, h, w] = source.image_size();
+            let blank_size = if source.variable_size() {
+                [h.min(patch), w.min(patch)]
+            } else {
+                [h, w]
+            };
             ImageDataset {
                 source,
                 failure: failure.clone(),
                 picks: None,
+                blank_size,
             }
             .limited(config.train.max_images)
         });
@@ -214,17 +237,22 @@ impl Splits {
         let [c, h, w] = train.source.image_size();
         let [want_h, want_w] = config.image_size();
         let channels = config.encoder.in_channels();
-        // Bags are as wide as they are long; only their height (1) and width D must agree.
-        let width_agrees = w == want_w || train.source.variable_width();
-        if h != want_h || !width_agrees || c != channels {
+        // Bags and slides differ in size; only their channels must agree.
+        let size_agrees = [h, w] == [want_h, want_w] || train.source.variable_size();
+        if !size_agrees || c != channels {
             return Err(TrainError::Config {
                 field: format!("encoder.{}.in_channels", config.encoder.name()),
-                reason: format!(
-                    "images are {c}×{h}×{w} but the model expects {channels}×{want_h}×{want_w}; match the encoder's input channels to the data"
-                ),
+                reason: if train.source.variable_size() {
+                    format!(
+                        "the data has {c} channel(s) but the encoder reads {channels}; match the encoder's input channels to the data"
+                    )
+                } else {
+                    format!(
+                        "images are {c}×{h}×{w} but the model expects {channels}×{want_h}×{want_w}; match the encoder's input channels to the data"
+                    )
+                },
             });
         }
-        let patch = config.patch.size;
         for split in [&train, &valid, &test] {
             if let Some((path, [iw, ih])) = split.source.smallest_file()
                 && iw.min(ih) < patch

@@ -371,6 +371,8 @@ fn display_rgb(sample: &Sample) -> Vec<[u8; 3]> {
         match &sample.image {
             Pixels::ImageNet8(v) => v[channel * plane + i],
             Pixels::F32(v) => (v[channel * plane + i].clamp(0.0, 1.0) * 255.0).round() as u8,
+            // Slides are drawn on their thumbnail, never from a sample's pixels.
+            Pixels::Slide(_) => 0,
         }
     };
     (0..plane)

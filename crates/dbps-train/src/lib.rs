@@ -43,7 +43,7 @@ mod step;
 pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice, pool_probe};
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTrainBackend};
-pub use batch::{BatchImages, ImageBatch, ImageBatcher, TaskTargets};
+pub use batch::{BatchImages, ImageBatch, ImageBatcher, SingleImage, TaskTargets};
 pub use build::build_classifier;
 pub use candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 pub use checkpoint::{
@@ -73,7 +73,7 @@ pub use predict::{
     ImagePrediction, PredictReport, SlideOptions, SlideReading, TaskPrediction, TrainedMethod,
     peak_resident_mib, predict,
 };
-pub use renderer::{ProgressRenderer, hide_progress_bars};
+pub use renderer::{ProgressRenderer, hide_progress_bars, progress_bar, suspend_bars};
 pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
     write_json_atomic,

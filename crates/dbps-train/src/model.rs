@@ -9,10 +9,13 @@ use burn::tensor::{Int, Tensor};
 use dbps_encoder::{Encoder, NativeEncoder, PatchEncoder};
 use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
-use dbps_tiling::{HostImages, PatchDrop, PatchGrid, RemainderPolicy};
+use dbps_tiling::{HostImages, PatchDrop, PatchGrid};
 
+use crate::batch::SingleImage;
 use crate::candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
+use crate::slide_source::{SlideCandidates, tissue_patches};
 use crate::{BatchImages, TrainError};
+use dbps_data::SlideImage;
 use dbps_select::CandidateChunks;
 use dbps_tiling::TilingError;
 use rand::{SeedableRng, rngs::StdRng, seq::SliceRandom};
@@ -98,12 +101,14 @@ impl SelectionPlan {
         }
     }
 
-    /// The plan for one bag of `n` precomputed features: a `1 × n` grid of 1-px patches, the
-    /// same buffers (selection keeps every patch of a bag shorter than M, and fills the
-    /// sub-salient buffer with what is left).
-    pub fn for_bag(&self, n: usize) -> Result<Self, TilingError> {
+    /// The plan for one image of `[height, width]` with a grid of its own (a slide, or a bag of
+    /// features as a `1 × N` image of 1-px patches): the grid is rebuilt with the same patch
+    /// size, stride and remainder policy; the buffers stay (selection keeps every patch of an
+    /// image with fewer than M, and fills the sub-salient buffer with what is left).
+    pub fn for_image(&self, size: [usize; 2]) -> Result<Self, TilingError> {
+        let g = &self.grid;
         Ok(Self {
-            grid: PatchGrid::new([1, n], 1, 1, RemainderPolicy::Drop)?,
+            grid: PatchGrid::new(size, g.patch(), g.stride(), g.remainder())?,
             ..self.clone()
         })
     }
@@ -122,7 +127,33 @@ impl SelectionPlan {
     /// Candidate patches for a batch: in training ⌈(1−r)(N−M)+M⌉ random ones per image (method.md §8),
     /// in evaluation all N; shuffled once per batch when `shuffle` is set (method.md §5.1).
     pub fn candidates(&self, batch: usize, mode: Mode) -> CandidateOrder {
-        let n = self.grid.len();
+        self.draw(None, batch, mode)
+    }
+
+    /// The candidates of one image restricted to `pool` (grid indices: the patches on tissue).
+    /// Evaluation keeps the pool in the order [`SelectionPlan::candidates`] reads the whole
+    /// grid in, so that a slide and the same pixels read as an image agree (selection is
+    /// iterative, so order matters); training shuffles the pool's K patches and keeps
+    /// ⌈(1−r)(K−M)+M⌉ of them.
+    pub fn candidates_among(&self, pool: &[i64], mode: Mode) -> CandidateOrder {
+        match mode {
+            Mode::Train => self.draw(Some(pool), 1, mode),
+            Mode::Eval => {
+                let mut order = self.candidates(1, mode);
+                let mut keep = vec![false; self.grid.len()];
+                for &i in pool {
+                    keep[i as usize] = true;
+                }
+                order.indices.retain(|&i| keep[i as usize]);
+                order.per_image = order.indices.len();
+                order
+            }
+        }
+    }
+
+    /// [`SelectionPlan::candidates`] among `pool` (all N patches when `None`).
+    fn draw(&self, pool: Option<&[i64]>, batch: usize, mode: Mode) -> CandidateOrder {
+        let n = pool.map_or(self.grid.len(), <[i64]>::len);
         let m = self.buffer.salient();
         let dropping = mode == Mode::Train && self.drop.ratio() > 0.0;
         let seed = match mode {
@@ -140,6 +171,7 @@ impl SelectionPlan {
         if self.shuffle {
             shared.shuffle(&mut rng);
         }
+        let grid_index = |i: usize| pool.map_or(i as i64, |p| p[i]);
         let mut indices = Vec::with_capacity(batch * n);
         let mut per_image = n;
         for _ in 0..batch {
@@ -152,7 +184,7 @@ impl SelectionPlan {
                 kept.sort_unstable();
             }
             per_image = kept.len();
-            indices.extend(kept.into_iter().map(|i| i as i64));
+            indices.extend(kept.into_iter().map(grid_index));
         }
         let chunk = if dropping {
             self.drop.chunk(self.buffer.chunk())
@@ -232,11 +264,12 @@ impl<B: Backend> ForwardOutput<B> {
     }
 }
 
-/// Images of one size: a whole batch, or one bag of a [`BatchImages::Bags`] batch.
+/// Images of one size: a whole batch, or one image of a [`BatchImages::Separate`] batch.
 #[derive(Debug, Clone)]
 enum Uniform<B: Backend> {
     Host(Arc<HostImages>, B::Device),
     Device(Tensor<B, 4>),
+    Slide(Arc<SlideImage>, B::Device),
 }
 
 impl<B: Backend> Uniform<B> {
@@ -244,6 +277,7 @@ impl<B: Backend> Uniform<B> {
         match self {
             Self::Host(images, _) => images.batch(),
             Self::Device(images) => images.dims()[0],
+            Self::Slide(..) => 1,
         }
     }
 }
@@ -253,12 +287,34 @@ impl<B: AutodiffBackend> Uniform<B> {
         match self {
             Self::Host(images, device) => Uniform::Host(Arc::clone(images), device.clone()),
             Self::Device(images) => Uniform::Device(images.clone().inner()),
+            Self::Slide(slide, device) => Uniform::Slide(Arc::clone(slide), device.clone()),
         }
     }
 }
 
-/// Runs `per_batch` on a batch of one size, or on each bag with its own plan and stacks the
-/// results.
+/// The candidates a slide offers on `grid`: the patches its tissue mask keeps, or all.
+fn slide_pool(slide: &SlideImage, grid: &PatchGrid) -> Result<Option<Vec<i64>>, TrainError> {
+    let Some(mask) = &slide.tissue else {
+        return Ok(None);
+    };
+    let pool = tissue_patches(grid, slide.size(), mask);
+    if pool.is_empty() {
+        return Err(TrainError::Input {
+            path: slide.slide.path().to_path_buf(),
+            reason: format!(
+                "the tissue mask (Otsu threshold {}) keeps no whole patch of the {}×{} px level {}; set dataset.slides.tissue_mask to false, or use smaller patches",
+                mask.threshold,
+                slide.size()[0],
+                slide.size()[1],
+                slide.level
+            ),
+        });
+    }
+    Ok(Some(pool))
+}
+
+/// Runs `per_batch` on a batch of one size, or on each image of a separate batch with its own
+/// plan and stacks the results.
 fn each_size<B: Backend, Out: Backend>(
     plan: &SelectionPlan,
     images: &BatchImages<B>,
@@ -269,12 +325,24 @@ fn each_size<B: Backend, Out: Backend>(
             per_batch(plan, Uniform::Host(Arc::clone(images), device.clone()))
         }
         BatchImages::Device(images) => per_batch(plan, Uniform::Device(images.clone())),
-        BatchImages::Bags { bags, device } => {
-            let outputs = bags
+        BatchImages::Separate { images, device } => {
+            let outputs = images
                 .iter()
-                .map(|bag| {
-                    let plan = plan.for_bag(bag.dims()[3])?;
-                    per_batch(&plan, Uniform::Host(Arc::clone(bag), device.clone()))
+                .map(|image| {
+                    let plan = plan.for_image(image.size()).map_err(|e| match image {
+                        SingleImage::Slide(slide) => TrainError::Input {
+                            path: slide.slide.path().to_path_buf(),
+                            reason: e.to_string(),
+                        },
+                        SingleImage::Host(_) => e.into(),
+                    })?;
+                    let one = match image {
+                        SingleImage::Host(bag) => Uniform::Host(Arc::clone(bag), device.clone()),
+                        SingleImage::Slide(slide) => {
+                            Uniform::Slide(Arc::clone(slide), device.clone())
+                        }
+                    };
+                    per_batch(&plan, one)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ForwardOutput::stack(outputs))
@@ -301,15 +369,10 @@ impl<B: Backend> PatchClassifier<B> {
     /// the same patch size, stride and remainder policy (prediction on images of any size the
     /// grid allows; an image with fewer patches than M + S has all of them selected).
     pub fn for_image_size(&self, size: [usize; 2]) -> Result<Self, TilingError> {
-        let trained = &self.plan.grid;
-        let grid = PatchGrid::new(size, trained.patch(), trained.stride(), trained.remainder())?;
         Ok(Self {
             encoder: self.encoder.clone(),
             aggregator: self.aggregator.clone(),
-            plan: SelectionPlan {
-                grid,
-                ..self.plan.clone()
-            },
+            plan: self.plan.for_image(size)?,
         })
     }
 
@@ -352,7 +415,14 @@ impl<B: Backend> PatchClassifier<B> {
         images: &Uniform<B>,
         mode: Mode,
     ) -> Result<Selection<B>, TrainError> {
-        let order = plan.candidates(images.batch(), mode);
+        let pool = match images {
+            Uniform::Slide(slide, _) => slide_pool(slide, &plan.grid)?,
+            _ => None,
+        };
+        let order = match &pool {
+            Some(pool) => plan.candidates_among(pool, mode),
+            None => plan.candidates(images.batch(), mode),
+        };
         let buffer = match mode {
             Mode::Train => plan.buffer,
             Mode::Eval => plan.eval_buffer,
@@ -367,6 +437,10 @@ impl<B: Backend> PatchClassifier<B> {
             Uniform::Device(images) => {
                 self.select_from(buffer, &ImageCandidates::new(grid, images.clone(), order))
             }
+            Uniform::Slide(slide, device) => self.select_from(
+                buffer,
+                &SlideCandidates::of_image(slide, *grid, order.indices, device.clone()),
+            ),
         }
     }
 
@@ -478,6 +552,10 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
                 cut_selected_host(grid, images, &positions, m, device)?
             }
             Uniform::Device(images) => cut_selected(grid, images, &positions, m)?,
+            Uniform::Slide(slide, device) => {
+                SlideCandidates::<B>::of_image(slide, *grid, positions, device.clone())
+                    .chunk(0, m)?
+            }
         };
         let indices = Tensor::<B, 2, Int>::from_inner(winners);
         let embeddings = self
@@ -529,6 +607,40 @@ mod tests {
             first.sort_unstable();
             assert_eq!(first, (0..100).collect::<Vec<_>>());
         }
+    }
+
+    /// A pool (the patches on tissue) restricts both modes: evaluation reads it in the order
+    /// the whole grid is read in; training drops ⌈(1−r)(K−M)+M⌉ of its K patches, and with
+    /// the pool equal to the grid draws exactly what `candidates` draws.
+    #[test]
+    fn candidates_among_a_pool() {
+        let pool: Vec<i64> = (0..100).filter(|i| i % 3 == 0).collect(); // K = 34
+        let eval = plan(0.5, true);
+        let whole = eval.candidates(1, Mode::Eval).indices;
+        let among = eval.candidates_among(&pool, Mode::Eval);
+        let filtered: Vec<i64> = whole.into_iter().filter(|i| i % 3 == 0).collect();
+        assert_eq!(among.indices, filtered);
+        assert_eq!((among.per_image, among.chunk), (34, 16));
+
+        let train = plan(0.5, true).candidates_among(&pool, Mode::Train);
+        assert_eq!(train.per_image, 22); // ⌈0.5·24 + 10⌉
+        assert_eq!(train.indices.len(), 22);
+        assert!(train.indices.iter().all(|i| i % 3 == 0), "{train:?}");
+        let mut distinct = train.indices.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 22);
+
+        let all: Vec<i64> = (0..100).collect();
+        let (a, b) = (plan(0.5, true), plan(0.5, true));
+        assert_eq!(
+            a.candidates_among(&all, Mode::Train),
+            b.candidates(1, Mode::Train)
+        );
+        let sorted = plan(0.5, false)
+            .candidates_among(&pool, Mode::Train)
+            .indices;
+        assert!(sorted.windows(2).all(|w| w[0] < w[1]), "{sorted:?}");
     }
 
     #[test]

@@ -141,22 +141,17 @@ impl<B: Backend> TrainedMethod<B> {
             ),
         })?;
         let grid = model.plan().grid;
-        // The order evaluation reads an image's patches in (shuffled when the plan says so):
-        // selection is iterative, so a slide and the same pixels as an image agree only when
-        // their candidates come in the same order.
-        let order = model.plan().candidates(1, Mode::Eval).indices;
-        let (indices, threshold) = if options.tissue_mask {
-            let (thumbnail, size) = slide.thumbnail(MASK_THUMBNAIL)?;
-            let mask = TissueMask::otsu(&thumbnail, size);
-            let mut keep = vec![false; grid.len()];
-            for i in tissue_patches(&grid, l.size, &mask) {
-                keep[i as usize] = true;
-            }
-            let kept = order.into_iter().filter(|&i| keep[i as usize]).collect();
-            (kept, Some(mask.threshold))
+        let (order, threshold) = if options.tissue_mask {
+            let mask = TissueMask::of_slide(slide)?;
+            let pool = tissue_patches(&grid, l.size, &mask);
+            (
+                model.plan().candidates_among(&pool, Mode::Eval),
+                Some(mask.threshold),
+            )
         } else {
-            (order, None)
+            (model.plan().candidates(1, Mode::Eval), None)
         };
+        let indices = order.indices;
         if indices.is_empty() {
             return Err(TrainError::Input {
                 path: path.to_path_buf(),
@@ -182,7 +177,8 @@ impl<B: Backend> TrainedMethod<B> {
             indices,
             self.file_input()?,
             device.clone(),
-        );
+        )
+        .with_progress();
         Ok((model, source, reading))
     }
 
@@ -314,9 +310,6 @@ pub struct ImagePrediction {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slide: Option<SlideReading>,
 }
-
-/// Longest side of the thumbnail the tissue mask is computed on.
-const MASK_THUMBNAIL: usize = 1024;
 
 /// How `dbps predict` and `dbps explain` read whole-slide images (tiled TIFF and BigTIFF).
 #[derive(Debug, Clone, Copy, PartialEq)]

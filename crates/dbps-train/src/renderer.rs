@@ -5,9 +5,10 @@ use burn_train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 static BARS_HIDDEN: AtomicBool = AtomicBool::new(false);
 
@@ -16,17 +17,31 @@ pub fn hide_progress_bars() {
     BARS_HIDDEN.store(true, Ordering::Relaxed);
 }
 
+/// Every bar of the process draws through one `MultiProgress`, so that bars open at once (a
+/// reproduction's rows around each row's training) stack instead of overwriting one line.
+fn bars() -> &'static MultiProgress {
+    static BARS: OnceLock<MultiProgress> = OnceLock::new();
+    BARS.get_or_init(MultiProgress::new)
+}
+
 fn new_bar(len: u64) -> ProgressBar {
     if BARS_HIDDEN.load(Ordering::Relaxed) {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(len)
+        bars().add(ProgressBar::new(len))
     }
 }
 
-/// A bar over `len` items of long work (evaluation, prediction) labelled `prefix`; indicatif
-/// hides it when stderr is not a terminal, and [`hide_progress_bars`] hides it always.
-pub(crate) fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
+/// Runs `print` with every bar cleared from the terminal, then draws them again below what
+/// it wrote (a binary's own log lines).
+pub fn suspend_bars<R>(print: impl FnOnce() -> R) -> R {
+    bars().suspend(print)
+}
+
+/// A bar over `len` items of long work (data preparation, evaluation, prediction,
+/// reproduction) labelled `prefix`; indicatif hides it when stderr is not a terminal, and
+/// [`hide_progress_bars`] hides it always.
+pub fn progress_bar(len: usize, prefix: &str) -> ProgressBar {
     let bar = new_bar(len as u64).with_prefix(prefix.to_string());
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")

@@ -221,8 +221,12 @@ pub fn train_method<B: AutodiffBackend>(
     Ok(MethodReport {
         method: method.name.clone(),
         selection: SelectionFigures {
-            // Bags of features have no one N.
-            n: if config.bags() { 0 } else { plan.grid.len() },
+            // Bags of features and slides have no one N.
+            n: if config.grid_per_image() {
+                0
+            } else {
+                plan.grid.len()
+            },
             m: plan.buffer.salient(),
             m_eval: plan.eval_buffer.salient(),
             s: plan.buffer.sub_salient(),

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use dbps_data::{DataError, FileInput, Slide, TissueMask};
+use dbps_data::{DataError, FileInput, Slide, SlideImage, TissueMask};
 use dbps_select::CandidateChunks;
 use dbps_tiling::PatchGrid;
 use indicatif::ProgressBar;
@@ -23,15 +23,9 @@ struct SlidePixels {
 
 impl SlidePixels {
     fn new(input: FileInput) -> Self {
-        match input {
-            FileInput::Gray => Self {
-                channels: 1,
-                imagenet: false,
-            },
-            FileInput::Photo { .. } => Self {
-                channels: 3,
-                imagenet: true,
-            },
+        Self {
+            channels: input.channels(),
+            imagenet: input.imagenet(),
         }
     }
 
@@ -74,7 +68,7 @@ pub struct SlideCandidates<B: Backend> {
     pixels: SlidePixels,
     device: B::Device,
     touched: Mutex<BTreeSet<usize>>,
-    bar: ProgressBar,
+    bar: Option<ProgressBar>,
 }
 
 impl<B: Backend> SlideCandidates<B> {
@@ -94,9 +88,35 @@ impl<B: Backend> SlideCandidates<B> {
             grid,
             pixels: SlidePixels::new(input),
             device,
-            bar: progress_bar(indices.len(), "slide patches"),
+            bar: None,
             indices,
             touched: Mutex::default(),
+        }
+    }
+
+    /// Candidates `indices` of `grid` over a dataset's slide, at its level and input.
+    pub fn of_image(
+        image: &SlideImage,
+        grid: PatchGrid,
+        indices: Vec<i64>,
+        device: B::Device,
+    ) -> Self {
+        Self::new(
+            Arc::clone(&image.slide),
+            image.level,
+            grid,
+            indices,
+            image.input,
+            device,
+        )
+    }
+
+    /// The same candidates, showing a progress bar as chunks are read (one slide read for
+    /// `predict`; training steps read many and show none).
+    pub fn with_progress(self) -> Self {
+        Self {
+            bar: Some(progress_bar(self.indices.len(), "slide patches")),
+            ..self
         }
     }
 
@@ -117,8 +137,11 @@ impl<B: Backend> SlideCandidates<B> {
 /// The patches of `grid` over an image of `image_size` that overlap tissue on `mask`.
 pub fn tissue_patches(grid: &PatchGrid, image_size: [usize; 2], mask: &TissueMask) -> Vec<i64> {
     let p = grid.patch();
-    (0..grid.len())
-        .filter(|&i| mask.covers(image_size, grid.origin(i), [p, p]))
+    let cols = grid.cols();
+    let ys: Vec<usize> = (0..grid.rows()).map(|r| grid.origin(r * cols)[0]).collect();
+    let xs: Vec<usize> = (0..cols).map(|c| grid.origin(c)[1]).collect();
+    mask.covered_cells(image_size, &ys, &xs, [p, p])
+        .into_iter()
         .map(|i| i as i64)
         .collect()
 }
@@ -164,12 +187,14 @@ impl<B: Backend> CandidateChunks<B> for SlideCandidates<B> {
                 .planar(&region, self.slide.channels(), &mut values);
         }
         // Selection and the attention map each read every chunk once, from 0.
-        if start == 0 {
-            self.bar.reset();
-        }
-        self.bar.set_position(end as u64);
-        if end == self.indices.len() {
-            self.bar.finish_and_clear();
+        if let Some(bar) = &self.bar {
+            if start == 0 {
+                bar.reset();
+            }
+            bar.set_position(end as u64);
+            if end == self.indices.len() {
+                bar.finish_and_clear();
+            }
         }
         Ok(Tensor::from_data(
             TensorData::new(values, [end - start, c, p, p]),

@@ -18,7 +18,8 @@ use dbps_select::DualBuffer;
 use dbps_tiling::{HostImages, HostPixels, PatchDrop, PatchGrid, PixelNorm, RemainderPolicy};
 use dbps_train::{
     BatchImages, EfficiencyFigures, ImageBatch, MeteredOptimizer, PatchClassifier, SelectionEngine,
-    SelectionPlan, StepMeter, TaskTargets, TrainedClassifier, TrainingMonitor, pool_probe,
+    SelectionPlan, SingleImage, StepMeter, TaskTargets, TrainedClassifier, TrainingMonitor,
+    pool_probe,
 };
 use serde::Serialize;
 
@@ -90,10 +91,10 @@ fn random_batch<B: Backend>(geometry: &Geometry, device: &B::Device) -> ImageBat
     let images = if geometry.bags {
         let per_bag = values.len() / BATCH;
         let bag_shape = [1, shape[1], shape[2], shape[3]];
-        BatchImages::Bags {
-            bags: values
+        BatchImages::Separate {
+            images: values
                 .chunks(per_bag)
-                .map(|bag| Arc::new(host(bag.to_vec(), bag_shape)))
+                .map(|bag| SingleImage::Host(Arc::new(host(bag.to_vec(), bag_shape))))
                 .collect(),
             device: device.clone(),
         }

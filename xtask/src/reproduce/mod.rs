@@ -49,7 +49,7 @@ pub struct ReproduceArgs {
 }
 
 fn log(msg: impl AsRef<str>) {
-    eprintln!("[reproduce] {}", msg.as_ref());
+    dbps_train::suspend_bars(|| eprintln!("[reproduce] {}", msg.as_ref()));
 }
 
 /// Runs the selected rows and writes the tables.
@@ -106,7 +106,9 @@ fn reproduce<B: AutodiffBackend>(
     let mut results: Vec<RowResult> = Vec::new();
     // Rows of several tables share configs: each config's cost and accuracy are measured once.
     let mut done: BTreeMap<(bool, PathBuf), RowResult> = BTreeMap::new();
+    let bar = dbps_train::progress_bar(rows.len(), "reproduction rows");
     for (i, (table, row)) in rows.iter().enumerate() {
+        bar.set_position(i as u64);
         let dataset = tables.dataset(row)?;
         let inference = *table == paper::Table::Three;
         let key = row.config.clone().map(|c| (inference, c));
@@ -162,6 +164,7 @@ fn reproduce<B: AutodiffBackend>(
         results.push(result);
         write::json(&out.join("results.json"), &results)?;
     }
+    bar.finish_and_clear();
     write::tables(&out, &tables, &results, device_name, args.quick)?;
     log(format!(
         "done in {:.0} s: {}",

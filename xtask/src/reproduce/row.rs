@@ -106,6 +106,7 @@ pub fn resolve(
         DatasetConfig::ImageFolder(c) | DatasetConfig::TrafficSigns(c) => c.root.clone(),
         DatasetConfig::MegapixelMnist(c) => c.digits_dir.clone(),
         DatasetConfig::FeatureBags(c) => c.root.clone(),
+        DatasetConfig::Slides(c) => c.root.clone(),
         DatasetConfig::SyntheticDigits(_) | DatasetConfig::SyntheticMajority(_) => PathBuf::new(),
     };
     Ok(ResolvedConfig {

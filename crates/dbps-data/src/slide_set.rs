@@ -1,0 +1,512 @@
+//! Whole-slide images as a training dataset: tiled (Big)TIFF pyramids listed in a
+//! `labels.csv`. A sample is a handle on one open slide, not its pixels: the model reads the
+//! patches it needs through the slide's tile cache, so a batch of slides costs the caches and
+//! one chunk of patches, never a decoded slide.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::folder::carve_validation;
+use crate::{
+    DataError, FileInput, ImageSource, Pixels, Sample, Slide, Split, Target, TaskSpec, TissueMask,
+};
+
+/// Settings of a slide dataset (`dataset.slides` in a run config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlidesConfig {
+    /// The folder holding `labels.csv`; slide paths in it are relative to this folder.
+    pub root: PathBuf,
+    /// Requested downsample of level 0: each slide is read at its most reduced pyramid level
+    /// that is not coarser than this (1 = full resolution).
+    #[serde(default = "one")]
+    pub downsample: f64,
+    /// Encode only patches on tissue (Otsu threshold on a thumbnail, computed once per slide
+    /// when the dataset opens).
+    #[serde(default = "yes")]
+    pub tissue_mask: bool,
+    /// 3: RGB, ImageNet-normalised (pathology, satellite); 1: gray, value / 255.
+    #[serde(default = "three")]
+    pub channels: usize,
+    /// Decoded tiles kept per open slide, in MiB (a batch holds one cache per slide).
+    #[serde(default = "default_cache_mib")]
+    pub cache_mib: usize,
+    /// Share of each training class held out for validation when `labels.csv` lists no `val`
+    /// slide.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Seed of the validation carve-out.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn three() -> usize {
+    3
+}
+
+fn default_cache_mib() -> usize {
+    64
+}
+
+fn default_val_fraction() -> f64 {
+    0.1
+}
+
+impl SlidesConfig {
+    /// A config reading `root` with every other setting at its default.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            downsample: one(),
+            tissue_mask: yes(),
+            channels: three(),
+            cache_mib: default_cache_mib(),
+            val_fraction: default_val_fraction(),
+            seed: 0,
+        }
+    }
+
+    /// How the slides' pixels become model input.
+    pub fn input(&self) -> FileInput {
+        if self.channels == 1 {
+            FileInput::Gray
+        } else {
+            FileInput::Rgb
+        }
+    }
+
+    fn check(&self) -> Result<(), DataError> {
+        let bad = |field, reason: String| Err(DataError::Config { field, reason });
+        if !(self.downsample.is_finite() && self.downsample >= 1.0) {
+            return bad(
+                "dataset.slides.downsample",
+                format!("{} must be 1 (full resolution) or more", self.downsample),
+            );
+        }
+        if !matches!(self.channels, 1 | 3) {
+            return bad(
+                "dataset.slides.channels",
+                format!("{} is neither 3 (RGB) nor 1 (gray)", self.channels),
+            );
+        }
+        if self.cache_mib == 0 {
+            return bad(
+                "dataset.slides.cache_mib",
+                "must be at least 1 (MiB of decoded tiles per open slide)".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad(
+                "dataset.slides.val_fraction",
+                format!("{} must lie in [0, 1)", self.val_fraction),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// One slide of a dataset as a sample carries it: the open file, the pyramid level read, how
+/// pixels become model input, and the tissue mask (if any) that decides which patches exist.
+#[derive(Debug)]
+pub struct SlideImage {
+    /// The open slide, with its tile cache.
+    pub slide: Arc<Slide>,
+    /// Pyramid level read (0 = full resolution).
+    pub level: usize,
+    /// How pixels become model input.
+    pub input: FileInput,
+    /// Background patches are never encoded when set.
+    pub tissue: Option<Arc<TissueMask>>,
+}
+
+impl SlideImage {
+    /// `[height, width]` of the level read.
+    pub fn size(&self) -> [usize; 2] {
+        self.slide.levels()[self.level].size
+    }
+}
+
+impl PartialEq for SlideImage {
+    /// The same file, level, input and mask: the same sample.
+    fn eq(&self, other: &Self) -> bool {
+        self.slide.path() == other.slide.path()
+            && self.level == other.level
+            && self.input == other.input
+            && self.tissue == other.tissue
+    }
+}
+
+/// One listed slide, as far as opening the dataset read it.
+#[derive(Debug)]
+struct SlideEntry {
+    path: PathBuf,
+    class: usize,
+    level: usize,
+    size: [usize; 2],
+    tissue: Option<Arc<TissueMask>>,
+}
+
+/// One split of a slide dataset.
+///
+/// `labels.csv` (header `slide,label,split`) names each slide's file relative to the root, its
+/// class (any text; the classes are the distinct labels of the whole file, sorted) and its split
+/// (`train`, `val` or `test`; without any `val` line a seeded `val_fraction` of each training
+/// class is held out). Opening reads every slide's header and, with `tissue_mask`, its
+/// thumbnail; a slide that is not a tiled TIFF or shows no tissue fails here, naming the file.
+#[derive(Debug)]
+pub struct SlideSet {
+    slides: Vec<SlideEntry>,
+    classes: Vec<String>,
+    input: FileInput,
+    cache_bytes: usize,
+}
+
+/// The lines of `labels.csv`: `(slide path, label, split)`, checked.
+fn read_labels(config: &SlidesConfig) -> Result<Vec<(PathBuf, String, String)>, DataError> {
+    let labels = config.root.join("labels.csv");
+    let text = std::fs::read_to_string(&labels).map_err(|_| DataError::Missing {
+        what: "labels.csv",
+        path: labels.clone(),
+        fix: "put labels.csv (slide,label,split) in dataset.slides.root",
+    })?;
+    let fix = "each line is slide,label,split: the slide's file relative to the root, its class, and train, val or test";
+    let bad = |problem: String| DataError::Folder {
+        path: labels.clone(),
+        problem,
+        fix: fix.into(),
+    };
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, header))
+            if header
+                .split(',')
+                .map(str::trim)
+                .eq(["slide", "label", "split"]) => {}
+        _ => return Err(bad("line 1 is not the header `slide,label,split`".into())),
+    }
+    let mut rows = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (number, line) in lines {
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let at = |problem: String| bad(format!("line {}: {problem}", number + 1));
+        let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+        let [slide, label, split] = fields.as_slice() else {
+            return Err(at(format!("{} fields, not 3", fields.len())));
+        };
+        if slide.is_empty() || label.is_empty() {
+            return Err(at("the slide or the label is empty".into()));
+        }
+        if !matches!(*split, "train" | "val" | "test") {
+            return Err(at(format!("split `{split}` is not train, val or test")));
+        }
+        if !seen.insert(slide.to_string()) {
+            return Err(at(format!("slide `{slide}` is listed twice")));
+        }
+        let path = config.root.join(slide);
+        if !path.is_file() {
+            return Err(DataError::Folder {
+                path,
+                problem: format!(
+                    "slide `{slide}` of labels.csv line {} does not exist",
+                    number + 1
+                ),
+                fix: "put the slide there, or drop its line from labels.csv".into(),
+            });
+        }
+        rows.push((path, label.to_string(), split.to_string()));
+    }
+    Ok(rows)
+}
+
+impl SlideSet {
+    /// Opens `split`, calling `prepared(done, total)` after each slide's header (and tissue
+    /// mask) has been read, so that a caller can show progress.
+    pub fn open(
+        config: &SlidesConfig,
+        split: Split,
+        mut prepared: impl FnMut(usize, usize),
+    ) -> Result<Self, DataError> {
+        config.check()?;
+        let rows = read_labels(config)?;
+        let classes: Vec<String> = rows
+            .iter()
+            .map(|(_, label, _)| label.clone())
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let class_of = |label: &str| classes.iter().position(|c| c == label).unwrap_or(0);
+        let has_val = rows.iter().any(|(_, _, s)| s == "val");
+        let listed = |want: &str| -> Vec<(usize, Vec<PathBuf>)> {
+            let mut by_class: Vec<(usize, Vec<PathBuf>)> =
+                (0..classes.len()).map(|c| (c, Vec::new())).collect();
+            for (path, label, which) in &rows {
+                if which == want {
+                    by_class[class_of(label)].1.push(path.clone());
+                }
+            }
+            by_class
+        };
+        let chosen = match split {
+            Split::Test => listed("test"),
+            Split::Valid if has_val => listed("val"),
+            Split::Train if has_val => listed("train"),
+            Split::Train | Split::Valid => {
+                carve_validation(listed("train"), config.val_fraction, config.seed, split)
+            }
+        };
+        let total = chosen.iter().map(|(_, files)| files.len()).sum();
+        let mut slides = Vec::with_capacity(total);
+        for (class, files) in chosen {
+            for path in files {
+                // Headers and the thumbnail only: a small cache is enough.
+                let slide = Slide::open(&path, 8 << 20)?;
+                let level = slide.level_for(config.downsample);
+                let size = slide.levels()[level].size;
+                let tissue = if config.tissue_mask {
+                    let mask = TissueMask::of_slide(&slide)?;
+                    if !mask.any() {
+                        return Err(DataError::Folder {
+                            path,
+                            problem: format!(
+                                "the tissue mask (Otsu threshold {}) finds no tissue",
+                                mask.threshold
+                            ),
+                            fix: "drop the slide from labels.csv, or set dataset.slides.tissue_mask to false".into(),
+                        });
+                    }
+                    Some(Arc::new(mask))
+                } else {
+                    None
+                };
+                slides.push(SlideEntry {
+                    path,
+                    class,
+                    level,
+                    size,
+                    tissue,
+                });
+                prepared(slides.len(), total);
+            }
+        }
+        slides.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Self {
+            slides,
+            classes,
+            input: config.input(),
+            cache_bytes: config.cache_mib << 20,
+        })
+    }
+
+    /// The class names, in target order.
+    pub fn classes(&self) -> &[String] {
+        &self.classes
+    }
+}
+
+impl ImageSource for SlideSet {
+    fn tasks(&self) -> Vec<TaskSpec> {
+        vec![TaskSpec::softmax("label", self.classes.len())]
+    }
+
+    fn image_size(&self) -> [usize; 3] {
+        let largest = |i: usize| self.slides.iter().map(|s| s.size[i]).max().unwrap_or(0);
+        [self.input.channels(), largest(0), largest(1)]
+    }
+
+    fn variable_size(&self) -> bool {
+        true
+    }
+
+    fn len(&self) -> usize {
+        self.slides.len()
+    }
+
+    fn sample(&self, index: usize) -> Result<Sample, DataError> {
+        let entry = self.slides.get(index).ok_or(DataError::IndexOutOfRange {
+            index,
+            len: self.slides.len(),
+        })?;
+        let slide = Slide::open(&entry.path, self.cache_bytes)?;
+        if slide.levels().get(entry.level).map(|l| l.size) != Some(entry.size) {
+            return Err(DataError::Folder {
+                path: entry.path.clone(),
+                problem: "its pyramid changed since the dataset was opened".into(),
+                fix: "leave the slides alone while a run reads them, then start the run again"
+                    .into(),
+            });
+        }
+        let image = SlideImage {
+            slide: Arc::new(slide),
+            level: entry.level,
+            input: self.input,
+            tissue: entry.tissue.clone(),
+        };
+        Ok(Sample {
+            image: Pixels::Slide(Arc::new(image)),
+            channels: self.input.channels(),
+            height: entry.size[0],
+            width: entry.size[1],
+            targets: vec![Target::Class(entry.class)],
+        })
+    }
+
+    fn smallest_file(&self) -> Option<(&Path, [usize; 2])> {
+        self.slides
+            .iter()
+            .min_by_key(|s| s.size[0].min(s.size[1]))
+            .map(|s| (s.path.as_path(), [s.size[1], s.size[0]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PyramidSpec, TileCompression, write_tiled_tiff};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("dbps-slideset-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A 128 × 192 gray slide with a half-size level, black but for a bright square.
+    fn slide(path: &Path) {
+        let spec = PyramidSpec {
+            levels: vec![[128, 192], [64, 96]],
+            tile: 32,
+            channels: 1,
+            compression: TileCompression::Deflate,
+            big: false,
+        };
+        write_tiled_tiff(path, &spec, |level, [y, x], side| {
+            let d = 1 << level;
+            let mut tile = vec![0u8; side * side];
+            for ty in 0..side {
+                for tx in 0..side {
+                    let (fy, fx) = ((y + ty) * d, (x + tx) * d);
+                    if (32..64).contains(&fy) && (64..96).contains(&fx) {
+                        tile[ty * side + tx] = 220;
+                    }
+                }
+            }
+            tile
+        })
+        .unwrap();
+    }
+
+    fn dataset(root: &Path, lines: &[&str]) {
+        for line in lines {
+            let name = line.split(',').next().unwrap();
+            slide(&root.join(name));
+        }
+        let text = format!("slide,label,split\n{}\n", lines.join("\n"));
+        std::fs::write(root.join("labels.csv"), text).unwrap();
+    }
+
+    #[test]
+    fn splits_classes_levels_and_masks_come_from_labels_csv() {
+        let root = scratch("ok");
+        dataset(
+            &root,
+            &[
+                "a.tif,tumor,train",
+                "b.tif,normal,train",
+                "c.tif,tumor,val",
+                "d.tif,normal,test",
+            ],
+        );
+        let config = SlidesConfig {
+            downsample: 2.0,
+            channels: 1,
+            ..SlidesConfig::new(&root)
+        };
+        let mut progress = Vec::new();
+        let train = SlideSet::open(&config, Split::Train, |d, t| progress.push((d, t))).unwrap();
+        assert_eq!(progress, [(1, 2), (2, 2)]);
+        assert_eq!(train.classes(), ["normal", "tumor"]);
+        assert_eq!(train.len(), 2);
+        assert_eq!(train.image_size(), [1, 64, 96]);
+        let a = train.sample(0).unwrap();
+        assert_eq!(a.targets, [Target::Class(1)], "a.tif is tumor");
+        let Pixels::Slide(image) = &a.image else {
+            panic!("a slide sample holds a slide handle")
+        };
+        assert_eq!((image.level, image.size()), (1, [64, 96]));
+        let mask = image.tissue.as_ref().expect("tissue_mask defaults to true");
+        // The bright square covers level-1 pixels [16, 32) × [32, 48).
+        assert!(mask.covers([64, 96], [20, 36], [4, 4]));
+        assert!(!mask.covers([64, 96], [50, 2], [8, 8]));
+        let valid = SlideSet::open(&config, Split::Valid, |_, _| {}).unwrap();
+        assert_eq!(valid.slides[0].path, root.join("c.tif"));
+        let test = SlideSet::open(&config, Split::Test, |_, _| {}).unwrap();
+        assert_eq!(test.sample(0).unwrap().targets, [Target::Class(0)]);
+    }
+
+    #[test]
+    fn bad_labels_and_slides_are_named() {
+        let root = scratch("bad");
+        dataset(&root, &["a.tif,x,train"]);
+        let config = SlidesConfig::new(&root);
+        let error = |text: &str| {
+            std::fs::write(root.join("labels.csv"), text).unwrap();
+            SlideSet::open(&config, Split::Train, |_, _| {})
+                .unwrap_err()
+                .to_string()
+        };
+        let e = error("slide,label,split\nmissing.tif,x,train\n");
+        assert!(
+            e.contains("missing.tif") && e.contains("does not exist"),
+            "{e}"
+        );
+        let e = error("slide,label,split\na.tif,x,training\n");
+        assert!(e.contains("line 2") && e.contains("`training`"), "{e}");
+        let e = error("name,label\n");
+        assert!(e.contains("header"), "{e}");
+        let e = error("slide,label,split\na.tif,x,train\na.tif,y,test\n");
+        assert!(e.contains("listed twice"), "{e}");
+        std::fs::write(root.join("not-a-slide.tif"), b"hello").unwrap();
+        let e = error("slide,label,split\nnot-a-slide.tif,x,train\n");
+        assert!(e.contains("not-a-slide.tif"), "{e}");
+        let e = SlideSet::open(
+            &SlidesConfig {
+                downsample: 0.5,
+                ..config.clone()
+            },
+            Split::Train,
+            |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("dataset.slides.downsample"), "{e}");
+        // A blank slide has no tissue to find.
+        write_tiled_tiff(
+            &root.join("blank.tif"),
+            &PyramidSpec {
+                levels: vec![[64, 64]],
+                tile: 32,
+                channels: 1,
+                compression: TileCompression::None,
+                big: false,
+            },
+            |_, _, side| vec![0; side * side],
+        )
+        .unwrap();
+        let e = error("slide,label,split\nblank.tif,x,train\n");
+        assert!(e.contains("blank.tif") && e.contains("no tissue"), "{e}");
+    }
+}
