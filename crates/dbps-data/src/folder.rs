@@ -163,7 +163,12 @@ impl ImageFolder {
     /// Opens `split` under `config.root`. Every file's header is read now, so a file that is
     /// not an image fails here, naming it; without `val/`, a seeded `val_fraction` of each
     /// training class is the validation split (and is left out of training).
-    pub fn open(config: &ImageFolderConfig, split: Split) -> Result<Self, DataError> {
+    /// `prepared(done, total)` follows the header reads, for a progress bar.
+    pub fn open(
+        config: &ImageFolderConfig,
+        split: Split,
+        prepared: impl FnMut(usize, usize),
+    ) -> Result<Self, DataError> {
         if config.height == 0 || config.width == 0 {
             return Err(DataError::Config {
                 field: "dataset.image_folder.height/width",
@@ -223,20 +228,23 @@ impl ImageFolder {
             .into_iter()
             .flat_map(|(label, files)| files.into_iter().map(move |f| (f, label)))
             .collect();
-        Self::from_files(config, classes, files, split)
+        Self::from_files(config, classes, files, split, prepared)
     }
 
     /// A split over labelled `files` (`(path, label)`), decoded and augmented as `config`
-    /// says; every file's header is read now. Other layouts (the traffic signs) build on this.
+    /// says; every file's header is read now, `prepared(done, total)` following the reads.
+    /// Other layouts (the traffic signs) build on this.
     pub fn from_files(
         config: &ImageFolderConfig,
         classes: Vec<String>,
         files: Vec<(PathBuf, usize)>,
         split: Split,
+        mut prepared: impl FnMut(usize, usize),
     ) -> Result<Self, DataError> {
         let mut smallest: Option<(PathBuf, [u32; 2])> = None;
-        for (path, _) in &files {
+        for (done, (path, _)) in files.iter().enumerate() {
             let [w, h] = image_size(path)?;
+            prepared(done + 1, files.len());
             if smallest
                 .as_ref()
                 .is_none_or(|(_, [sw, sh])| w.min(h) < (*sw).min(*sh))
@@ -398,8 +406,8 @@ mod tests {
     #[test]
     fn validation_is_a_seeded_disjoint_share_of_each_training_class() {
         let cfg = config(tree("carve", 10));
-        let train = ImageFolder::open(&cfg, Split::Train).unwrap();
-        let valid = ImageFolder::open(&cfg, Split::Valid).unwrap();
+        let train = ImageFolder::open(&cfg, Split::Train, |_, _| {}).unwrap();
+        let valid = ImageFolder::open(&cfg, Split::Valid, |_, _| {}).unwrap();
         assert_eq!((train.len(), valid.len()), (14, 6));
         for (path, _) in &valid.files {
             assert!(
@@ -410,9 +418,14 @@ mod tests {
         for label in 0..2 {
             assert_eq!(valid.files.iter().filter(|(_, l)| *l == label).count(), 3);
         }
-        let again = ImageFolder::open(&cfg, Split::Valid).unwrap();
+        let again = ImageFolder::open(&cfg, Split::Valid, |_, _| {}).unwrap();
         assert_eq!(again.files, valid.files);
-        let other = ImageFolder::open(&ImageFolderConfig { seed: 6, ..cfg }, Split::Valid).unwrap();
+        let other = ImageFolder::open(
+            &ImageFolderConfig { seed: 6, ..cfg },
+            Split::Valid,
+            |_, _| {},
+        )
+        .unwrap();
         assert_ne!(other.files, valid.files);
     }
 
@@ -421,7 +434,10 @@ mod tests {
     #[test]
     fn only_training_samples_are_augmented() {
         let cfg = config(tree("augment", 2));
-        let test = ImageFolder::open(&cfg, Split::Test).unwrap();
+        let mut progress = Vec::new();
+        let test = ImageFolder::open(&cfg, Split::Test, |d, t| progress.push((d, t))).unwrap();
+        let n = test.len();
+        assert_eq!(progress, (1..=n).map(|d| (d, n)).collect::<Vec<_>>());
         let a = test.sample(1).unwrap();
         assert_eq!(a.image, test.sample(1).unwrap().image);
         let Pixels::ImageNet8(values) = &a.image else {
@@ -429,7 +445,7 @@ mod tests {
         };
         // Pixel (0, 0) of class a, file 1: red 10, green 0; pixel (0, 1): red 15.
         assert_eq!((values[0], values[1], values[200]), (10, 15, 0));
-        let train = ImageFolder::open(&cfg, Split::Train).unwrap();
+        let train = ImageFolder::open(&cfg, Split::Train, |_, _| {}).unwrap();
         let first = train.sample(0).unwrap();
         let second = train.sample(0).unwrap();
         assert_eq!(first.image.len(), 3 * 10 * 20);

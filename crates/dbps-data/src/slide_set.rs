@@ -307,7 +307,7 @@ impl SlideSet {
             slides,
             classes,
             input: config.input(),
-            cache_bytes: config.cache_mib << 20,
+            cache_bytes: config.cache_mib.saturating_mul(1 << 20),
         })
     }
 

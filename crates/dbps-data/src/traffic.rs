@@ -112,9 +112,11 @@ fn read_annotations(path: &Path) -> Result<Vec<(String, usize)>, DataError> {
 /// Opens a split of the speed-limit task: `Set1` (minus a seeded validation share) for
 /// training, that share for validation, `Set2` for testing. `config.root` holds `Set1/` and
 /// `Set2/`; size, augmentation and seed mean what they mean for image folders.
+/// `prepared(done, total)` follows the header reads, for a progress bar.
 pub fn open_traffic_signs(
     config: &ImageFolderConfig,
     split: Split,
+    prepared: impl FnMut(usize, usize),
 ) -> Result<ImageFolder, DataError> {
     let set = config
         .root
@@ -143,7 +145,7 @@ pub fn open_traffic_signs(
         .flat_map(|(label, files)| files.into_iter().map(move |f| (f, label)))
         .collect();
     let classes = SIGN_CLASSES.iter().map(|c| c.to_string()).collect();
-    ImageFolder::from_files(config, classes, files, split)
+    ImageFolder::from_files(config, classes, files, split, prepared)
 }
 
 #[cfg(test)]

@@ -169,20 +169,38 @@ impl DatasetConfig {
                 let [train, valid, test] = dbps_data::MegapixelMnist::splits(c)?;
                 Ok([Arc::new(train), Arc::new(valid), Arc::new(test)])
             }
-            Self::ImageFolder(c) => each(|s| ImageFolder::open(c, s)),
-            Self::TrafficSigns(c) => each(|s| dbps_data::open_traffic_signs(c, s)),
+            Self::ImageFolder(c) => {
+                each(|s| preparing(s, "images", |progress| ImageFolder::open(c, s, progress)))
+            }
+            Self::TrafficSigns(c) => each(|s| {
+                preparing(s, "images", |progress| {
+                    dbps_data::open_traffic_signs(c, s, progress)
+                })
+            }),
             Self::FeatureBags(c) => each(|s| dbps_data::FeatureBags::open(c, s)),
             Self::Slides(c) => each(|s| {
-                let bar = progress_bar(0, &format!("preparing {s:?} slides"));
-                let set = dbps_data::SlideSet::open(c, s, |done, total| {
-                    bar.set_length(total as u64);
-                    bar.set_position(done as u64);
-                });
-                bar.finish_and_clear();
-                set
+                preparing(s, "slides", |progress| {
+                    dbps_data::SlideSet::open(c, s, progress)
+                })
             }),
         }
     }
+}
+
+/// Opens one split behind a "preparing <split> <what>" bar that the source's progress
+/// callback (`done`, `total`) moves.
+fn preparing<S>(
+    split: Split,
+    what: &str,
+    open: impl FnOnce(&mut dyn FnMut(usize, usize)) -> std::result::Result<S, DataError>,
+) -> std::result::Result<S, DataError> {
+    let bar = progress_bar(0, &format!("preparing {split:?} {what}"));
+    let opened = open(&mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    });
+    bar.finish_and_clear();
+    opened
 }
 
 impl DatasetConfig {
