@@ -23,7 +23,7 @@ use crate::checkpoint::method_dirs;
 use crate::figure::{Framebuffer, heat_color};
 use crate::predict::{SlideOptions, TaskPrediction, TrainedMethod, open_slide};
 use crate::report::write_json_atomic;
-use crate::{CandidateOrder, HostCandidates, Result, TrainError};
+use crate::{HostCandidates, Mode, Result, TrainError};
 
 /// Outline colour of the M salient patches.
 pub const SALIENT_COLOR: [u8; 3] = [230, 25, 75];
@@ -492,12 +492,9 @@ pub fn explain<B: Backend>(
     for method in &methods {
         let (prediction, weights, candidates, grid, heads) = match &slide {
             Some(slide) => {
-                let (prediction, model, source) =
-                    method.slide_prediction(slide, &options.slides, device)?;
-                let attention = PatchAttention::from_logits(model.attention_logits(&source)?);
-                let candidates: Vec<usize> =
-                    source.grid_indices().iter().map(|&i| i as usize).collect();
-                let grid = model.plan().grid;
+                let (prediction, logits, candidates, grid) =
+                    method.explain_slide(slide, &options.slides, device)?;
+                let attention = PatchAttention::from_logits(logits);
                 if layout.is_none() {
                     let (thumbnail, size) = slide.thumbnail_color(options.panel as usize)?;
                     layout = Some((
@@ -522,15 +519,13 @@ pub fn explain<B: Backend>(
                     std::slice::from_ref(&sample),
                     [1, sample.channels, sample.height, sample.width],
                 )?);
-                let prediction = method.predict_fitted(image, &model, &images, device)?;
-                let n = grid.len();
-                let order = CandidateOrder {
-                    indices: (0..n as i64).collect(),
-                    per_image: n,
-                    chunk: model.plan().eval_buffer.chunk().max(1),
-                };
+                // The order evaluation reads the image in: the picks are predict's.
+                let order = model.plan().candidates(1, Mode::Eval);
+                let candidates: Vec<usize> = order.indices.iter().map(|&i| i as usize).collect();
                 let source = HostCandidates::new(&grid, images, order, device.clone());
-                let attention = PatchAttention::from_logits(model.attention_logits(&source)?);
+                let (out, logits) = model.forward_eval_with_attention(&source)?;
+                let prediction = method.prediction(image, &model, out);
+                let attention = PatchAttention::from_logits(logits);
                 if layout.is_none() {
                     layout = Some((
                         grid,
@@ -544,7 +539,7 @@ pub fn explain<B: Backend>(
                 (
                     prediction,
                     attention.map(options.head)?,
-                    (0..n).collect(),
+                    candidates,
                     grid,
                     attention.heads(),
                 )

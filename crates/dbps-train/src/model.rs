@@ -213,6 +213,46 @@ pub struct PatchClassifier<B: Backend> {
 /// Scores candidates with the aggregator's cross-attention (positions added first).
 struct AttentionScorer<'a, B: Backend>(&'a Aggregator<B>);
 
+/// An encoder that also scores every chunk it embeds against the aggregator's query tokens:
+/// selection's own embeddings give the attention map over all candidates, so each candidate
+/// is embedded once. Selection embeds the candidates in order, a chunk of every image at a
+/// time (image-major), so the `seen` count says which grid indices a chunk holds.
+struct AttentionRecorder<'a, B: Backend, E> {
+    encoder: &'a E,
+    aggregator: &'a Aggregator<B>,
+    /// Grid indices `[B, K]` of the candidates, in processing order.
+    indices: Tensor<B, 2, Int>,
+    seen: std::cell::Cell<usize>,
+    logits: std::cell::RefCell<Vec<Tensor<B, 4>>>,
+}
+
+impl<B: Backend, E: PatchEncoder<B>> PatchEncoder<B> for AttentionRecorder<'_, B, E> {
+    fn embed_dim(&self) -> usize {
+        self.encoder.embed_dim()
+    }
+
+    fn embed(&self, patches: Tensor<B, 4>) -> Tensor<B, 2> {
+        let embeddings = self.encoder.embed(patches);
+        let b = self.indices.dims()[0];
+        let [rows, d] = embeddings.dims();
+        let n = rows / b.max(1);
+        let start = self.seen.replace(self.seen.get() + n);
+        let positioned = self.aggregator.with_positions(
+            embeddings.clone().reshape([b, n, d]),
+            self.indices.clone().slice([0..b, start..start + n]),
+        );
+        let queries = self
+            .aggregator
+            .query_tokens()
+            .unsqueeze_dim::<3>(0)
+            .repeat_dim(0, b);
+        self.logits
+            .borrow_mut()
+            .push(self.aggregator.scorer().logits(queries, positioned));
+        embeddings
+    }
+}
+
 impl<B: Backend> SalienceScorer<B> for AttentionScorer<'_, B> {
     fn score(&self, embeddings: Tensor<B, 3>, indices: Tensor<B, 2, Int>) -> Tensor<B, 2> {
         self.0.salience(self.0.with_positions(embeddings, indices))
@@ -449,11 +489,67 @@ impl<B: Backend> PatchClassifier<B> {
         C: CandidateChunks<B>,
         TrainError: From<C::Error>,
     {
-        let scorer = AttentionScorer(&self.aggregator);
-        Ok(match self.native_encoder() {
-            Some(native) => buffer.select_from(&native, &scorer, source)?,
-            None => buffer.select_from(&self.encoder, &scorer, source)?,
-        })
+        match self.native_encoder() {
+            Some(native) => self.select_with(&native, buffer, source),
+            None => self.select_with(&self.encoder, buffer, source),
+        }
+    }
+
+    fn select_with<E, C>(
+        &self,
+        encoder: &E,
+        buffer: DualBuffer,
+        source: &C,
+    ) -> Result<Selection<B>, TrainError>
+    where
+        E: PatchEncoder<B>,
+        C: CandidateChunks<B>,
+        TrainError: From<C::Error>,
+    {
+        Ok(buffer.select_from(encoder, &AttentionScorer(&self.aggregator), source)?)
+    }
+
+    /// [`PatchClassifier::forward_eval_from`], with the attention logits `[B, H, T, K]` of the
+    /// scorer's query tokens over all K candidates of each image, in the source's
+    /// order — what [`PatchClassifier::attention_logits`] computes, from selection's own
+    /// embeddings, so that each candidate is embedded once instead of twice (`dbps explain`).
+    pub fn forward_eval_with_attention<C>(
+        &self,
+        source: &C,
+    ) -> Result<(ForwardOutput<B>, Tensor<B, 4>), TrainError>
+    where
+        C: CandidateChunks<B>,
+        TrainError: From<C::Error>,
+    {
+        match self.native_encoder() {
+            Some(native) => self.explain_with(&native, source),
+            None => self.explain_with(&self.encoder, source),
+        }
+    }
+
+    fn explain_with<E, C>(
+        &self,
+        encoder: &E,
+        source: &C,
+    ) -> Result<(ForwardOutput<B>, Tensor<B, 4>), TrainError>
+    where
+        E: PatchEncoder<B>,
+        C: CandidateChunks<B>,
+        TrainError: From<C::Error>,
+    {
+        let recorder = AttentionRecorder {
+            encoder,
+            aggregator: &self.aggregator,
+            indices: source.indices(),
+            seen: std::cell::Cell::new(0),
+            logits: std::cell::RefCell::default(),
+        };
+        let selection = self.select_with(&recorder, self.plan.eval_buffer, source)?;
+        let logits = Tensor::cat(recorder.logits.into_inner(), 3);
+        Ok((
+            self.aggregate(selection.salient, selection.sub_salient),
+            logits,
+        ))
     }
 
     /// The encoder frozen onto the CPU kernels, when the plan and the backend allow it. Frozen

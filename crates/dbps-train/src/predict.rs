@@ -7,7 +7,7 @@ use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 use dbps_data::{FileInput, Sample, Slide, TaskKind, TaskSpec, TissueMask, image_files, is_tiff};
-use dbps_tiling::HostImages;
+use dbps_tiling::{HostImages, PatchGrid};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::host_images;
@@ -100,25 +100,40 @@ impl<B: Backend> TrainedMethod<B> {
         options: &SlideOptions,
         device: &B::Device,
     ) -> Result<ImagePrediction> {
-        Ok(self.slide_prediction(slide, options, device)?.0)
+        let (model, source, reading) = self.slide_source(slide, options, device)?;
+        let out = model.forward_eval_from(&source)?;
+        Ok(self.slide_result(slide, &model, &source, reading, out))
     }
 
-    /// [`TrainedMethod::predict_slide`], with the fitted classifier and the candidates it
-    /// read (what `explain` scores again for the attention map).
-    pub(crate) fn slide_prediction(
+    /// [`TrainedMethod::predict_slide`], with the attention logits `[1, H, T, K]` over the K
+    /// candidates (from the same embeddings), their grid indices and the grid (`explain`).
+    pub(crate) fn explain_slide(
         &self,
         slide: &Arc<Slide>,
         options: &SlideOptions,
         device: &B::Device,
-    ) -> Result<(ImagePrediction, PatchClassifier<B>, SlideCandidates<B>)> {
+    ) -> Result<(ImagePrediction, Tensor<B, 4>, Vec<usize>, PatchGrid)> {
         let (model, source, reading) = self.slide_source(slide, options, device)?;
-        let out = model.forward_eval_from(&source)?;
-        let mut prediction = self.prediction(slide.path(), &model, out);
+        let (out, logits) = model.forward_eval_with_attention(&source)?;
+        let prediction = self.slide_result(slide, &model, &source, reading, out);
+        let candidates = source.grid_indices().iter().map(|&i| i as usize).collect();
+        Ok((prediction, logits, candidates, model.plan().grid))
+    }
+
+    fn slide_result(
+        &self,
+        slide: &Slide,
+        model: &PatchClassifier<B>,
+        source: &SlideCandidates<B>,
+        reading: SlideReading,
+        out: crate::ForwardOutput<B>,
+    ) -> ImagePrediction {
+        let mut prediction = self.prediction(slide.path(), model, out);
         prediction.slide = Some(SlideReading {
             tiles_read: source.tiles_read(),
             ..reading
         });
-        Ok((prediction, model, source))
+        prediction
     }
 
     /// The classifier fitted to the slide level `options` picks, its candidates, and what
@@ -209,7 +224,8 @@ impl<B: Backend> TrainedMethod<B> {
         Ok(self.prediction(path, model, out))
     }
 
-    fn prediction(
+    /// The prediction record of `out`, a forward pass of `model` over the image at `path`.
+    pub(crate) fn prediction(
         &self,
         path: &Path,
         model: &PatchClassifier<B>,
