@@ -118,6 +118,11 @@ fn a_slide_dataset_trains_and_its_model_predicts() {
             .map(|v| v.as_f64().unwrap())
             .sum();
         assert!((probs - 1.0).abs() < 1e-4, "{p}");
+        let label = p["tasks"][0]["labels"][0].as_str();
+        assert!(
+            matches!(label, Some("normal" | "tumor")),
+            "classes are named by labels.csv: {p}"
+        );
         // The band's 128 rows hold 8 of the 16 patch rows; the mask skips the other half.
         assert_eq!(p["slide"]["patches_skipped"], 128, "{p}");
         for index in p["salient"].as_array().unwrap() {

@@ -375,7 +375,10 @@ impl FeatureBags {
 
     /// The task: tumor or normal.
     pub fn tasks() -> Vec<TaskSpec> {
-        vec![TaskSpec::softmax("tumor", 2)]
+        vec![
+            TaskSpec::softmax("tumor", 2)
+                .with_class_names(BAG_CLASSES.iter().map(|c| c.to_string()).collect()),
+        ]
     }
 
     /// Patches N_i of every bag, in sample order.

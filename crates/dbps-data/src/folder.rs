@@ -318,7 +318,7 @@ fn augment(pixels: &mut [u8], [h, w]: [usize; 2], max: usize, rng: &mut StdRng) 
 
 impl ImageSource for ImageFolder {
     fn tasks(&self) -> Vec<TaskSpec> {
-        vec![TaskSpec::softmax("class", self.classes.len())]
+        vec![TaskSpec::softmax("class", self.classes.len()).with_class_names(self.classes.to_vec())]
     }
 
     fn image_size(&self) -> [usize; 3] {

@@ -204,6 +204,7 @@ impl MegapixelMnist {
                 name: "multi".into(),
                 kind: TaskKind::MultiLabel,
                 classes: 10,
+                class_names: Vec::new(),
             },
         ]
     }

@@ -54,6 +54,10 @@ pub struct TaskSpec {
     pub kind: TaskKind,
     /// Number of classes.
     pub classes: usize,
+    /// The classes' names in target order (folder names, `labels.csv` labels); empty when the
+    /// classes are only numbered (digits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub class_names: Vec<String>,
 }
 
 impl TaskSpec {
@@ -63,7 +67,24 @@ impl TaskSpec {
             name: name.into(),
             kind: TaskKind::Softmax,
             classes,
+            class_names: Vec::new(),
         }
+    }
+
+    /// The same task with its classes named (`names.len()` must be `classes`).
+    pub fn with_class_names(self, names: Vec<String>) -> Self {
+        Self {
+            class_names: names,
+            ..self
+        }
+    }
+
+    /// Class `index` by name when the task names its classes, else by number.
+    pub fn class_name(&self, index: usize) -> String {
+        self.class_names
+            .get(index)
+            .cloned()
+            .unwrap_or_else(|| index.to_string())
     }
 }
 

@@ -319,7 +319,7 @@ impl SlideSet {
 
 impl ImageSource for SlideSet {
     fn tasks(&self) -> Vec<TaskSpec> {
-        vec![TaskSpec::softmax("label", self.classes.len())]
+        vec![TaskSpec::softmax("label", self.classes.len()).with_class_names(self.classes.clone())]
     }
 
     fn image_size(&self) -> [usize; 3] {

@@ -444,9 +444,12 @@ fn row_title(prediction: &crate::ImagePrediction, range: [f32; 2]) -> String {
     let verdict: Vec<String> = prediction
         .tasks
         .iter()
-        .map(|t| match t.classes.first() {
-            Some(&c) => format!("{}: class {c} (p = {:.2})", t.task, t.probabilities[c]),
-            None => format!("{}: none", t.task),
+        .map(|t| match (t.classes.first(), t.labels.first()) {
+            (Some(&c), Some(label)) => {
+                format!("{}: {label} (p = {:.2})", t.task, t.probabilities[c])
+            }
+            (Some(&c), None) => format!("{}: class {c} (p = {:.2})", t.task, t.probabilities[c]),
+            (None, _) => format!("{}: none", t.task),
         })
         .collect();
     format!(

@@ -267,6 +267,9 @@ pub struct TaskPrediction {
     pub task: String,
     /// The predicted class (softmax tasks), or every class above 0.5 (multi-label tasks).
     pub classes: Vec<usize>,
+    /// The names of `classes`, when the training data named its classes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
     /// Probability per class: softmax over classes, or a sigmoid per class for multi-label
     /// tasks.
     pub probabilities: Vec<f64>,
@@ -295,9 +298,15 @@ impl TaskPrediction {
                 .filter(|&i| probabilities[i] > 0.5)
                 .collect(),
         };
+        let labels = if task.class_names.is_empty() {
+            Vec::new()
+        } else {
+            classes.iter().map(|&c| task.class_name(c)).collect()
+        };
         Self {
             task: task.name.clone(),
             classes,
+            labels,
             probabilities,
         }
     }
@@ -399,7 +408,11 @@ impl PredictReport {
         );
         for p in &self.predictions {
             for t in &p.tasks {
-                let classes: Vec<String> = t.classes.iter().map(|c| c.to_string()).collect();
+                let classes: Vec<String> = if t.labels.is_empty() {
+                    t.classes.iter().map(|c| c.to_string()).collect()
+                } else {
+                    t.labels.clone()
+                };
                 let top = t.classes.first().map_or(String::from("–"), |&c| {
                     format!("{:.3}", t.probabilities[c])
                 });
