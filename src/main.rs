@@ -4,10 +4,14 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::time::Duration;
+
 use anyhow::Result;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+use dbps_app::shards::{Shard, ShardJob};
+use dbps_train::parallel::NodeSpec;
 use dbps_train::{
-    DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig, SlideOptions,
+    DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig, SlideOptions, TrainLaunch,
 };
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
@@ -28,12 +32,41 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Device {
-    /// burn-flex on the CPU.
-    Cpu,
-    /// burn-cuda on GPU 0 (needs a build with `--features cuda`).
-    Cuda,
+/// The place of one process among several (`dbps train --nodes …`).
+#[derive(clap::Args)]
+struct NodeArgs {
+    /// Ranks (processes, one per GPU) in a multi-machine run; each needs the options below.
+    #[arg(long, requires_all = ["node_rank", "orchestrator", "listen"])]
+    nodes: Option<usize>,
+    /// This process's rank, 0 … N−1; rank 0 writes the run directory, the others no file.
+    #[arg(long, requires = "nodes")]
+    node_rank: Option<usize>,
+    /// The orchestrator every rank registers with (`dbps orchestrator --port P` on one host).
+    #[arg(long, value_name = "ws://HOST:PORT", requires = "nodes")]
+    orchestrator: Option<String>,
+    /// This rank's own address, where the others download its gradients (a free port).
+    #[arg(long, value_name = "ws://ADDR:PORT", requires = "nodes")]
+    listen: Option<String>,
+    /// Seconds a rank waits for the others in an exchange before it stops with an error
+    /// naming the rank that does not answer.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    peer_timeout: u64,
+    /// Seconds a rank waits at start-up for every rank to register.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    start_timeout: u64,
+}
+
+impl NodeArgs {
+    fn spec(&self) -> Option<NodeSpec> {
+        Some(NodeSpec {
+            nodes: self.nodes?,
+            rank: self.node_rank?,
+            orchestrator: self.orchestrator.clone()?,
+            listen: self.listen.clone()?,
+            peer_timeout: Duration::from_secs(self.peer_timeout),
+            start_timeout: Duration::from_secs(self.start_timeout),
+        })
+    }
 }
 
 #[derive(Subcommand)]
@@ -61,28 +94,57 @@ enum Command {
         /// config's `encoder.<resnet>.weights`.
         #[arg(long)]
         weights: Option<PathBuf>,
-        /// Where to run.
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: Device,
+        /// Where to run: cpu, cuda, cuda:N, or a list of one kind (cuda:0,cuda:1): one replica
+        /// per device, each global batch (`train.batch_size`) split among them.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[command(flatten)]
+        node: NodeArgs,
+        /// Write the gradients every optimizer step receives to this folder (one file per
+        /// step): for comparing a multi-device or multi-machine run with a single process.
+        #[arg(long, value_name = "DIR")]
+        trace_gradients: Option<PathBuf>,
+    },
+    /// The rendezvous of a multi-machine run: start it once, on a host every rank can reach,
+    /// before the ranks (`dbps train --nodes N --orchestrator ws://HOST:PORT …`).
+    Orchestrator {
+        /// Port to listen on (every interface).
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
     },
     /// Class probabilities of new images from the best checkpoints of a run.
     Predict {
         /// Image files, folders of images, or tiled (Big)TIFF slides streamed tile by tile (images
         /// are read as the run's training images were:
         /// photographs resized to the training size, grayscale canvases at their own size).
-        #[arg(required = true, value_name = "IMAGE")]
+        #[arg(value_name = "IMAGE", required_unless_present_any = ["list", "merge"], conflicts_with_all = ["list", "merge"])]
         images: Vec<PathBuf>,
         /// A run directory written by `dbps train`, or one of its method folders.
-        #[arg(long)]
-        checkpoint: PathBuf,
+        #[arg(long, required_unless_present = "merge")]
+        checkpoint: Option<PathBuf>,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// A list of slides to predict into `--out`, one result file per slide: a labels.csv
+        /// (`slide,label[,split]`) or a text file of paths, one per line.
+        #[arg(long, value_name = "LIST", requires = "out", conflicts_with = "merge")]
+        list: Option<PathBuf>,
+        /// With --list: predict only shard K of N (every N-th slide, K from 1), e.g. one task
+        /// of a Slurm array; slides whose result from this checkpoint exists are skipped.
+        #[arg(long, value_name = "K/N", requires = "list")]
+        shard: Option<String>,
+        /// With --list: the folder of result files.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        /// Gather the result files of a --list run into DIR/predictions.csv and
+        /// DIR/predictions.json.
+        #[arg(long, value_name = "DIR")]
+        merge: Option<PathBuf>,
         #[command(flatten)]
         slides: SlideArgs,
-        /// Where to run.
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: Device,
+        /// Where to run: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Draw where a trained model looked: the image with its salient and sub-salient patches
     /// outlined, beside a heatmap of the scorer's attention over all patches (one row per
@@ -110,18 +172,18 @@ enum Command {
         panel: u32,
         #[command(flatten)]
         slides: SlideArgs,
-        /// Where to run.
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: Device,
+        /// Where to run: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
     /// Evaluate the best checkpoints of a finished run (or one method folder) on its test split.
     Eval {
         /// A run directory written by `dbps train`, or one of its method folders.
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Where to run.
-        #[arg(long, value_enum, default_value = "cpu")]
-        device: Device,
+        /// Where to run: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -157,26 +219,32 @@ impl SlideArgs {
     }
 }
 
-fn device(choice: Device) -> Result<DeviceChoice> {
-    match choice {
-        Device::Cpu => Ok(DeviceChoice::Cpu),
-        #[cfg(feature = "cuda")]
-        Device::Cuda => Ok(DeviceChoice::Cuda(0)),
-        #[cfg(not(feature = "cuda"))]
-        Device::Cuda => anyhow::bail!(
-            "this dbps was built without CUDA; rebuild with `cargo build --release --features cuda`"
+/// One device: prediction, explanation and evaluation run on one.
+fn device(text: &str) -> Result<DeviceChoice> {
+    match DeviceChoice::parse_list(text)?.as_slice() {
+        [one] => Ok(*one),
+        _ => anyhow::bail!(
+            "--device {text}: this command runs on one device; pass one, e.g. cuda:0 (only `dbps train` splits its batches among several)"
         ),
     }
 }
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Orchestrator { port } => dbps_app::orchestrator::serve(port)?,
         Command::Train {
             resume: Some(run_dir),
-            device: choice,
+            device,
+            node,
+            trace_gradients,
             ..
         } => {
-            let report = device(choice)?.resume(&run_dir)?;
+            let launch = TrainLaunch {
+                devices: DeviceChoice::parse_list(&device)?,
+                node: node.spec(),
+                trace: trace_gradients,
+            };
+            let report = launch.resume(&run_dir)?;
             println!("{}", report.table());
             println!("results: {}", report.dir.join("metrics.json").display());
         }
@@ -186,10 +254,16 @@ fn run(cli: Cli) -> Result<()> {
             epochs,
             seed,
             weights,
-            device: choice,
+            device,
+            node,
+            trace_gradients,
             resume: None,
         } => {
-            let device = device(choice)?;
+            let launch = TrainLaunch {
+                devices: DeviceChoice::parse_list(&device)?,
+                node: node.spec(),
+                trace: trace_gradients,
+            };
             let mut config = match &config {
                 Some(path) => RunConfig::from_file(path)?,
                 None => RunConfig::quickstart()?,
@@ -208,23 +282,70 @@ fn run(cli: Cli) -> Result<()> {
             let wanted = output
                 .or_else(|| config.output_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
-            let report = device.train(&config, &wanted)?;
+            let report = launch.train(&config, &wanted)?;
             println!("{}", report.table());
             println!("results: {}", report.dir.join("metrics.json").display());
         }
         Command::Predict {
+            merge: Some(dir),
+            json,
+            ..
+        } => {
+            let merged = dbps_app::shards::merge(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&merged)?);
+            } else {
+                print!("{}", merged.report.table());
+            }
+            println!(
+                "merged {} slides: {}, {}",
+                merged.slides,
+                dir.join(dbps_app::shards::MERGED_CSV).display(),
+                dir.join(dbps_app::shards::MERGED_JSON).display()
+            );
+        }
+        Command::Predict {
+            list: Some(list),
+            checkpoint: Some(checkpoint),
+            shard,
+            out: Some(out),
+            slides,
+            device: choice,
+            ..
+        } => {
+            let job = ShardJob {
+                list: &list,
+                checkpoint: &checkpoint,
+                shard: match shard {
+                    Some(text) => text.parse::<Shard>()?,
+                    None => Shard::whole(),
+                },
+                out: &out,
+                slides: slides.options()?,
+            };
+            let summary = job.run(device(&choice)?)?;
+            println!("{summary}");
+            println!("results: {}", out.display());
+        }
+        Command::Predict {
             images,
-            checkpoint,
+            checkpoint: Some(checkpoint),
             json,
             slides,
             device: choice,
+            ..
         } => {
-            let report = device(choice)?.predict(&checkpoint, &images, &slides.options()?)?;
+            let report = device(&choice)?.predict(&checkpoint, &images, &slides.options()?)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 print!("{}", report.table());
             }
+        }
+        Command::Predict { .. } => {
+            anyhow::bail!(
+                "predict needs images and --checkpoint, or --list with --checkpoint and --out, or --merge DIR"
+            )
         }
         Command::Explain {
             image,
@@ -242,7 +363,7 @@ fn run(cli: Cli) -> Result<()> {
                 panel,
                 slides: slides.options()?,
             };
-            let explanation = device(choice)?.explain(&checkpoint, &image, &out, &options)?;
+            let explanation = device(&choice)?.explain(&checkpoint, &image, &out, &options)?;
             for m in &explanation.methods {
                 println!(
                     "{}: {} salient, {} sub-salient of {} patches",
@@ -259,7 +380,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             device: choice,
         } => {
-            let report = device(choice)?.eval(&checkpoint)?;
+            let report = device(&choice)?.eval(&checkpoint)?;
             println!("{}", report.table());
             println!("results: {}", checkpoint.join("eval.json").display());
         }

@@ -6,8 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{dbps, metrics, stderr, train};
-use dbps_data::{PyramidSpec, TileCompression, write_tiled_tiff};
+use common::{dbps, metrics, stderr, train, write_slide};
 use serde_json::{Value, json};
 
 fn scratch(name: &str) -> PathBuf {
@@ -15,41 +14,6 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("data/slides")).unwrap();
     dir
-}
-
-/// A 256 × 256 bright-field RGB slide (two levels, 64 px JPEG-free deflate tiles): white, with
-/// a textured tissue band over rows [64, 192); tumor slides carry a dark red square in it.
-fn write_slide(path: &Path, tumor: bool, seed: usize) {
-    let spec = PyramidSpec {
-        levels: vec![[256, 256], [128, 128]],
-        tile: 64,
-        channels: 3,
-        compression: TileCompression::Deflate,
-        big: seed.is_multiple_of(2),
-    };
-    write_tiled_tiff(path, &spec, |level, [y0, x0], side| {
-        let d = 1 << level;
-        let mut tile = vec![240u8; side * side * 3];
-        for y in 0..side {
-            for x in 0..side {
-                let (fy, fx) = ((y0 + y) * d, (x0 + x) * d);
-                if !(64..192).contains(&fy) {
-                    continue;
-                }
-                let v = 120 + ((fx * 7 + fy * 13 + seed * 31) % 50) as u8;
-                let spot =
-                    (96 + seed * 8..128 + seed * 8).contains(&fx) && (112..144).contains(&fy);
-                let px = if tumor && spot {
-                    [90, 10, 20]
-                } else {
-                    [v, v / 2, v]
-                };
-                tile[(y * side + x) * 3..][..3].copy_from_slice(&px);
-            }
-        }
-        tile
-    })
-    .unwrap();
 }
 
 /// Eight slides, half tumor: four train, two val, two test.

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
+use dbps_data::{PyramidSpec, TileCompression, write_tiled_tiff};
 use serde_json::Value;
 
 /// Runs `dbps args…` (logs at `warn`).
@@ -37,4 +38,45 @@ pub fn train(dir: &Path, config: &Value) -> Output {
 /// What the run printed to stderr.
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A 256 × 256 bright-field RGB slide (two levels, 64 px JPEG-free deflate tiles): white, with
+/// a textured tissue band over rows [64, 192); tumor slides carry a dark red square in it.
+pub fn write_slide(path: &Path, tumor: bool, seed: usize) {
+    write_slide_of(path, 256, tumor, seed);
+}
+
+/// [`write_slide`] at `side` × `side` pixels, the tissue band over the middle half.
+pub fn write_slide_of(path: &Path, side: usize, tumor: bool, seed: usize) {
+    let spec = PyramidSpec {
+        levels: vec![[side, side], [side / 2, side / 2]],
+        tile: 64,
+        channels: 3,
+        compression: TileCompression::Deflate,
+        big: seed.is_multiple_of(2),
+    };
+    let band = side / 4..side * 3 / 4;
+    write_tiled_tiff(path, &spec, |level, [y0, x0], tile_side| {
+        let d = 1 << level;
+        let mut tile = vec![240u8; tile_side * tile_side * 3];
+        for y in 0..tile_side {
+            for x in 0..tile_side {
+                let (fy, fx) = ((y0 + y) * d, (x0 + x) * d);
+                if !band.contains(&fy) {
+                    continue;
+                }
+                let v = 120 + ((fx * 7 + fy * 13 + seed * 31) % 50) as u8;
+                let spot =
+                    (96 + seed * 8..128 + seed * 8).contains(&fx) && (112..144).contains(&fy);
+                let px = if tumor && spot {
+                    [90, 10, 20]
+                } else {
+                    [v, v / 2, v]
+                };
+                tile[(y * tile_side + x) * 3..][..3].copy_from_slice(&px);
+            }
+        }
+        tile
+    })
+    .unwrap();
 }

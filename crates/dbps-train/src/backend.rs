@@ -6,7 +6,7 @@ use crate::eval::{EvalReport, eval_checkpoints};
 use crate::explain::{ExplainOptions, Explanation, explain};
 use crate::predict::{PredictReport, SlideOptions, predict};
 use crate::report::RunReport;
-use crate::{Result, RunConfig, runner};
+use crate::{Result, RunConfig, TrainError, runner};
 
 /// The CPU backend (burn-flex: SIMD kernels, multi-threaded).
 pub type CpuBackend = burn::backend::Flex;
@@ -53,6 +53,16 @@ impl crate::PoolProbe for CudaPool {
     }
 }
 
+/// Code to run on whichever backend a [`DeviceChoice`] names (a closure generic over the
+/// backend, which Rust closures cannot be): the one place a device choice becomes a type.
+pub trait OnBackend {
+    /// What the code returns.
+    type Output;
+
+    /// Runs on backend `B` with `device`, named `name` in reports.
+    fn run<B: burn::tensor::backend::Backend>(self, device: B::Device, name: &str) -> Self::Output;
+}
+
 /// Where a run executes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DeviceChoice {
@@ -65,6 +75,61 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
+    /// Parses `cpu`, `cuda` (GPU 0) or `cuda:N`.
+    pub fn parse(text: &str) -> Result<Self> {
+        let bad = |reason: String| TrainError::Option {
+            option: "--device",
+            reason,
+        };
+        match text.trim() {
+            "cpu" => Ok(Self::Cpu),
+            #[cfg(feature = "cuda")]
+            "cuda" => Ok(Self::Cuda(0)),
+            #[cfg(feature = "cuda")]
+            other if other.starts_with("cuda:") => {
+                other["cuda:".len()..].parse().map(Self::Cuda).map_err(|_| {
+                    bad(format!(
+                        "`{other}`: write the GPU as cuda:N, N counting from 0"
+                    ))
+                })
+            }
+            #[cfg(not(feature = "cuda"))]
+            other if other == "cuda" || other.starts_with("cuda:") => Err(bad(format!(
+                "`{other}`: this dbps was built without CUDA; rebuild with `cargo build --release --features cuda`"
+            ))),
+            other => Err(bad(format!(
+                "`{other}` is not a device; use cpu, cuda, cuda:N, or a comma-separated list of one kind such as cuda:0,cuda:1"
+            ))),
+        }
+    }
+
+    /// Parses a comma-separated list of devices of one kind (`cpu`, `cuda:0,cuda:1`, or
+    /// `cpu,cpu`: two replicas on the CPU, for checking data parallelism without GPUs).
+    pub fn parse_list(text: &str) -> Result<Vec<Self>> {
+        let devices: Vec<Self> = text.split(',').map(Self::parse).collect::<Result<_>>()?;
+        let bad = |reason: String| TrainError::Option {
+            option: "--device",
+            reason,
+        };
+        if devices
+            .iter()
+            .any(|d| std::mem::discriminant(d) != std::mem::discriminant(&devices[0]))
+        {
+            return Err(bad(format!(
+                "`{text}` mixes CPU and GPUs; list devices of one kind"
+            )));
+        }
+        #[cfg(feature = "cuda")]
+        for (i, d) in devices.iter().enumerate() {
+            if matches!(d, Self::Cuda(_)) && devices[..i].contains(d) {
+                return Err(bad(format!(
+                    "`{text}` lists {d:?} twice; list each GPU once"
+                )));
+            }
+        }
+        Ok(devices)
+    }
+
     /// Human-readable name, recorded in reports.
     pub fn name(&self) -> String {
         match self {
@@ -77,31 +142,12 @@ impl DeviceChoice {
         }
     }
 
-    /// Trains every method of `config` into a fresh directory named after `wanted`.
-    pub fn train(&self, config: &RunConfig, wanted: &Path) -> Result<RunReport> {
+    /// Runs `code` on this device's backend.
+    pub fn dispatch<F: OnBackend>(&self, code: F) -> F::Output {
         match self {
-            Self::Cpu => {
-                runner::run::<CpuTrainBackend>(config, wanted, &Default::default(), &self.name())
-            }
+            Self::Cpu => code.run::<CpuBackend>(Default::default(), &self.name()),
             #[cfg(feature = "cuda")]
-            Self::Cuda(n) => {
-                let device = burn_cuda::CudaDevice::new(*n);
-                runner::run::<CudaTrainBackend>(config, wanted, &device, &self.name())
-            }
-        }
-    }
-
-    /// Continues the interrupted run in `run_dir` (see [`runner::resume`]).
-    pub fn resume(&self, run_dir: &Path) -> Result<RunReport> {
-        match self {
-            Self::Cpu => {
-                runner::resume::<CpuTrainBackend>(run_dir, &Default::default(), &self.name())
-            }
-            #[cfg(feature = "cuda")]
-            Self::Cuda(n) => {
-                let device = burn_cuda::CudaDevice::new(*n);
-                runner::resume::<CudaTrainBackend>(run_dir, &device, &self.name())
-            }
+            Self::Cuda(n) => code.run::<CudaBackend>(burn_cuda::CudaDevice::new(*n), &self.name()),
         }
     }
 
@@ -153,5 +199,106 @@ impl DeviceChoice {
                 eval_checkpoints::<CudaBackend>(dir, &burn_cuda::CudaDevice::new(*n), &self.name())
             }
         }
+    }
+}
+
+/// How `dbps train` runs: its devices (one replica each, all of one kind), its place among
+/// several processes, and where to record gradients.
+#[derive(Debug, Clone, Default)]
+pub struct TrainLaunch {
+    /// One replica per device; the first is the main device.
+    pub devices: Vec<DeviceChoice>,
+    /// This process's place among several, if it is one rank of a multi-machine run.
+    pub node: Option<crate::parallel::NodeSpec>,
+    /// Where to record every optimizer step's gradients (`--trace-gradients`).
+    pub trace: Option<PathBuf>,
+}
+
+impl TrainLaunch {
+    /// The devices' name, recorded in reports.
+    fn name(&self) -> String {
+        let first = self.devices.first().copied().unwrap_or_default();
+        match self.devices.len() {
+            0 | 1 => first.name(),
+            n => format!(
+                "{} ({n} devices: {})",
+                first.name(),
+                self.devices
+                    .iter()
+                    .map(|d| format!("{d:?}").to_lowercase())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+
+    fn placement<B: burn::tensor::backend::AutodiffBackend>(
+        &self,
+        devices: Vec<B::Device>,
+    ) -> crate::Placement<B> {
+        crate::Placement {
+            devices,
+            node: self.node.clone(),
+            trace: self.trace.as_deref().map(crate::GradientTrace::new),
+            engine: None,
+        }
+    }
+
+    /// Trains every method of `config` into a fresh directory named after `wanted`.
+    pub fn train(&self, config: &RunConfig, wanted: &Path) -> Result<RunReport> {
+        match self.devices.first().copied().unwrap_or_default() {
+            DeviceChoice::Cpu => {
+                let placement = self.placement::<CpuTrainBackend>(vec![
+                    Default::default();
+                    self.devices.len().max(1)
+                ]);
+                runner::run(config, wanted, &placement, &self.name())
+            }
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda(_) => {
+                let placement = self.cuda_placement();
+                runner::run(config, wanted, &placement, &self.name())
+            }
+        }
+    }
+
+    /// Continues the interrupted run in `run_dir` (see [`runner::resume`]).
+    pub fn resume(&self, run_dir: &Path) -> Result<RunReport> {
+        match self.devices.first().copied().unwrap_or_default() {
+            DeviceChoice::Cpu => {
+                let placement = self.placement::<CpuTrainBackend>(vec![
+                    Default::default();
+                    self.devices.len().max(1)
+                ]);
+                runner::resume(run_dir, &placement, &self.name())
+            }
+            #[cfg(feature = "cuda")]
+            DeviceChoice::Cuda(_) => {
+                let placement = self.cuda_placement();
+                runner::resume(run_dir, &placement, &self.name())
+            }
+        }
+    }
+
+    /// The GPUs as burn-cuda devices; with the `distributed` feature, several GPUs of one
+    /// process train through burn-train's DDP (NCCL all-reduce) instead of gathering the
+    /// gradients on the first GPU.
+    #[cfg(feature = "cuda")]
+    fn cuda_placement(&self) -> crate::Placement<CudaTrainBackend> {
+        let devices = self
+            .devices
+            .iter()
+            .map(|d| match d {
+                DeviceChoice::Cuda(n) => burn_cuda::CudaDevice::new(*n),
+                DeviceChoice::Cpu => burn_cuda::CudaDevice::new(0),
+            })
+            .collect();
+        #[allow(unused_mut)]
+        let mut placement = self.placement::<CudaTrainBackend>(devices);
+        #[cfg(feature = "distributed")]
+        if placement.devices.len() > 1 {
+            placement.engine = Some(crate::parallel::ddp_engine::<CudaTrainBackend>());
+        }
+        placement
     }
 }

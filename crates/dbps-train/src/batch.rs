@@ -116,6 +116,70 @@ pub struct ImageBatch<B: Backend> {
     pub images: BatchImages<B>,
     /// One entry per task, in the dataset's task order.
     pub targets: Vec<TaskTargets<B>>,
+    /// Where the batch sits in its epoch and in the global batch it is part of.
+    pub key: BatchKey,
+}
+
+/// Where a training batch sits: the global step of its epoch, and which images of that step's
+/// global batch it holds (a replica or rank holds a contiguous part of it; a single process
+/// holds all of it). The random draws of selection are keyed by this, never by the order in
+/// which batches are processed, and the loss is weighted by the part's share of the global
+/// batch, so that the replicas' gradients sum to the gradient of the global batch's mean loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchKey {
+    /// Epoch, 1-based (0 outside a training run).
+    pub epoch: usize,
+    /// Global step within the epoch, 0-based.
+    pub step: usize,
+    /// Index of this batch's first image within the global batch.
+    pub first: usize,
+    /// Images in the global batch, over every replica and rank.
+    pub global: usize,
+    /// The configured global batch size: every step of an epoch but the last holds this many.
+    pub batch_size: usize,
+}
+
+impl BatchKey {
+    /// A batch that is a whole global batch of `len` images, at step 0 of no epoch (tests,
+    /// benchmarks, anything outside a run's data loader).
+    pub fn whole(len: usize) -> Self {
+        Self {
+            epoch: 0,
+            step: 0,
+            first: 0,
+            global: len,
+            batch_size: len,
+        }
+    }
+
+    /// The draw of a batch of one image size: one per global step, this part's images after
+    /// the `first` of the global batch.
+    pub fn batch_draw(&self) -> crate::DrawKey {
+        crate::DrawKey {
+            epoch: self.epoch,
+            draw: self.step as u64,
+            skip: self.first,
+        }
+    }
+
+    /// The draw of image `index` of this batch when each image has a grid of its own: one per
+    /// image, numbered by the image's place in the epoch.
+    pub fn image_draw(&self, index: usize) -> crate::DrawKey {
+        crate::DrawKey {
+            epoch: self.epoch,
+            draw: (self.step * self.batch_size + self.first + index) as u64,
+            skip: 0,
+        }
+    }
+
+    /// This part's share of the global batch, `local / global`: the weight of its mean loss.
+    pub fn share(&self, local: usize) -> f64 {
+        if local == self.global {
+            1.0
+        } else {
+            local as f64 / self.global.max(1) as f64
+        }
+    }
 }
 
 /// The samples' pixels as one host batch: 8-bit photographs stay 8-bit (normalised with the
@@ -235,7 +299,11 @@ impl<B: Backend> Batcher<B, Sample, ImageBatch<B>> for ImageBatcher {
                 }
             })
             .collect();
-        ImageBatch { images, targets }
+        ImageBatch {
+            images,
+            targets,
+            key: BatchKey::whole(b),
+        }
     }
 }
 

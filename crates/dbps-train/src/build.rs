@@ -70,7 +70,11 @@ mod tests {
         let samples = (0..2).filter_map(|i| splits.train.get(i)).collect();
         let batch = ImageBatcher::new(splits.tasks.clone()).batch(samples, &device);
         assert_eq!(
-            model.forward_train(&batch.images).unwrap().salient.dims(),
+            model
+                .forward_train(&batch.images, &batch.key)
+                .unwrap()
+                .salient
+                .dims(),
             [2, 2]
         );
         assert_eq!(

@@ -29,7 +29,7 @@ pub struct EpochOrder<D> {
     inner: D,
     len: usize,
     seed: u64,
-    order: Arc<RwLock<Arc<[usize]>>>,
+    order: Arc<RwLock<(usize, Arc<[usize]>)>>,
 }
 
 impl<D> EpochOrder<D> {
@@ -43,7 +43,7 @@ impl<D> EpochOrder<D> {
             inner,
             len,
             seed,
-            order: Arc::new(RwLock::new((0..len).collect())),
+            order: Arc::new(RwLock::new((0, (0..len).collect()))),
         }
     }
 
@@ -51,17 +51,24 @@ impl<D> EpochOrder<D> {
     pub fn start_epoch(&self, epoch: usize) {
         let mut order: Vec<usize> = (0..self.len).collect();
         order.shuffle(&mut StdRng::seed_from_u64(epoch_seed(self.seed, epoch)));
-        *self.order.write().unwrap_or_else(|e| e.into_inner()) = order.into();
+        *self.order.write().unwrap_or_else(|e| e.into_inner()) = (epoch, order.into());
     }
 
-    fn current(&self) -> Arc<[usize]> {
+    /// The epoch started last (0 before the first) and its order: the split's indices in the
+    /// order the epoch reads them.
+    pub fn current(&self) -> (usize, Arc<[usize]>) {
         self.order.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The split itself, in its own order.
+    pub fn inner(&self) -> &D {
+        &self.inner
     }
 }
 
 impl<I, D: Dataset<I>> Dataset<I> for EpochOrder<D> {
     fn get(&self, index: usize) -> Option<I> {
-        let source = *self.current().get(index)?;
+        let source = *self.current().1.get(index)?;
         self.inner.get(source)
     }
 

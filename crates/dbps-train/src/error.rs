@@ -84,6 +84,12 @@ pub enum TrainError {
         /// What is wrong and what to use instead.
         reason: String,
     },
+    /// Training over several devices or ranks cannot start or go on.
+    #[error("data-parallel training: {reason}")]
+    Collective {
+        /// What went wrong, naming the rank or option, and what to do.
+        reason: String,
+    },
     /// Writing results failed.
     #[error("cannot write {path}: {source}")]
     Write {

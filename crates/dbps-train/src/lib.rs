@@ -31,6 +31,7 @@ mod loss;
 pub mod meter;
 mod metrics;
 mod model;
+pub mod parallel;
 mod predict;
 mod renderer;
 mod report;
@@ -39,11 +40,12 @@ mod runner;
 mod schedule;
 mod slide_source;
 mod step;
+mod trace;
 
-pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice, pool_probe};
+pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice, OnBackend, TrainLaunch, pool_probe};
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTrainBackend};
-pub use batch::{BatchImages, ImageBatch, ImageBatcher, SingleImage, TaskTargets};
+pub use batch::{BatchImages, BatchKey, ImageBatch, ImageBatcher, SingleImage, TaskTargets};
 pub use build::build_classifier;
 pub use candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 pub use checkpoint::{
@@ -67,19 +69,20 @@ pub use meter::{
 };
 pub use metrics::{TaskMetric, binary_auc};
 pub use model::{
-    CandidateOrder, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
+    CandidateOrder, DrawKey, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
 };
 pub use predict::{
-    ImagePrediction, PredictReport, SlideOptions, SlideReading, TaskPrediction, TrainedMethod,
-    peak_resident_mib, predict,
+    ImagePrediction, PredictReport, Predictor, SlideOptions, SlideReading, TaskPrediction,
+    TrainedMethod, peak_resident_mib, predict,
 };
 pub use renderer::{ProgressRenderer, hide_progress_bars, progress_bar, suspend_bars};
 pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
-    write_json_atomic,
+    write_atomic, write_json_atomic,
 };
 pub use run_dir::fresh_run_dir;
-pub use runner::{resume, run, train_method};
+pub use runner::{Placement, resume, run};
 pub use schedule::WarmupCosine;
 pub use slide_source::{SlideCandidates, tissue_patches};
 pub use step::{EpochTally, StepOutput, StepStats, TrainedClassifier, TrainingMonitor};
+pub use trace::{GradientTrace, MethodTrace, TRACE_INDEX, TracedParam};

@@ -238,12 +238,14 @@ impl StepMeter {
     }
 }
 
-/// An optimizer that closes the meter's step once its own update is done.
+/// An optimizer that closes the meter's step once its own update is done, and can record the
+/// gradients each step receives ([`crate::GradientTrace`]).
 #[derive(Clone)]
 pub struct MeteredOptimizer<O, B: Backend> {
     inner: O,
     meter: StepMeter,
     device: B::Device,
+    trace: Option<crate::trace::MethodTrace>,
 }
 
 impl<O, B: Backend> MeteredOptimizer<O, B> {
@@ -253,6 +255,15 @@ impl<O, B: Backend> MeteredOptimizer<O, B> {
             inner,
             meter,
             device,
+            trace: None,
+        }
+    }
+
+    /// The same optimizer, writing every step's gradients to `trace` first.
+    pub fn with_trace(self, trace: crate::trace::MethodTrace) -> Self {
+        Self {
+            trace: Some(trace),
+            ..self
         }
     }
 }
@@ -266,6 +277,13 @@ where
     type Record = O::Record;
 
     fn step(&mut self, lr: f64, module: M, grads: GradientsParams) -> M {
+        if let Some(trace) = &mut self.trace
+            && let Err(error) = trace.record(&module, &grads)
+        {
+            // A debugging aid: losing it must not stop training.
+            tracing::warn!(%error, "gradient trace stopped");
+            self.trace = None;
+        }
         let module = self.inner.step(lr, module, grads);
         self.meter.end::<B>(&self.device);
         module

@@ -1,7 +1,6 @@
 //! The patch classifier: encoder F + aggregator, with the selection plan that feeds them.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -11,7 +10,7 @@ use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
 use dbps_tiling::{HostImages, PatchDrop, PatchGrid};
 
-use crate::batch::SingleImage;
+use crate::batch::{BatchKey, SingleImage};
 use crate::candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 use crate::slide_source::{SlideCandidates, tissue_patches};
 use crate::{BatchImages, TrainError};
@@ -24,10 +23,36 @@ use serde::{Deserialize, Serialize};
 /// Whether a forward pass is for training (patch drop on) or evaluation (never a drop).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// Training: random patch drop and per-step shuffles.
-    Train,
+    /// Training: random patch drop and per-step shuffles, drawn from the key.
+    Train(DrawKey),
     /// Evaluation: every patch, a fixed shuffle.
     Eval,
+}
+
+/// What a training draw (shuffle and patch drop) is keyed by: the epoch and the draw's number
+/// in it, never the order in which batches happen to be processed. A resumed run, a replica
+/// holding part of a global batch, and a single process holding all of it all draw the same.
+///
+/// A batch of images of one size makes one draw, numbered by its global step; its images draw
+/// their drops one after the other from it, so a replica whose part starts at image `skip` of
+/// the global batch replays the drops of the `skip` images before its own. An image with a grid
+/// of its own (a slide, a bag) makes a draw of its own, numbered by its index in the epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DrawKey {
+    /// Epoch, 1-based (0 outside a run).
+    pub epoch: usize,
+    /// Number of the draw in the epoch.
+    pub draw: u64,
+    /// Images of the draw that belong to other parts of the global batch (drawn and discarded).
+    pub skip: usize,
+}
+
+impl DrawKey {
+    /// The seed of this draw in a plan seeded with `seed`: one stream per (seed, epoch, draw).
+    fn seed(&self, seed: u64) -> u64 {
+        let counter = ((self.epoch as u64) << 32).wrapping_add(self.draw);
+        seed ^ counter.wrapping_mul(0x9e37_79b9)
+    }
 }
 
 /// What runs the encoder during selection (the no-gradient pass).
@@ -58,7 +83,6 @@ pub struct SelectionPlan {
     /// What runs the encoder during selection.
     pub engine: SelectionEngine,
     seed: u64,
-    steps: Arc<AtomicU64>,
 }
 
 /// The candidates of one batch in processing order.
@@ -89,7 +113,6 @@ impl SelectionPlan {
             shuffle,
             engine: SelectionEngine::default(),
             seed,
-            steps: Arc::default(),
         }
     }
 
@@ -113,12 +136,6 @@ impl SelectionPlan {
         })
     }
 
-    /// Starts the training draws (drops and shuffles) of `epoch` from a value fixed by the
-    /// epoch, so that a run resumed at that epoch draws what an uninterrupted one did.
-    pub fn start_epoch(&self, epoch: usize) {
-        self.steps.store((epoch as u64) << 32, Ordering::Relaxed);
-    }
-
     /// The same plan with another selection engine.
     pub fn with_engine(self, engine: SelectionEngine) -> Self {
         Self { engine, ..self }
@@ -137,7 +154,7 @@ impl SelectionPlan {
     /// ⌈(1−r)(K−M)+M⌉ of them.
     pub fn candidates_among(&self, pool: &[i64], mode: Mode) -> CandidateOrder {
         match mode {
-            Mode::Train => self.draw(Some(pool), 1, mode),
+            Mode::Train(_) => self.draw(Some(pool), 1, mode),
             Mode::Eval => {
                 let mut order = self.candidates(1, mode);
                 let mut keep = vec![false; self.grid.len()];
@@ -155,16 +172,10 @@ impl SelectionPlan {
     fn draw(&self, pool: Option<&[i64]>, batch: usize, mode: Mode) -> CandidateOrder {
         let n = pool.map_or(self.grid.len(), <[i64]>::len);
         let m = self.buffer.salient();
-        let dropping = mode == Mode::Train && self.drop.ratio() > 0.0;
-        let seed = match mode {
-            Mode::Train => {
-                self.seed
-                    ^ self
-                        .steps
-                        .fetch_add(1, Ordering::Relaxed)
-                        .wrapping_mul(0x9e37_79b9)
-            }
-            Mode::Eval => self.seed ^ 0xe7a1,
+        let dropping = matches!(mode, Mode::Train(_)) && self.drop.ratio() > 0.0;
+        let (seed, skip) = match mode {
+            Mode::Train(key) => (key.seed(self.seed), key.skip),
+            Mode::Eval => (self.seed ^ 0xe7a1, 0),
         };
         let mut rng = StdRng::seed_from_u64(seed);
         let mut shared: Vec<usize> = (0..n).collect();
@@ -174,6 +185,12 @@ impl SelectionPlan {
         let grid_index = |i: usize| pool.map_or(i as i64, |p| p[i]);
         let mut indices = Vec::with_capacity(batch * n);
         let mut per_image = n;
+        if dropping {
+            // The drops of the images before this part of the global batch, in draw order.
+            for _ in 0..skip {
+                self.drop.sample(n, m, &mut rng);
+            }
+        }
         for _ in 0..batch {
             let mut kept = if dropping {
                 self.drop.sample(n, m, &mut rng)
@@ -354,21 +371,29 @@ fn slide_pool(slide: &SlideImage, grid: &PatchGrid) -> Result<Option<Vec<i64>>, 
 }
 
 /// Runs `per_batch` on a batch of one size, or on each image of a separate batch with its own
-/// plan and stacks the results.
+/// plan and stacks the results; `per_batch` is told which image of the batch it holds (`None`:
+/// all of them).
 fn each_size<B: Backend, Out: Backend>(
     plan: &SelectionPlan,
     images: &BatchImages<B>,
-    per_batch: impl Fn(&SelectionPlan, Uniform<B>) -> Result<ForwardOutput<Out>, TrainError>,
+    per_batch: impl Fn(
+        &SelectionPlan,
+        Uniform<B>,
+        Option<usize>,
+    ) -> Result<ForwardOutput<Out>, TrainError>,
 ) -> Result<ForwardOutput<Out>, TrainError> {
     match images {
-        BatchImages::Host { images, device } => {
-            per_batch(plan, Uniform::Host(Arc::clone(images), device.clone()))
-        }
-        BatchImages::Device(images) => per_batch(plan, Uniform::Device(images.clone())),
+        BatchImages::Host { images, device } => per_batch(
+            plan,
+            Uniform::Host(Arc::clone(images), device.clone()),
+            None,
+        ),
+        BatchImages::Device(images) => per_batch(plan, Uniform::Device(images.clone()), None),
         BatchImages::Separate { images, device } => {
             let outputs = images
                 .iter()
-                .map(|image| {
+                .enumerate()
+                .map(|(index, image)| {
                     let plan = plan.for_image(image.size()).map_err(|e| match image {
                         SingleImage::Slide(slide) => TrainError::Input {
                             path: slide.slide.path().to_path_buf(),
@@ -382,7 +407,7 @@ fn each_size<B: Backend, Out: Backend>(
                             Uniform::Slide(Arc::clone(slide), device.clone())
                         }
                     };
-                    per_batch(&plan, one)
+                    per_batch(&plan, one, Some(index))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(ForwardOutput::stack(outputs))
@@ -464,7 +489,7 @@ impl<B: Backend> PatchClassifier<B> {
             None => plan.candidates(images.batch(), mode),
         };
         let buffer = match mode {
-            Mode::Train => plan.buffer,
+            Mode::Train(_) => plan.buffer,
             Mode::Eval => plan.eval_buffer,
         }
         .with_chunk(order.chunk)?;
@@ -609,7 +634,7 @@ impl<B: Backend> PatchClassifier<B> {
     /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
     /// Images that do not fit the plan's patch grid are an error.
     pub fn forward_eval(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
-        each_size(&self.plan, images, |plan, images| {
+        each_size(&self.plan, images, |plan, images, _| {
             let selection = self.select(plan, &images, Mode::Eval)?;
             Ok(self.aggregate(selection.salient, selection.sub_salient))
         })
@@ -619,12 +644,21 @@ impl<B: Backend> PatchClassifier<B> {
 impl<B: AutodiffBackend> PatchClassifier<B> {
     /// Training forward (method.md §5–6): selection runs on the inner backend with the encoder in
     /// inference mode; only the M salient patches are re-embedded with gradients, the S
-    /// sub-salient embeddings join as constants. Images that do not fit the plan's patch grid
-    /// are an error.
-    pub fn forward_train(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
+    /// sub-salient embeddings join as constants. `key` places the batch in its epoch and global
+    /// batch, which keys the random draws. Images that do not fit the plan's patch grid are an
+    /// error.
+    pub fn forward_train(
+        &self,
+        images: &BatchImages<B>,
+        key: &BatchKey,
+    ) -> Result<ForwardOutput<B>, TrainError> {
         let valid = self.valid();
-        each_size(&self.plan, images, |plan, images| {
-            self.train_one_size(&valid, plan, &images)
+        each_size(&self.plan, images, |plan, images, index| {
+            let draw = match index {
+                None => key.batch_draw(),
+                Some(index) => key.image_draw(index),
+            };
+            self.train_one_size(&valid, plan, &images, draw)
         })
     }
 
@@ -635,8 +669,9 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
         valid: &PatchClassifier<B::InnerBackend>,
         plan: &SelectionPlan,
         images: &Uniform<B>,
+        draw: DrawKey,
     ) -> Result<ForwardOutput<B>, TrainError> {
-        let selection = valid.select(plan, &images.inner(), Mode::Train)?;
+        let selection = valid.select(plan, &images.inner(), Mode::Train(draw))?;
 
         // The M winners are cut again from the images, for the gradient pass.
         let winners = selection.salient.indices.clone();
@@ -691,7 +726,7 @@ mod tests {
     #[test]
     fn drop_applies_in_training_only() {
         let plan = plan(0.5, true);
-        let train = plan.candidates(4, Mode::Train);
+        let train = plan.candidates(4, Mode::Train(DrawKey::default()));
         assert_eq!(train.per_image, 55); // ⌈0.5·90 + 10⌉
         assert_eq!(train.indices.len(), 4 * 55);
         assert_eq!(train.chunk, 8); // ⌈16·0.5⌉
@@ -718,7 +753,7 @@ mod tests {
         assert_eq!(among.indices, filtered);
         assert_eq!((among.per_image, among.chunk), (34, 16));
 
-        let train = plan(0.5, true).candidates_among(&pool, Mode::Train);
+        let train = plan(0.5, true).candidates_among(&pool, Mode::Train(DrawKey::default()));
         assert_eq!(train.per_image, 22); // ⌈0.5·24 + 10⌉
         assert_eq!(train.indices.len(), 22);
         assert!(train.indices.iter().all(|i| i % 3 == 0), "{train:?}");
@@ -730,18 +765,44 @@ mod tests {
         let all: Vec<i64> = (0..100).collect();
         let (a, b) = (plan(0.5, true), plan(0.5, true));
         assert_eq!(
-            a.candidates_among(&all, Mode::Train),
-            b.candidates(1, Mode::Train)
+            a.candidates_among(&all, Mode::Train(DrawKey::default())),
+            b.candidates(1, Mode::Train(DrawKey::default()))
         );
         let sorted = plan(0.5, false)
-            .candidates_among(&pool, Mode::Train)
+            .candidates_among(&pool, Mode::Train(DrawKey::default()))
             .indices;
         assert!(sorted.windows(2).all(|w| w[0] < w[1]), "{sorted:?}");
     }
 
+    /// A replica holding images 2 and 3 of a global batch of 4 draws exactly what the single
+    /// process holding all four draws for them, with and without patch drop; another draw
+    /// number or epoch gives other draws.
+    #[test]
+    fn a_part_of_the_global_batch_draws_what_the_whole_batch_draws_for_it() {
+        for drop in [0.0, 0.5] {
+            let plan = plan(drop, true);
+            let key = DrawKey {
+                epoch: 3,
+                draw: 7,
+                skip: 0,
+            };
+            let whole = plan.candidates(4, Mode::Train(key));
+            let part = plan.candidates(2, Mode::Train(DrawKey { skip: 2, ..key }));
+            let k = whole.per_image;
+            assert_eq!(part.per_image, k);
+            assert_eq!(part.indices, whole.indices[2 * k..]);
+            for other in [DrawKey { draw: 8, ..key }, DrawKey { epoch: 4, ..key }] {
+                assert_ne!(
+                    plan.candidates(4, Mode::Train(other)).indices,
+                    whole.indices
+                );
+            }
+        }
+    }
+
     #[test]
     fn unshuffled_plan_keeps_grid_order() {
-        let order = plan(0.0, false).candidates(2, Mode::Train);
+        let order = plan(0.0, false).candidates(2, Mode::Train(DrawKey::default()));
         assert_eq!(&order.indices[..5], &[0, 1, 2, 3, 4]);
         assert_eq!(&order.indices[100..103], &[0, 1, 2]);
     }

@@ -456,6 +456,52 @@ impl PredictReport {
     }
 }
 
+/// The best checkpoints of every method of a run, opened once, predicting file after file.
+#[derive(Debug)]
+pub struct Predictor<B: Backend> {
+    methods: Vec<TrainedMethod<B>>,
+    slides: SlideOptions,
+    device: B::Device,
+}
+
+impl<B: Backend> Predictor<B> {
+    /// Opens the best checkpoint of every method under `checkpoint` (a run directory or one
+    /// method folder).
+    pub fn open(checkpoint: &Path, slides: &SlideOptions, device: &B::Device) -> Result<Self> {
+        let methods = method_dirs(checkpoint)?
+            .iter()
+            .map(|dir| TrainedMethod::<B>::open(dir, device))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            methods,
+            slides: *slides,
+            device: device.clone(),
+        })
+    }
+
+    /// The methods, in name order.
+    pub fn methods(&self) -> &[TrainedMethod<B>] {
+        &self.methods
+    }
+
+    /// What every method predicts for one file (an image, or a tiled TIFF read as a slide).
+    pub fn predict_file(&self, file: &Path) -> Result<Vec<ImagePrediction>> {
+        let slide = open_slide(file, &self.slides)?;
+        let predictions = self
+            .methods
+            .iter()
+            .map(|method| match &slide {
+                Some(slide) => method.predict_slide(slide, &self.slides, &self.device),
+                None => method.predict(file, &self.device),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(reading) = predictions.last().and_then(|p| p.slide) {
+            tracing::info!(slide = %file.display(), skipped = reading.patches_skipped, tiles_read = reading.tiles_read, tiles = reading.tiles, "slide read");
+        }
+        Ok(predictions)
+    }
+}
+
 /// Predicts every image of `inputs` (files, or folders of images) with every method under
 /// `checkpoint` (a run directory or one method folder); tiled TIFFs are streamed as slides.
 pub fn predict<B: Backend>(
@@ -466,24 +512,13 @@ pub fn predict<B: Backend>(
     device_name: &str,
 ) -> Result<PredictReport> {
     let files = image_files(inputs)?;
-    let methods = method_dirs(checkpoint)?
-        .iter()
-        .map(|dir| TrainedMethod::<B>::open(dir, device))
-        .collect::<Result<Vec<_>>>()?;
-    let bar = progress_bar(files.len() * methods.len(), "predict");
-    let mut predictions = Vec::with_capacity(files.len() * methods.len());
+    let predictor = Predictor::<B>::open(checkpoint, slides, device)?;
+    let bar = progress_bar(files.len() * predictor.methods().len(), "predict");
+    let mut predictions = Vec::with_capacity(files.len() * predictor.methods().len());
     for file in &files {
-        let slide = open_slide(file, slides)?;
-        for method in &methods {
-            predictions.push(match &slide {
-                Some(slide) => method.predict_slide(slide, slides, device)?,
-                None => method.predict(file, device)?,
-            });
-            bar.inc(1);
-        }
-        if let Some(reading) = predictions.last().and_then(|p| p.slide) {
-            tracing::info!(slide = %file.display(), skipped = reading.patches_skipped, tiles_read = reading.tiles_read, tiles = reading.tiles, "slide read");
-        }
+        let found = predictor.predict_file(file)?;
+        bar.inc(found.len() as u64);
+        predictions.extend(found);
     }
     bar.finish_and_clear();
     Ok(PredictReport {

@@ -2,15 +2,16 @@
 //! directory of an interrupted run, resumed), then the method's test figures and reports.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataloader::DataLoader;
+use burn::data::dataset::Dataset;
 use burn::optim::AdamWConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn_train::logger::InMemoryMetricLogger;
-use burn_train::{Interrupter, Learner, SupervisedTraining};
+use burn_train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
 
 use crate::build::build_classifier;
 use crate::checkpoint::{
@@ -20,13 +21,17 @@ use crate::checkpoint::{
 use crate::config::RunConfig;
 use crate::datasets::Splits;
 use crate::epoch_order::{EpochOrder, epoch_seed};
-use crate::eval::evaluate;
+use crate::eval::{evaluate, evaluate_shared};
 use crate::metrics::TaskMetric;
+use crate::parallel::{
+    CollectiveSession, CollectiveStrategy, MultiDeviceEngine, NodeSpec, ShardLoader, ShardPlan,
+    broadcast_model, fnv1a,
+};
 use crate::report::{EpochFigures, MethodReport, RunReport, SelectionFigures, write_json_atomic};
 use crate::run_dir::fresh_run_dir;
 use crate::{
-    ImageBatcher, MeteredOptimizer, ProgressRenderer, Result, TrainError, TrainedClassifier,
-    TrainingMonitor, WarmupCosine,
+    GradientTrace, ImageBatch, ImageBatcher, MeteredOptimizer, ProgressRenderer, Result,
+    TrainError, TrainedClassifier, TrainingMonitor, WarmupCosine,
 };
 
 /// The epoch a resumed method continues from: the newest whose model, optimizer and schedule
@@ -47,20 +52,191 @@ fn resume_point(method_dir: &Path) -> Result<(usize, Vec<EpochFigures>)> {
     Ok((epoch, recorded.into_iter().take(epoch).collect()))
 }
 
+/// Where a run trains: one replica per device of this process (the first is the main
+/// device: it validates and its model is the one recorded), and, when this process is one rank
+/// of several, how it joins them.
+#[derive(Debug, Clone)]
+pub struct Placement<B: AutodiffBackend> {
+    /// This process's devices, one replica each; at least one.
+    pub devices: Vec<B::Device>,
+    /// This process's place among several (one device each), or `None` for a run of one process.
+    pub node: Option<NodeSpec>,
+    /// Where to record the gradients of every optimizer step (a debugging aid, see
+    /// [`GradientTrace`]); rank 0 records, the gradients being the same on every rank.
+    pub trace: Option<GradientTrace>,
+    /// The engine that trains several devices of this process; burn-train's multi-device
+    /// strategy when `None`.
+    pub engine: Option<MultiDeviceEngine<B>>,
+}
+
+impl<B: AutodiffBackend> Placement<B> {
+    /// One process, one device.
+    pub fn single(device: B::Device) -> Self {
+        Self {
+            devices: vec![device],
+            node: None,
+            trace: None,
+            engine: None,
+        }
+    }
+
+    fn main(&self) -> &B::Device {
+        &self.devices[0]
+    }
+}
+
+/// A run's placement once joined: the devices, the session among ranks, and who writes.
+struct Joined<B: AutodiffBackend> {
+    devices: Vec<B::Device>,
+    session: Option<Arc<CollectiveSession<B::InnerBackend>>>,
+    trace: Option<GradientTrace>,
+    engine: MultiDeviceEngine<B>,
+}
+
+impl<B: AutodiffBackend> Joined<B> {
+    /// Opens the session when this process is one rank of several: after the config and the
+    /// dataset were checked, so that every rank checks its own before waiting for the others.
+    fn join(placement: &Placement<B>, config: &RunConfig, splits: &Splits) -> Result<Self> {
+        if placement.devices.is_empty() {
+            return Err(TrainError::Collective {
+                reason:
+                    "no device given; pass --device cpu, cuda:0 or a list such as cuda:0,cuda:1"
+                        .into(),
+            });
+        }
+        let session = match &placement.node {
+            None => None,
+            Some(spec) => {
+                if placement.devices.len() > 1 {
+                    return Err(TrainError::Collective {
+                        reason: format!(
+                            "--nodes runs one process per device, but this rank was given {} devices; start one rank per GPU, each with --device cuda:N",
+                            placement.devices.len()
+                        ),
+                    });
+                }
+                let fingerprint = run_fingerprint(config, splits);
+                let session =
+                    CollectiveSession::join(spec.clone(), placement.main().clone(), fingerprint)?;
+                Some(Arc::new(session))
+            }
+        };
+        Ok(Self {
+            devices: placement.devices.clone(),
+            session,
+            trace: placement.trace.clone(),
+            engine: placement.engine.clone().unwrap_or_default(),
+        })
+    }
+
+    fn main(&self) -> &B::Device {
+        &self.devices[0]
+    }
+
+    /// True on the process that writes the run's files (rank 0, or the only process).
+    fn writes(&self) -> bool {
+        self.session.as_ref().is_none_or(|s| s.rank() == 0)
+    }
+
+    /// Replicas over every rank, and the global index of this process's first.
+    fn parts(&self) -> (usize, usize) {
+        let local = self.devices.len();
+        match &self.session {
+            None => (local, 0),
+            Some(s) => (local * s.nodes(), local * s.rank()),
+        }
+    }
+
+    /// What every rank must agree on before two ranks' results can be added.
+    fn agree(&self, value: usize, what: &str) -> Result<()> {
+        let Some(session) = &self.session else {
+            return Ok(());
+        };
+        let mut slots = vec![0f32; session.nodes()];
+        slots[session.rank()] = value as f32;
+        let all = session.all_reduce_sum(slots, &format!("start-up ({what})"))?;
+        match all.iter().position(|&v| v != all[0]) {
+            None => Ok(()),
+            Some(rank) => Err(TrainError::Collective {
+                reason: format!(
+                    "rank {rank} sees {what} = {} but rank 0 sees {}; every rank must read the same run directory (a shared filesystem)",
+                    all[rank], all[0]
+                ),
+            }),
+        }
+    }
+}
+
+/// What the ranks of a run must agree on: the config, the dataset's splits and tasks, and this
+/// dbps's version.
+fn run_fingerprint(config: &RunConfig, splits: &Splits) -> u64 {
+    let mut text = serde_json::to_string(config).unwrap_or_default();
+    text += &format!(
+        "|{}|{}|{}|{:?}|{}",
+        splits.train.len(),
+        splits.valid.len(),
+        splits.test.len(),
+        splits.tasks,
+        env!("CARGO_PKG_VERSION")
+    );
+    fnv1a(text.as_bytes())
+}
+
+/// The seed an epoch starts the backend's generator (dropout) from: the run's epoch seed,
+/// mixed with the rank so that ranks draw different masks for their different images.
+fn dropout_seed(seed: u64, epoch: usize, rank: usize) -> u64 {
+    epoch_seed(seed, epoch) ^ (rank as u64).wrapping_mul(0xd1b5_4a32_d192_ed03)
+}
+
+/// Engines whose devices all wait for each other every step cannot take an epoch whose last
+/// batch holds fewer images than there are devices (or a batch smaller than the devices).
+fn check_every_part_filled(shards: &ShardPlan, images: usize) -> Result<()> {
+    let (batch, parts) = (shards.batch_size(), shards.parts());
+    let last = match images % batch {
+        0 => batch.min(images),
+        short => short,
+    };
+    if last < parts {
+        return Err(TrainError::Collective {
+            reason: format!(
+                "{parts} devices each need an image at every step, but the training split's {images} images leave {last} for the last batch of {batch}; set `train.batch_size` to a multiple of {parts} that divides {images}, or to one that leaves at least {parts} images for the last batch"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// A checkpointing strategy that saves nothing: ranks other than 0 load checkpoints (to
+/// resume) but never write them.
+struct NeverSave;
+
+impl burn_train::checkpoint::CheckpointingStrategy for NeverSave {
+    fn checkpointing(
+        &mut self,
+        _epoch: usize,
+        _store: &burn_train::metric::store::EventStoreClient,
+    ) -> Vec<burn_train::checkpoint::CheckpointingAction> {
+        Vec::new()
+    }
+}
+
 /// Trains method `index` of a config into `method_dir` and evaluates it on the test split.
 /// With `resume`, training continues from the method directory's last complete checkpoint
 /// (model, optimizer, schedule position, epoch; data order and random draws are functions
 /// of the seed and the epoch, so the run ends as an uninterrupted one would).
-pub fn train_method<B: AutodiffBackend>(
+fn train_method<B: AutodiffBackend>(
     config: &RunConfig,
     index: usize,
     splits: &Splits,
     method_dir: &Path,
-    device: &B::Device,
+    joined: &Joined<B>,
     resume: bool,
 ) -> Result<MethodReport> {
     let method = &config.methods[index];
     let train = &config.train;
+    let device = joined.main();
+    let writes = joined.writes();
+    let rank = joined.session.as_ref().map_or(0, |s| s.rank());
     B::seed(device, train.seed);
     let classifier = build_classifier::<B>(config, index, &splits.tasks, device)?;
     let plan = classifier.plan().clone();
@@ -69,7 +245,7 @@ pub fn train_method<B: AutodiffBackend>(
         Some(pool) => TrainingMonitor::new(interrupter.clone()).with_pool(pool),
         None => TrainingMonitor::new(interrupter.clone()),
     };
-    let model = TrainedClassifier::new(classifier, monitor.clone());
+    let mut model = TrainedClassifier::new(classifier, monitor.clone());
     splits.watch(&interrupter);
 
     let (done, history) = if resume {
@@ -77,17 +253,23 @@ pub fn train_method<B: AutodiffBackend>(
     } else {
         (0, Vec::new())
     };
+    joined.agree(done, &format!("the last complete epoch of {}", method.name))?;
     let saved: BTreeSet<usize> = complete_epochs(method_dir)
         .into_iter()
         .filter(|&e| e <= done)
         .collect();
-    // Files of epochs after the resume point (or half-written ones) would be mistaken for
-    // the epochs about to be trained again.
-    prune_checkpoints(method_dir, &saved.iter().copied().collect::<Vec<_>>())?;
+    if writes {
+        // Files of epochs after the resume point (or half-written ones) would be mistaken for
+        // the epochs about to be trained again.
+        prune_checkpoints(method_dir, &saved.iter().copied().collect::<Vec<_>>())?;
+    }
     if done > 0 {
         // burn-train panics on a checkpoint it cannot read: find a damaged one first.
         load_weights(model.clone(), &checkpoint_path(method_dir, done), device)?;
         tracing::info!(method = %method.name, epoch = done, "resuming after the last complete checkpoint");
+    } else if let Some(session) = &joined.session {
+        // Every rank starts from rank 0's initial weights.
+        model = broadcast_model(session, model)?;
     }
     let manifest = MethodManifest {
         config: config.clone(),
@@ -96,36 +278,53 @@ pub fn train_method<B: AutodiffBackend>(
         epochs: history.len(),
         tasks: splits.tasks.clone(),
     };
-    std::fs::create_dir_all(method_dir).map_err(|source| TrainError::Write {
-        path: method_dir.to_path_buf(),
-        source,
-    })?;
-    write_json_atomic(&method_dir.join(MANIFEST), &manifest)?;
+    if writes {
+        std::fs::create_dir_all(method_dir).map_err(|source| TrainError::Write {
+            path: method_dir.to_path_buf(),
+            source,
+        })?;
+        write_json_atomic(&method_dir.join(MANIFEST), &manifest)?;
+    }
 
     let order = EpochOrder::new(splits.train.clone(), train.seed);
-    let start_epoch = {
-        let (plan, order, device, seed) = (plan.clone(), order.clone(), device.clone(), train.seed);
-        move |epoch: usize| {
-            B::seed(&device, epoch_seed(seed, epoch));
-            plan.start_epoch(epoch);
+    let start_epoch: Arc<dyn Fn(usize) + Send + Sync> = {
+        let (order, device, seed) = (order.clone(), device.clone(), train.seed);
+        Arc::new(move |epoch: usize| {
+            B::seed(&device, dropout_seed(seed, epoch, rank));
             order.start_epoch(epoch);
-        }
+        })
     };
     start_epoch(done + 1);
 
+    let (parts, first) = joined.parts();
+    let shards = ShardPlan::new(train.batch_size, parts);
     let batcher = ImageBatcher::for_split(splits.tasks.clone(), &splits.train);
-    let loader_train = DataLoaderBuilder::new(batcher.clone())
-        .batch_size(train.batch_size)
-        .num_workers(train.workers)
-        .set_device(device.clone())
-        .build(order);
-    let loader_valid = DataLoaderBuilder::<B::InnerBackend, _, _>::new(batcher)
-        .batch_size(train.batch_size)
-        .num_workers(train.workers)
-        .set_device(device.clone())
-        .build(splits.valid.clone());
+    let loader_train = ShardLoader::<B>::new(
+        order,
+        batcher.clone(),
+        shards,
+        first..first + joined.devices.len(),
+        train.workers,
+        device.clone(),
+    );
+    let steps_per_epoch = loader_train.steps();
+    if joined.devices.len() > 1 && joined.engine.needs_every_part {
+        check_every_part_filled(&shards, splits.train.len())?;
+    }
+    // Validation: the main device reads the whole split, or each rank its part of it.
+    let (valid_parts, valid_part) = match &joined.session {
+        Some(s) => (s.nodes(), s.rank()),
+        None => (1, 0),
+    };
+    let loader_valid = ShardLoader::<B::InnerBackend>::new(
+        EpochOrder::new(splits.valid.clone(), train.seed),
+        batcher,
+        ShardPlan::new(train.batch_size, valid_parts),
+        valid_part..valid_part + 1,
+        train.workers,
+        device.clone(),
+    );
 
-    let steps_per_epoch = splits.train.source().len().div_ceil(train.batch_size);
     let total_steps = steps_per_epoch * train.epochs;
     let warmup = (train.warmup_epochs * steps_per_epoch as f64).round() as usize;
     let optimizer = AdamWConfig::new()
@@ -134,37 +333,71 @@ pub fn train_method<B: AutodiffBackend>(
         .with_epsilon(1e-8)
         .with_weight_decay(train.weight_decay as f32)
         .init();
-    let learner = Learner::new(
-        model,
-        MeteredOptimizer::<_, B>::new(optimizer, monitor.meter().clone(), device.clone()),
-        WarmupCosine::new(train.lr, warmup, total_steps),
-    );
+    let mut optimizer =
+        MeteredOptimizer::<_, B>::new(optimizer, monitor.meter().clone(), device.clone());
+    if writes && let Some(trace) = &joined.trace {
+        optimizer = optimizer.with_trace(trace.for_method(&method.name)?);
+    }
+    let mut schedule = WarmupCosine::new(train.lr, warmup, total_steps);
+    if joined.devices.len() > 1 && joined.engine.schedule_per_device {
+        schedule = schedule.with_calls_per_step(joined.devices.len());
+    }
+    let learner = Learner::new(model, optimizer, schedule);
     let history = Arc::new(Mutex::new(history));
 
-    tracing::info!(method = %method.name, patches = plan.grid.len(), m = plan.buffer.salient(), s = plan.buffer.sub_salient(), l = plan.buffer.chunk(), drop = plan.drop.ratio(), dir = %method_dir.display(), "training");
+    tracing::info!(method = %method.name, patches = plan.grid.len(), m = plan.buffer.salient(), s = plan.buffer.sub_salient(), l = plan.buffer.chunk(), drop = plan.drop.ratio(), replicas = parts, dir = %method_dir.display(), "training");
     let start = Instant::now();
-    let mut training = SupervisedTraining::new(method_dir, loader_train, loader_valid)
-        .metrics((TaskMetric::loss(), TaskMetric::accuracy()))
-        // history.json is the record of the epochs (written by `EveryEpoch` from the steps'
-        // own sums); burn-train's file logs would misnumber the epochs after a resume.
-        .with_metric_logger(InMemoryMetricLogger::new())
-        .num_epochs(train.epochs)
-        .with_file_checkpointer(CheckpointRecorder::new())
-        .with_checkpointing_strategy(EveryEpoch {
-            history: history.clone(),
-            meter: monitor.meter().clone(),
-            monitor: monitor.clone(),
-            method_dir: method_dir.to_path_buf(),
-            manifest: manifest.clone(),
-            saved,
-            start_epoch: Box::new(start_epoch),
-        })
-        .with_interrupter(interrupter)
-        .with_application_logger(None)
-        .renderer(ProgressRenderer::new(&method.name));
+    let mut training = SupervisedTraining::new(
+        method_dir,
+        Arc::new(loader_train) as Arc<dyn DataLoader<B, ImageBatch<B>>>,
+        Arc::new(loader_valid) as Arc<dyn DataLoader<B::InnerBackend, ImageBatch<B::InnerBackend>>>,
+    )
+    .metrics((TaskMetric::loss(), TaskMetric::accuracy()))
+    // history.json is the record of the epochs (written by `EveryEpoch` from the steps'
+    // own sums); burn-train's file logs would misnumber the epochs after a resume.
+    .with_metric_logger(InMemoryMetricLogger::new())
+    .num_epochs(train.epochs)
+    .with_interrupter(interrupter)
+    .with_application_logger(None)
+    .renderer(ProgressRenderer::new(&method.name));
+    if writes {
+        let start_epoch = Arc::clone(&start_epoch);
+        training = training
+            .with_file_checkpointer(CheckpointRecorder::new())
+            .with_checkpointing_strategy(EveryEpoch {
+                history: history.clone(),
+                meter: monitor.meter().clone(),
+                monitor: monitor.clone(),
+                method_dir: method_dir.to_path_buf(),
+                manifest: manifest.clone(),
+                saved,
+                start_epoch: Box::new(move |epoch| start_epoch(epoch)),
+            });
+    } else if done > 0 {
+        // Loads rank 0's checkpoint; writes nothing.
+        training = training
+            .with_file_checkpointer(CheckpointRecorder::new())
+            .with_checkpointing_strategy(NeverSave);
+    }
     if done > 0 {
         training = training.checkpoint(done);
     }
+    training = match &joined.session {
+        Some(session) => training.with_training_strategy(TrainingStrategy::Custom(Arc::new(
+            CollectiveStrategy::<B>::new(
+                Arc::clone(session),
+                monitor.clone(),
+                &method.name,
+                splits.tasks.len(),
+                steps_per_epoch,
+                Arc::clone(&start_epoch),
+            ),
+        ))),
+        None if joined.devices.len() > 1 => {
+            training.with_training_strategy((joined.engine.strategy)(joined.devices.clone()).into())
+        }
+        None => training,
+    };
     let result = training.launch(learner);
     let train_seconds = start.elapsed().as_secs_f64();
     let history = history.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -185,33 +418,57 @@ pub fn train_method<B: AutodiffBackend>(
     let inner_device = device.clone();
     let last = result.model;
     let last_epoch = history.last().map_or(0, |e| e.epoch);
-    let best_epoch = best_epoch(&history).unwrap_or(last_epoch);
-    prune_checkpoints(method_dir, &[last_epoch, best_epoch])?;
-    let test_last = evaluate(
-        &last,
-        &splits.test,
-        &splits.tasks,
-        train.batch_size,
-        &inner_device,
-        &format!("{} test (last)", method.name),
-    )?;
+    // Only rank 0 keeps the history; the others learn the epochs from it.
+    let (last_epoch, best_epoch) = match &joined.session {
+        Some(session) => {
+            let mine = [
+                last_epoch as f32,
+                best_epoch(&history).unwrap_or(last_epoch) as f32,
+            ];
+            let epochs = session.broadcast(mine.to_vec(), "the best epoch")?;
+            (epochs[0] as usize, epochs[1] as usize)
+        }
+        None => (last_epoch, best_epoch(&history).unwrap_or(last_epoch)),
+    };
+    if writes {
+        prune_checkpoints(method_dir, &[last_epoch, best_epoch])?;
+    }
+    let test = |model: &TrainedClassifier<B::InnerBackend>, which: &str| {
+        let label = format!("{} test ({which})", method.name);
+        match &joined.session {
+            Some(session) => evaluate_shared(
+                model,
+                &splits.test,
+                &splits.tasks,
+                train.batch_size,
+                session,
+                &label,
+            ),
+            None => evaluate(
+                model,
+                &splits.test,
+                &splits.tasks,
+                train.batch_size,
+                &inner_device,
+                &label,
+            ),
+        }
+    };
+    let test_last = test(&last, "last")?;
     // The best epoch is often the last: its weights are the ones just evaluated.
     let test_best_valid = if best_epoch == last_epoch {
         test_last.clone()
     } else {
+        if let Some(session) = &joined.session {
+            // Rank 0 has pruned; its best checkpoint is on disk for every rank.
+            session.barrier("loading the best epoch's weights")?;
+        }
         let best = load_weights(
             last.clone(),
             &checkpoint_path(method_dir, best_epoch),
             &inner_device,
         )?;
-        evaluate(
-            &best,
-            &splits.test,
-            &splits.tasks,
-            train.batch_size,
-            &inner_device,
-            &format!("{} test (best)", method.name),
-        )?
+        test(&best, "best")?
     };
     // A test image that could not be loaded was scored as a blank: no figure is reported.
     if let Some(error) = splits.take_failure() {
@@ -244,12 +501,12 @@ pub fn train_method<B: AutodiffBackend>(
 }
 
 /// Trains the methods of `report.dir` that `report` does not hold yet, writing `metrics.json`
-/// after each.
+/// after each (rank 0 only).
 fn train_methods<B: AutodiffBackend>(
     config: &RunConfig,
     splits: &Splits,
     mut report: RunReport,
-    device: &B::Device,
+    joined: &Joined<B>,
     resume: bool,
 ) -> Result<RunReport> {
     for index in report.methods.len()..config.methods.len() {
@@ -259,44 +516,83 @@ fn train_methods<B: AutodiffBackend>(
             index,
             splits,
             &method_dir,
-            device,
+            joined,
             resume,
         )?);
-        write_json_atomic(&report.dir.join("metrics.json"), &report)?;
+        if joined.writes() {
+            write_json_atomic(&report.dir.join("metrics.json"), &report)?;
+        }
+    }
+    if let Some(session) = &joined.session {
+        let (bytes, exchanges) = session.traffic();
+        tracing::info!(
+            rank = session.rank(),
+            exchanges,
+            megabytes = bytes as f64 / 1e6,
+            "all-reduce traffic of this rank"
+        );
+        session.finish();
     }
     Ok(report)
+}
+
+/// The name a report gives where a run trained.
+fn placement_name(device_name: &str, joined: &Joined<impl AutodiffBackend>) -> String {
+    match (&joined.session, joined.devices.len()) {
+        (Some(s), _) => format!("{device_name}, rank {} of {}", s.rank(), s.nodes()),
+        (None, 1) => device_name.to_string(),
+        (None, n) => format!("{device_name} × {n} replicas"),
+    }
 }
 
 /// Trains every method of a config side by side in a fresh directory named after `wanted`
 /// (see [`fresh_run_dir`]), writing `config.json` and `metrics.json` there.
 ///
-/// The config and the dataset are checked first: bad input creates no directory.
+/// The config and the dataset are checked first: bad input creates no directory. With
+/// several ranks, rank 0 creates the directory and tells the others its name.
 pub fn run<B: AutodiffBackend>(
     config: &RunConfig,
     wanted: &Path,
-    device: &B::Device,
+    placement: &Placement<B>,
     device_name: &str,
 ) -> Result<RunReport> {
     config.validate()?;
     let splits = Splits::open(config)?;
-    let run_dir = fresh_run_dir(wanted)?;
-    tracing::info!(run_dir = %run_dir.display(), device = device_name, "starting run");
-    write_json_atomic(&run_dir.join("config.json"), config)?;
+    let joined = Joined::join(placement, config, &splits)?;
+    let run_dir = if joined.writes() {
+        let dir = fresh_run_dir(wanted)?;
+        write_json_atomic(&dir.join("config.json"), config)?;
+        dir
+    } else {
+        PathBuf::new()
+    };
+    let run_dir = match &joined.session {
+        Some(session) => PathBuf::from(
+            session.broadcast_text(&run_dir.to_string_lossy(), "start-up (the run directory)")?,
+        ),
+        None => run_dir,
+    };
+    if let Some(session) = &joined.session {
+        session.set_run_dir(&run_dir);
+    }
+    let device = placement_name(device_name, &joined);
+    tracing::info!(run_dir = %run_dir.display(), device, "starting run");
     let report = RunReport {
         run: config.name.clone(),
         dir: run_dir,
-        device: device_name.to_string(),
+        device,
         methods: Vec::new(),
     };
-    train_methods::<B>(config, &splits, report, device, false)
+    train_methods::<B>(config, &splits, report, &joined, false)
 }
 
 /// Continues the run in `run_dir` that `dbps train` started: methods already in its
 /// `metrics.json` are kept, the first unfinished one continues from its last complete
-/// checkpoint, the rest train from the start.
+/// checkpoint, the rest train from the start. Every rank of a multi-process run resumes from
+/// rank 0's directory.
 pub fn resume<B: AutodiffBackend>(
     run_dir: &Path,
-    device: &B::Device,
+    placement: &Placement<B>,
     device_name: &str,
 ) -> Result<RunReport> {
     let not_a_run = |reason: String| TrainError::Checkpoint {
@@ -318,7 +614,7 @@ pub fn resume<B: AutodiffBackend>(
     let mut report = RunReport {
         run: config.name.clone(),
         dir: run_dir.to_path_buf(),
-        device: device_name.to_string(),
+        device: String::new(),
         methods: Vec::new(),
     };
     if metrics.is_file() {
@@ -341,8 +637,14 @@ pub fn resume<B: AutodiffBackend>(
         }
         report.methods = done.methods;
     }
-    tracing::info!(run_dir = %run_dir.display(), device = device_name, finished = report.methods.len(), of = config.methods.len(), "resuming run");
-    train_methods::<B>(&config, &splits, report, device, true)
+    let joined = Joined::join(placement, &config, &splits)?;
+    if let Some(session) = &joined.session {
+        session.set_run_dir(run_dir);
+    }
+    joined.agree(report.methods.len(), "the methods finished")?;
+    report.device = placement_name(device_name, &joined);
+    tracing::info!(run_dir = %run_dir.display(), device = %report.device, finished = report.methods.len(), of = config.methods.len(), "resuming run");
+    train_methods::<B>(&config, &splits, report, &joined, true)
 }
 
 #[cfg(test)]

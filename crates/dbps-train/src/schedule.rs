@@ -5,12 +5,18 @@ use burn::optim::lr_scheduler::LrScheduler;
 use burn::tensor::backend::Backend;
 
 /// Linear warm-up over `warmup` steps, then cosine decay to `0.001·peak` at step `total`.
+///
+/// Counted in global optimizer steps: an engine that steps the schedule once per device and
+/// step (burn-train's DDP, on every worker) gets [`WarmupCosine::with_calls_per_step`], so
+/// that several devices follow the schedule of one device with the same global batch.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WarmupCosine {
     peak: f64,
     warmup: usize,
     total: usize,
     step: usize,
+    calls_per_step: usize,
+    calls: usize,
 }
 
 impl WarmupCosine {
@@ -21,6 +27,16 @@ impl WarmupCosine {
             warmup: warmup.min(total),
             total: total.max(1),
             step: 0,
+            calls_per_step: 1,
+            calls: 0,
+        }
+    }
+
+    /// The same schedule advancing one step every `calls` calls of [`LrScheduler::step`].
+    pub fn with_calls_per_step(self, calls: usize) -> Self {
+        Self {
+            calls_per_step: calls.max(1),
+            ..self
         }
     }
 
@@ -40,7 +56,10 @@ impl LrScheduler for WarmupCosine {
     type Record<B: Backend> = usize;
 
     fn step(&mut self) -> LearningRate {
-        self.step += 1;
+        if self.calls % self.calls_per_step == 0 {
+            self.step += 1;
+        }
+        self.calls += 1;
         self.at(self.step)
     }
 
@@ -50,6 +69,7 @@ impl LrScheduler for WarmupCosine {
 
     fn load_record<B: Backend>(mut self, record: usize) -> Self {
         self.step = record;
+        self.calls = record * self.calls_per_step;
         self
     }
 }
@@ -67,5 +87,25 @@ mod tests {
         assert!((s.at(110) - 1e-6).abs() < 1e-12);
         let lrs: Vec<f64> = (10..=110).map(|i| s.at(i)).collect();
         assert!(lrs.windows(2).all(|w| w[1] <= w[0]));
+    }
+
+    /// Four workers each stepping the schedule once per global step see the rate one device
+    /// sees, and a resumed schedule continues where it stopped.
+    #[test]
+    fn several_calls_per_step_follow_the_one_device_schedule() {
+        let mut one = WarmupCosine::new(1e-3, 3, 20);
+        let mut four = WarmupCosine::new(1e-3, 3, 20).with_calls_per_step(4);
+        for _ in 0..7 {
+            let want = one.step();
+            for _ in 0..4 {
+                assert_eq!(four.step(), want);
+            }
+        }
+        let record = LrScheduler::to_record::<burn::backend::Flex>(&four);
+        let mut resumed = WarmupCosine::new(1e-3, 3, 20)
+            .with_calls_per_step(4)
+            .load_record::<burn::backend::Flex>(record);
+        let want = one.step();
+        assert_eq!(resumed.step(), want);
     }
 }

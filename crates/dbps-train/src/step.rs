@@ -164,7 +164,7 @@ impl TrainingMonitor {
 
     /// Records the first error a step met (burn-train's steps cannot return one) and stops
     /// training; the runner reports it ([`TrainingMonitor::take_failure`]).
-    pub(crate) fn fail(&self, error: TrainError) {
+    pub fn fail(&self, error: TrainError) {
         tracing::error!(%error, "step failed; stopping");
         self.interrupter.stop(Some("a step failed"));
         self.failure
@@ -182,7 +182,7 @@ impl TrainingMonitor {
     }
 
     /// Adds a step's figures to the epoch's training (`valid == false`) or validation sums.
-    fn tally(&self, stats: &StepStats, valid: bool) {
+    pub(crate) fn tally(&self, stats: &StepStats, valid: bool) {
         self.sums.lock().unwrap_or_else(|e| e.into_inner())[usize::from(valid)].add(stats);
     }
 
@@ -199,7 +199,8 @@ impl TrainingMonitor {
         }
     }
 
-    fn check(&self, loss: f64) -> bool {
+    /// True for a finite loss; a non-finite one is remembered and stops training.
+    pub(crate) fn check(&self, loss: f64) -> bool {
         if loss.is_finite() {
             return true;
         }
@@ -262,6 +263,62 @@ impl<B: Backend> TrainedClassifier<B> {
     }
 }
 
+impl<B: AutodiffBackend> TrainedClassifier<B> {
+    /// The training loss of a batch (still on the autodiff tape), its value on the host, and
+    /// the hits per task.
+    fn training_loss(
+        &self,
+        batch: &ImageBatch<B>,
+    ) -> Result<(Tensor<B, 1>, f64, Tensor<B, 1, Int>), TrainError> {
+        let out = self.classifier.forward_train(&batch.images, &batch.key)?;
+        let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
+        let value = loss
+            .clone()
+            .into_data()
+            .iter::<f64>()
+            .next()
+            .unwrap_or(f64::NAN);
+        Ok((loss, value, hits))
+    }
+
+    /// The gradients of the batch's share of the global batch's mean loss: a part of a
+    /// global batch weighs its mean loss by `images / global images`, so that the parts'
+    /// gradients sum to the gradient of the global batch's mean loss.
+    fn weighted_grads(&self, loss: Tensor<B, 1>, batch: &ImageBatch<B>) -> GradientsParams {
+        let share = batch.key.share(batch.images.batch());
+        let loss = if share == 1.0 {
+            loss
+        } else {
+            loss.mul_scalar(share)
+        };
+        GradientsParams::from_grads(loss.backward(), self)
+    }
+
+    /// One rank's part of a training step when the ranks exchange their gradients themselves
+    /// (several processes): the weighted gradients and the part's figures, nothing tallied
+    /// and no divergence check — the exchanged figures decide both, the same on every rank.
+    pub fn train_part(
+        &self,
+        batch: ImageBatch<B>,
+    ) -> Result<(GradientsParams, StepStats), TrainError> {
+        self.monitor.meter.begin();
+        let size = batch.images.batch();
+        let (loss, value, hits) = self.training_loss(&batch)?;
+        let grads = self.weighted_grads(loss, &batch);
+        let stats = StepStats {
+            loss: value,
+            hits: hits.into_data().iter::<i64>().collect(),
+            batch: size,
+        };
+        Ok((grads, stats))
+    }
+
+    /// The monitor watching this model's training.
+    pub fn monitor(&self) -> &TrainingMonitor {
+        &self.monitor
+    }
+}
+
 impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
     type Input = ImageBatch<B>;
     type Output = StepOutput<B>;
@@ -269,7 +326,7 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
         self.monitor.meter.begin();
         let size = batch.images.batch();
-        let out = match self.classifier.forward_train(&batch.images) {
+        let (loss, value, hits) = match self.training_loss(&batch) {
             Ok(out) => out,
             Err(error) => {
                 let item = self.failed(&batch, error);
@@ -279,15 +336,8 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
                 };
             }
         };
-        let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
-        let value = loss
-            .clone()
-            .into_data()
-            .iter::<f64>()
-            .next()
-            .unwrap_or(f64::NAN);
         let grads = if self.monitor.check(value) {
-            GradientsParams::from_grads(loss.backward(), self)
+            self.weighted_grads(loss.clone(), &batch)
         } else {
             GradientsParams::new()
         };

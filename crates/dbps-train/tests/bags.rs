@@ -107,6 +107,6 @@ fn bags_of_different_lengths_batch_without_placeholders() {
     }
 
     // Training steps through the same path (gradients reach the projector).
-    let out = model.forward_train(&batch.images).unwrap();
+    let out = model.forward_train(&batch.images, &batch.key).unwrap();
     assert_eq!(out.logits[0].dims(), [4, 2]);
 }

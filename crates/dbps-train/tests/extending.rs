@@ -37,7 +37,7 @@ fn tiny_cnn_from_a_config_trains_one_step() {
 
     let samples = (0..2).filter_map(|i| splits.train.get(i)).collect();
     let batch = ImageBatcher::new(splits.tasks.clone()).batch(samples, &device);
-    let out = model.forward_train(&batch.images).unwrap();
+    let out = model.forward_train(&batch.images, &batch.key).unwrap();
     let (loss, _) = loss_and_hits(out.logits, &batch.targets);
     let value: f32 = loss.clone().into_scalar();
     assert!(value.is_finite(), "loss {value}");
@@ -53,6 +53,6 @@ fn tiny_cnn_from_a_config_trains_one_step() {
         before.len()
     );
     // The trained model still selects and classifies.
-    let out = model.forward_train(&batch.images).unwrap();
+    let out = model.forward_train(&batch.images, &batch.key).unwrap();
     assert_eq!(out.logits[0].dims(), [2, 10]);
 }

@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::tensor::{Distribution, Int, Tensor};
 use dbps_encoder::Backbone;
 use dbps_tiling::extract_patches;
-use dbps_train::{BatchImages, RunConfig, TaskTargets, build_classifier, loss_and_hits};
+use dbps_train::{BatchImages, BatchKey, RunConfig, TaskTargets, build_classifier, loss_and_hits};
 
 type A = Autodiff<Flex>;
 
@@ -37,7 +37,7 @@ fn encoder_gradients_flow_only_through_the_salient_patches() {
     let images =
         Tensor::<A, 4>::random([2, 1, 64, 64], Distribution::Default, &device).require_grad();
     let out = model
-        .forward_train(&BatchImages::Device(images.clone()))
+        .forward_train(&BatchImages::Device(images.clone()), &BatchKey::whole(2))
         .unwrap();
     let targets = vec![TaskTargets::Classes(Tensor::from_ints([3, 7], &device))];
     let (loss, _) = loss_and_hits(out.logits, &targets);
@@ -147,8 +147,8 @@ fn host_images_select_and_train_like_device_tensors() {
         .load_record(model.clone().into_record());
     let targets = vec![TaskTargets::Classes(Tensor::from_ints([3, 7], &device))];
     let (a, b) = (
-        model.forward_train(&host).unwrap(),
-        twin.forward_train(&tensor).unwrap(),
+        model.forward_train(&host, &BatchKey::whole(2)).unwrap(),
+        twin.forward_train(&tensor, &BatchKey::whole(2)).unwrap(),
     );
     assert_eq!(ints(a.salient), ints(b.salient));
     let (la, _) = loss_and_hits(a.logits, &targets);
@@ -174,9 +174,12 @@ fn images_of_another_size_are_an_error() {
     let host = BatchImages::<A>::host(small, &device);
     for err in [
         model.forward_eval(&host).err(),
-        model.forward_train(&host).err(),
+        model.forward_train(&host, &BatchKey::whole(2)).err(),
         model
-            .forward_train(&BatchImages::Device(Tensor::zeros([2, 1, 48, 48], &device)))
+            .forward_train(
+                &BatchImages::Device(Tensor::zeros([2, 1, 48, 48], &device)),
+                &BatchKey::whole(2),
+            )
             .err(),
     ] {
         let err = err.expect("48×48 images on a 64×64 grid").to_string();

@@ -97,7 +97,7 @@ fn slides_train_on_tissue_patches_read_from_disk() {
     let batch: ImageBatch<A> = batcher.batch(samples, &device);
     assert!(matches!(batch.images, BatchImages::Separate { .. }));
 
-    let out = model.forward_train(&batch.images).unwrap();
+    let out = model.forward_train(&batch.images, &batch.key).unwrap();
     let salient = ints(out.salient.clone());
     let sub = ints(out.sub_salient.clone().expect("S = 4"));
     // Six tissue patches per slide: M = 4 salient, the 2 left sub-salient (padded with −1).

@@ -16,10 +16,11 @@ use dbps_encoder::{NativeEncoder, PatchEncoder};
 use dbps_mil::AggregatorConfig;
 use dbps_select::DualBuffer;
 use dbps_tiling::{HostImages, HostPixels, PatchDrop, PatchGrid, PixelNorm, RemainderPolicy};
+use dbps_train::parallel::ExchangeLayout;
 use dbps_train::{
-    BatchImages, EfficiencyFigures, ImageBatch, MeteredOptimizer, PatchClassifier, SelectionEngine,
-    SelectionPlan, SingleImage, StepMeter, TaskTargets, TrainedClassifier, TrainingMonitor,
-    pool_probe,
+    BatchImages, BatchKey, EfficiencyFigures, ImageBatch, MeteredOptimizer, PatchClassifier,
+    SelectionEngine, SelectionPlan, SingleImage, StepMeter, TaskTargets, TrainedClassifier,
+    TrainingMonitor, pool_probe,
 };
 use serde::Serialize;
 
@@ -121,7 +122,11 @@ fn random_batch<B: Backend>(geometry: &Geometry, device: &B::Device) -> ImageBat
             )),
         })
         .collect();
-    ImageBatch { images, targets }
+    ImageBatch {
+        images,
+        targets,
+        key: BatchKey::whole(BATCH),
+    }
 }
 
 /// Time and memory of training steps (method.md §10).
@@ -137,6 +142,9 @@ pub struct StepResult {
     pub engine: SelectionEngine,
     /// Steps run (the first and last are not averaged).
     pub steps_run: usize,
+    /// Trainable parameters: a data-parallel step all-reduces 4 bytes of gradient per
+    /// parameter (docs/distributed.md).
+    pub parameters: usize,
     /// What the meter averaged.
     pub figures: EfficiencyFigures,
     /// Milliseconds of every step, in order.
@@ -149,6 +157,7 @@ struct StepRunner<B: AutodiffBackend> {
     method: String,
     n: usize,
     engine: SelectionEngine,
+    parameters: usize,
     model: Option<TrainedClassifier<B>>,
     optimizer: MeteredOptimizer<
         burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, TrainedClassifier<B>, B>,
@@ -174,6 +183,7 @@ impl<B: AutodiffBackend> StepRunner<B> {
             classifier::<B>(geometry, method, engine, device)?,
             monitor.clone(),
         );
+        let parameters = ExchangeLayout::of(&model, geometry.tasks.len(), 1).parameters();
         let optimizer = MeteredOptimizer::new(
             AdamWConfig::new().with_weight_decay(0.1).init(),
             monitor.meter().clone(),
@@ -184,6 +194,7 @@ impl<B: AutodiffBackend> StepRunner<B> {
             method: method.name.clone(),
             n: geometry.patches(),
             engine,
+            parameters,
             model: Some(model),
             optimizer,
             monitor,
@@ -214,6 +225,7 @@ impl<B: AutodiffBackend> StepRunner<B> {
             n: self.n,
             engine: self.engine,
             steps_run: all.len(),
+            parameters: self.parameters,
             figures: meter.figures().context("no step completed")?,
             all_ms: all.iter().map(|s| s.ms).collect(),
         })

@@ -358,16 +358,18 @@ fn summary(r: &Results) -> String {
         if r.quick { ", quick set" } else { "" }
     );
     s += "## Training steps (batch 16; mean ms from start of selection to end of the optimizer step, first and last step excluded; peak = heap bytes above the step's start)\n\n";
-    s += "| geometry | method | N | ms/step | peak step MB | steps averaged |\n|---|---|---|---|---|---|\n";
+    s += "| geometry | method | N | ms/step | peak step MB | steps averaged | trainable parameters (all-reduce MB/step) |\n|---|---|---|---|---|---|---|\n";
     for row in r.steps.iter().chain(r.memory_vs_n.iter().skip(1)) {
         s += &format!(
-            "| {} | {} | {} | {:.0} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {} ({:.1}) |\n",
             row.geometry,
             row.method,
             row.n,
             row.figures.ms_per_step,
             mb(row.figures.peak_step_bytes),
-            row.figures.steps
+            row.figures.steps,
+            row.parameters,
+            4.0 * row.parameters as f64 / 1e6
         );
     }
     s +=

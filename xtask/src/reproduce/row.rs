@@ -180,6 +180,10 @@ pub struct Cost {
     pub peak_bytes: Option<u64>,
     /// Steps (or batches) measured.
     pub measured: usize,
+    /// Trainable parameters of the row's model (training cost only): a data-parallel step
+    /// all-reduces 4 bytes per parameter.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parameters: Option<usize>,
 }
 
 /// The metric cell: measured, or why not.
@@ -282,6 +286,7 @@ pub fn measure_row<B: AutodiffBackend>(
                 ms: r.ms_per_batch,
                 peak_bytes: r.peak_bytes,
                 measured: r.batches,
+                parameters: None,
             }
         } else {
             let r = measure::train_steps::<B>(
@@ -295,6 +300,7 @@ pub fn measure_row<B: AutodiffBackend>(
                 ms: r.figures.ms_per_step,
                 peak_bytes: r.figures.peak_step_bytes,
                 measured: r.figures.steps,
+                parameters: Some(r.parameters),
             }
         })
     };
@@ -342,7 +348,8 @@ fn train<B: AutodiffBackend>(
     device_name: &str,
 ) -> Result<MetricCell> {
     let wanted = runs.join(format!("{}-{}", row.dataset, row.row));
-    let report = dbps_train::run::<B>(config, &wanted, device, device_name)?;
+    let placement = dbps_train::Placement::<B>::single(device.clone());
+    let report = dbps_train::run::<B>(config, &wanted, &placement, device_name)?;
     let method = report
         .methods
         .first()

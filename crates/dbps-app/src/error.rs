@@ -1,0 +1,57 @@
+//! The application's errors: each names the input and the fix.
+
+use std::path::PathBuf;
+
+use thiserror::Error;
+
+/// Everything the application's commands can fail with.
+#[derive(Debug, Error)]
+pub enum AppError {
+    /// The training engine failed (its error names the input).
+    #[error(transparent)]
+    Train(#[from] dbps_train::TrainError),
+    /// A command-line option is unusable.
+    #[error("option `{option}`: {reason}")]
+    Option {
+        /// The option, as typed.
+        option: &'static str,
+        /// What is wrong and what to use instead.
+        reason: String,
+    },
+    /// A prediction list cannot be used.
+    #[error("prediction list {path}: {reason}")]
+    List {
+        /// The list file.
+        path: PathBuf,
+        /// What is wrong, with the line, and the fix.
+        reason: String,
+    },
+    /// A results folder cannot be merged.
+    #[error("results folder {path}: {reason}")]
+    Results {
+        /// The folder (or one file in it).
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
+    /// Some slides of a shard failed; the others' results are written.
+    #[error(
+        "{failed} of {total} slides of shard {shard} failed: {first}; their results are missing, the others are written: fix the slides and run the shard again"
+    )]
+    SlidesFailed {
+        /// The shard, `K/N`.
+        shard: String,
+        /// How many failed.
+        failed: usize,
+        /// Slides the shard holds.
+        total: usize,
+        /// The first failure.
+        first: String,
+    },
+    /// The orchestrator cannot run.
+    #[error("orchestrator: {0}")]
+    Orchestrator(String),
+}
+
+/// Result with an [`AppError`].
+pub type Result<T, E = AppError> = std::result::Result<T, E>;
