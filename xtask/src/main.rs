@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask <command>` (alias in `.cargo/config.toml`).
 
+mod allreduce;
 mod bench;
 mod chart;
 mod reproduce;
@@ -18,7 +19,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Run what CI runs: fmt check, clippy (warnings are errors), the CUDA build, all tests.
+    /// Run what CI runs: fmt check, clippy (warnings are errors), the CUDA builds (checked),
+    /// all tests.
     Ci,
     /// Train the embedded default (IPS and DBPS side by side) and print the table.
     Quickstart,
@@ -27,6 +29,12 @@ enum Task {
     /// The paper's Tables 1–3 (and the IPS paper's megapixel-MNIST setting) measured beside the
     /// paper's numbers: writes results/<UTC timestamp>/ (docs/reproducing.md).
     Reproduce(reproduce::ReproduceArgs),
+    /// Time all-reduces between ranks on 127.0.0.1 (docs/distributed.md): writes
+    /// bench/allreduce.json.
+    Allreduce(allreduce::AllReduceArgs),
+    /// One rank of `allreduce` (started by it).
+    #[command(hide = true)]
+    AllreduceRank(allreduce::RankArgs),
 }
 
 /// The step meter counts heap bytes through this allocator.
@@ -61,11 +69,14 @@ fn main() -> Result<()> {
                 "-D",
                 "warnings",
             ])?;
-            cargo(&["build", "--features", "cuda"])?;
+            cargo(&["check", "--features", "cuda"])?;
+            cargo(&["check", "--features", "cuda,distributed"])?;
             cargo(&["test", "--workspace"])
         }
         Task::Quickstart => cargo(&["run", "--", "train"]),
         Task::Bench(args) => bench::run(args),
         Task::Reproduce(args) => reproduce::run(args),
+        Task::Allreduce(args) => allreduce::run(args),
+        Task::AllreduceRank(args) => allreduce::rank(args),
     }
 }

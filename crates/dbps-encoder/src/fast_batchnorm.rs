@@ -54,10 +54,9 @@ pub(crate) fn batch_norm_train<B: Backend>(
     let (output, stats) = tracked(x, gamma, beta, epsilon as f32)?;
     let stat = |v: Vec<f32>| {
         let len = v.len();
-        let t = Tensor::<Ad, 1>::from_inner(Tensor::from_primitive(TensorPrimitive::Float(
-            device_tensor(v, [len]),
-        )))
-        .to_device(&device);
+        // A constant (no gradient). Built from data rather than `from_inner`, which needs
+        // `Autodiff<Flex>: AutodiffBackend` — false in a `distributed` build of burn.
+        let t = Tensor::<Ad, 1>::from_data(burn::tensor::TensorData::new(v, [len]), &device);
         cast::<_, Tensor<B, 1>>(t).unwrap_or_else(|_| unreachable!("B is Autodiff<Flex>"))
     };
     Some(TrainNorm {

@@ -202,6 +202,17 @@ impl DeviceChoice {
     }
 }
 
+/// With burn's `distributed` feature, burn-autodiff differentiates only backends that
+/// implement `DistributedBackend` (the CubeCL ones), so a `distributed` build trains on GPUs
+/// only.
+#[cfg(feature = "distributed")]
+fn cpu_training_unavailable() -> TrainError {
+    TrainError::Option {
+        option: "--device",
+        reason: "this dbps was built with `--features distributed`, in which burn 0.21 differentiates only GPU backends; train on cuda:N, or use a build without `distributed` to train on the CPU".into(),
+    }
+}
+
 /// How `dbps train` runs: its devices (one replica each, all of one kind), its place among
 /// several processes, and where to record gradients.
 #[derive(Debug, Clone, Default)]
@@ -247,6 +258,7 @@ impl TrainLaunch {
     /// Trains every method of `config` into a fresh directory named after `wanted`.
     pub fn train(&self, config: &RunConfig, wanted: &Path) -> Result<RunReport> {
         match self.devices.first().copied().unwrap_or_default() {
+            #[cfg(not(feature = "distributed"))]
             DeviceChoice::Cpu => {
                 let placement = self.placement::<CpuTrainBackend>(vec![
                     Default::default();
@@ -254,6 +266,8 @@ impl TrainLaunch {
                 ]);
                 runner::run(config, wanted, &placement, &self.name())
             }
+            #[cfg(feature = "distributed")]
+            DeviceChoice::Cpu => Err(cpu_training_unavailable()),
             #[cfg(feature = "cuda")]
             DeviceChoice::Cuda(_) => {
                 let placement = self.cuda_placement();
@@ -265,6 +279,7 @@ impl TrainLaunch {
     /// Continues the interrupted run in `run_dir` (see [`runner::resume`]).
     pub fn resume(&self, run_dir: &Path) -> Result<RunReport> {
         match self.devices.first().copied().unwrap_or_default() {
+            #[cfg(not(feature = "distributed"))]
             DeviceChoice::Cpu => {
                 let placement = self.placement::<CpuTrainBackend>(vec![
                     Default::default();
@@ -272,6 +287,8 @@ impl TrainLaunch {
                 ]);
                 runner::resume(run_dir, &placement, &self.name())
             }
+            #[cfg(feature = "distributed")]
+            DeviceChoice::Cpu => Err(cpu_training_unavailable()),
             #[cfg(feature = "cuda")]
             DeviceChoice::Cuda(_) => {
                 let placement = self.cuda_placement();

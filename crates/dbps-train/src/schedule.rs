@@ -56,7 +56,7 @@ impl LrScheduler for WarmupCosine {
     type Record<B: Backend> = usize;
 
     fn step(&mut self) -> LearningRate {
-        if self.calls % self.calls_per_step == 0 {
+        if self.calls.is_multiple_of(self.calls_per_step) {
             self.step += 1;
         }
         self.calls += 1;

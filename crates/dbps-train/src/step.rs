@@ -263,13 +263,16 @@ impl<B: Backend> TrainedClassifier<B> {
     }
 }
 
+/// A training batch's loss (still on the autodiff tape), its value on the host, and the hits
+/// per task.
+struct TrainingLoss<B: AutodiffBackend> {
+    loss: Tensor<B, 1>,
+    value: f64,
+    hits: Tensor<B, 1, Int>,
+}
+
 impl<B: AutodiffBackend> TrainedClassifier<B> {
-    /// The training loss of a batch (still on the autodiff tape), its value on the host, and
-    /// the hits per task.
-    fn training_loss(
-        &self,
-        batch: &ImageBatch<B>,
-    ) -> Result<(Tensor<B, 1>, f64, Tensor<B, 1, Int>), TrainError> {
+    fn training_loss(&self, batch: &ImageBatch<B>) -> Result<TrainingLoss<B>, TrainError> {
         let out = self.classifier.forward_train(&batch.images, &batch.key)?;
         let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
         let value = loss
@@ -278,7 +281,7 @@ impl<B: AutodiffBackend> TrainedClassifier<B> {
             .iter::<f64>()
             .next()
             .unwrap_or(f64::NAN);
-        Ok((loss, value, hits))
+        Ok(TrainingLoss { loss, value, hits })
     }
 
     /// The gradients of the batch's share of the global batch's mean loss: a part of a
@@ -303,7 +306,7 @@ impl<B: AutodiffBackend> TrainedClassifier<B> {
     ) -> Result<(GradientsParams, StepStats), TrainError> {
         self.monitor.meter.begin();
         let size = batch.images.batch();
-        let (loss, value, hits) = self.training_loss(&batch)?;
+        let TrainingLoss { loss, value, hits } = self.training_loss(&batch)?;
         let grads = self.weighted_grads(loss, &batch);
         let stats = StepStats {
             loss: value,
@@ -326,7 +329,7 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
         self.monitor.meter.begin();
         let size = batch.images.batch();
-        let (loss, value, hits) = match self.training_loss(&batch) {
+        let TrainingLoss { loss, value, hits } = match self.training_loss(&batch) {
             Ok(out) => out,
             Err(error) => {
                 let item = self.failed(&batch, error);

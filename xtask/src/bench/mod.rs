@@ -68,8 +68,8 @@ struct Checks {
 /// The machine a measurement ran on.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct Machine {
-    cpu: String,
-    threads: usize,
+    pub(crate) cpu: String,
+    pub(crate) threads: usize,
     kernel_isa: String,
     os: String,
 }

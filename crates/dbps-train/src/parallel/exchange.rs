@@ -168,7 +168,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Unpacker<'_, B> {
             let grad = self
                 .summed
                 .clone()
-                .slice([self.offset..self.offset + numel])
+                .narrow(0, self.offset, numel)
                 .reshape(shape);
             self.grads.register::<B::InnerBackend, D>(param.id, grad);
         }
@@ -194,7 +194,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for BufferWriter<'_, B> {
         let value = self
             .summed
             .clone()
-            .slice([self.offset..self.offset + numel])
+            .narrow(0, self.offset, numel)
             .reshape(shape);
         self.offset += numel;
         Param::from_mapped_value(id, Tensor::from_inner(value), mapper)
@@ -286,7 +286,7 @@ impl ExchangeLayout {
         let buffer_len: usize = self.buffers.iter().sum();
         let tail: Vec<f32> = summed
             .clone()
-            .slice([grad_len..self.len()])
+            .narrow(0, grad_len, self.len() - grad_len)
             .into_data()
             .into_vec()
             .unwrap_or_default();
@@ -302,7 +302,7 @@ impl ExchangeLayout {
         model.visit(&mut unpacker);
         let grads = unpacker.grads;
         if buffer_len > 0 {
-            let buffers = summed.slice([grad_len + flag_count..grad_len + flag_count + buffer_len]);
+            let buffers = summed.narrow(0, grad_len + flag_count, buffer_len);
             let _ = model.clone().map(&mut BufferWriter::<B> {
                 summed: &buffers,
                 offset: 0,
@@ -346,7 +346,7 @@ pub fn broadcast_model<B: AutodiffBackend>(
             let value = Tensor::from_inner(
                 self.summed
                     .clone()
-                    .slice([self.offset..self.offset + numel])
+                    .narrow(0, self.offset, numel)
                     .reshape(shape),
             );
             self.offset += numel;

@@ -458,7 +458,7 @@ impl<B: Backend> CollectiveSession<B> {
         self.exchanges.fetch_add(1, Ordering::Relaxed);
         let summed = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(summed));
         Ok(if len < self.spec.nodes {
-            summed.slice([0..len])
+            summed.narrow(0, 0, len)
         } else {
             summed
         })

@@ -259,11 +259,12 @@ where
                 break;
             }
             match &mut checkpointer {
-                Some(checkpointer) => {
+                Some(checkpointer) if self.session.rank() == 0 => {
                     checkpointer.checkpoint(&learner, epoch, &components.event_store)
                 }
-                // Ranks other than 0 record nothing: their sums start over each epoch.
-                None => {
+                // Ranks other than 0 record nothing (their checkpointer only loads, to
+                // resume): their sums start over each epoch.
+                _ => {
                     let _ = self.monitor.take_epoch();
                     self.monitor.meter().clear();
                 }
