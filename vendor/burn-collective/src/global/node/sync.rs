@@ -86,7 +86,10 @@ impl<P: Protocol> SyncService<P> {
     /// A fast node may already have sent its request for the *next* sync: that extra entry
     /// stays on the list for the next round. (Upstream compared and cleared a copy of the list,
     /// so the list was never emptied and the second sync could never complete.)
-    fn take_one_round(&self, nodes: &std::collections::HashMap<NodeId, burn_communication::Address>) -> bool {
+    fn take_one_round(
+        &self,
+        nodes: &std::collections::HashMap<NodeId, burn_communication::Address>,
+    ) -> bool {
         let mut syncing_peers = self.syncing_peers.lock().unwrap();
         let all_present = nodes.keys().all(|id| syncing_peers.contains(id));
         if !all_present {
