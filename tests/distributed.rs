@@ -12,6 +12,8 @@
 
 mod common;
 
+use common::outcome;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -327,10 +329,11 @@ fn one_process_gradients(config: &RunConfig, method: usize, weights: &[f32], n: 
         .nth((n - 1) % steps)
         .expect("the step's batch");
     let out = TrainStep::step(&model, batch);
-    let dir = std::env::temp_dir().join(format!(
-        "dbps-parallel-ref-{}-{n}-{method}",
-        std::process::id()
-    ));
+    // Tests run in parallel: every reference its own folder.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let unique = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("dbps-parallel-ref-{}-{unique}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut trace = GradientTrace::new(&dir).for_method("one").unwrap();
     trace.record(&model, &out.grads).unwrap();
@@ -419,38 +422,6 @@ fn assert_close_weights(want: &Path, got: &Path, method: &str) {
         worst <= 3.0 * LR,
         "{method}: last weights differ by {worst:e} (> 3 lr)"
     );
-}
-
-/// The figures two runs must share: accuracies and losses of every epoch and of the test.
-fn outcome(run: &Path) -> Vec<Value> {
-    let metrics: Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap();
-    metrics["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let history: Vec<Value> = m["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    json!([
-                        e["epoch"],
-                        e["train_loss"],
-                        e["valid_loss"],
-                        e["valid_accuracy"]
-                    ])
-                })
-                .collect();
-            json!([
-                m["method"],
-                history,
-                m["test_last"]["loss"],
-                m["test_last"]["tasks"]
-            ])
-        })
-        .collect()
 }
 
 /// One process on the whole batches, run once for every test of this file.
@@ -696,7 +667,13 @@ fn a_killed_rank_stops_the_other_and_both_resume_to_the_uninterrupted_result() {
         let (status, log) = running.finish(Duration::from_secs(900));
         assert!(status.success(), "{log}");
     }
-    assert_eq!(outcome(&dir.join("run")), outcome(&whole.join("run")));
+    let metrics = |run: &Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("metrics.json")).unwrap()).unwrap()
+    };
+    assert_eq!(
+        outcome(&metrics(&dir.join("run"))),
+        outcome(&metrics(&whole.join("run")))
+    );
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! `dbps train --resume`: a run killed with SIGKILL mid-training continues from its last
 //! complete checkpoint and ends with the metrics of an uninterrupted run with the same seed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::outcome;
 use serde_json::{Value, json};
 
 fn dbps(args: &[&str]) -> Command {
@@ -52,39 +55,6 @@ fn config() -> Value {
         ],
         "train": { "epochs": 5, "batch_size": 8, "lr": 0.001, "warmup_epochs": 0.5, "shuffle_patches": true, "seed": 3 }
     })
-}
-
-/// What must agree between two runs: everything but clocks and memory.
-fn outcome(metrics: &Value) -> Vec<Value> {
-    metrics["methods"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| {
-            let history: Vec<Value> = m["history"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    json!([
-                        e["epoch"],
-                        e["train_loss"],
-                        e["train_accuracy"],
-                        e["valid_loss"],
-                        e["valid_accuracy"]
-                    ])
-                })
-                .collect();
-            let test = |t: &Value| json!([t["loss"], t["tasks"]]);
-            json!({
-                "method": m["method"],
-                "best_epoch": m["best_epoch"],
-                "history": history,
-                "test_last": test(&m["test_last"]),
-                "test_best_valid": test(&m["test_best_valid"]),
-            })
-        })
-        .collect()
 }
 
 /// Checkpoint files left in a method folder.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use common::{stderr, train, write_slide, write_slide_of};
+use common::{stderr, train, write_slide_of, write_slide_set};
 use serde_json::{Value, json};
 
 fn scratch(name: &str) -> PathBuf {
@@ -23,19 +23,7 @@ fn scratch(name: &str) -> PathBuf {
 /// A model trained for one epoch on eight small slides.
 fn trained(dir: &Path) -> PathBuf {
     let root = dir.join("data");
-    let mut labels = String::from("slide,label,split\n");
-    for i in 0..8usize {
-        let tumor = i % 2 == 1;
-        write_slide(&root.join(format!("slides/t{i}.tif")), tumor, i);
-        let split = [
-            "train", "train", "train", "train", "val", "val", "test", "test",
-        ][i];
-        labels += &format!(
-            "slides/t{i}.tif,{},{split}\n",
-            if tumor { "tumor" } else { "normal" }
-        );
-    }
-    std::fs::write(root.join("labels.csv"), labels).unwrap();
+    write_slide_set(&root, "t");
     let config = json!({
         "name": "shards",
         "dataset": { "slides": { "root": root, "downsample": 1 } },

@@ -6,7 +6,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::{dbps, metrics, stderr, train, write_slide};
+use common::{dbps, metrics, stderr, train, write_slide, write_slide_set};
 use serde_json::{Value, json};
 
 fn scratch(name: &str) -> PathBuf {
@@ -18,17 +18,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// Eight slides, half tumor: four train, two val, two test.
 fn slides(root: &Path) {
-    let mut labels = String::from("slide,label,split\n");
-    for i in 0..8usize {
-        let tumor = i % 2 == 1;
-        write_slide(&root.join(format!("slides/s{i}.tif")), tumor, i);
-        let split = [
-            "train", "train", "train", "train", "val", "val", "test", "test",
-        ][i];
-        let label = if tumor { "tumor" } else { "normal" };
-        labels += &format!("slides/s{i}.tif,{label},{split}\n");
-    }
-    std::fs::write(root.join("labels.csv"), labels).unwrap();
+    write_slide_set(root, "s");
 }
 
 fn config(root: &Path) -> Value {

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use dbps_data::{PyramidSpec, TileCompression, write_tiled_tiff};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// Runs `dbps args…` (logs at `warn`).
 pub fn dbps(args: &[&str]) -> Output {
@@ -79,4 +79,53 @@ pub fn write_slide_of(path: &Path, side: usize, tumor: bool, seed: usize) {
         tile
     })
     .unwrap();
+}
+
+/// What must agree between two runs: everything but clocks and memory.
+pub fn outcome(metrics: &Value) -> Vec<Value> {
+    metrics["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            let history: Vec<Value> = m["history"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    json!([
+                        e["epoch"],
+                        e["train_loss"],
+                        e["train_accuracy"],
+                        e["valid_loss"],
+                        e["valid_accuracy"]
+                    ])
+                })
+                .collect();
+            let test = |t: &Value| json!([t["loss"], t["tasks"]]);
+            json!({
+                "method": m["method"],
+                "best_epoch": m["best_epoch"],
+                "history": history,
+                "test_last": test(&m["test_last"]),
+                "test_best_valid": test(&m["test_best_valid"]),
+            })
+        })
+        .collect()
+}
+
+/// Eight 256-px slides under `root/slides/{stem}{i}.tif`, half tumor, listed in
+/// `root/labels.csv`: four train, two val, two test.
+pub fn write_slide_set(root: &Path, stem: &str) {
+    let mut labels = String::from("slide,label,split\n");
+    for i in 0..8usize {
+        let tumor = i % 2 == 1;
+        write_slide(&root.join(format!("slides/{stem}{i}.tif")), tumor, i);
+        let split = [
+            "train", "train", "train", "train", "val", "val", "test", "test",
+        ][i];
+        let label = if tumor { "tumor" } else { "normal" };
+        labels += &format!("slides/{stem}{i}.tif,{label},{split}\n");
+    }
+    std::fs::write(root.join("labels.csv"), labels).unwrap();
 }

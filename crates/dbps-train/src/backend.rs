@@ -255,17 +255,17 @@ impl TrainLaunch {
         }
     }
 
+    /// One burn-flex replica per listed `cpu`.
+    #[cfg(not(feature = "distributed"))]
+    fn cpu_placement(&self) -> crate::Placement<CpuTrainBackend> {
+        self.placement(vec![Default::default(); self.devices.len().max(1)])
+    }
+
     /// Trains every method of `config` into a fresh directory named after `wanted`.
     pub fn train(&self, config: &RunConfig, wanted: &Path) -> Result<RunReport> {
         match self.devices.first().copied().unwrap_or_default() {
             #[cfg(not(feature = "distributed"))]
-            DeviceChoice::Cpu => {
-                let placement = self.placement::<CpuTrainBackend>(vec![
-                    Default::default();
-                    self.devices.len().max(1)
-                ]);
-                runner::run(config, wanted, &placement, &self.name())
-            }
+            DeviceChoice::Cpu => runner::run(config, wanted, &self.cpu_placement(), &self.name()),
             #[cfg(feature = "distributed")]
             DeviceChoice::Cpu => Err(cpu_training_unavailable()),
             #[cfg(feature = "cuda")]
@@ -280,13 +280,7 @@ impl TrainLaunch {
     pub fn resume(&self, run_dir: &Path) -> Result<RunReport> {
         match self.devices.first().copied().unwrap_or_default() {
             #[cfg(not(feature = "distributed"))]
-            DeviceChoice::Cpu => {
-                let placement = self.placement::<CpuTrainBackend>(vec![
-                    Default::default();
-                    self.devices.len().max(1)
-                ]);
-                runner::resume(run_dir, &placement, &self.name())
-            }
+            DeviceChoice::Cpu => runner::resume(run_dir, &self.cpu_placement(), &self.name()),
             #[cfg(feature = "distributed")]
             DeviceChoice::Cpu => Err(cpu_training_unavailable()),
             #[cfg(feature = "cuda")]
