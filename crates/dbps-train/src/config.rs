@@ -127,6 +127,11 @@ pub struct TrainConfig {
     /// What runs the selection pass's encoder (`auto` or `burn`).
     #[serde(default)]
     pub selection_engine: SelectionEngine,
+    /// ε of the official IPS loss, NLL of ln(softmax + ε) and BCE on the sigmoid output
+    /// (`configs/paper/**` use 1e-6, as the official code); absent: the stable log-softmax and
+    /// BCE-with-logits form (method.md §9).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loss_eps: Option<f64>,
 }
 
 impl Default for TrainConfig {
@@ -142,6 +147,27 @@ impl Default for TrainConfig {
             seed: 0,
             max_images: None,
             selection_engine: SelectionEngine::default(),
+            loss_eps: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// AdamW as every method trains with it: β = (0.9, 0.999), ε = 1e-8 (PyTorch's defaults,
+    /// the official code's choice) and this config's weight decay, applied to every parameter.
+    pub fn adamw(&self) -> burn::optim::AdamWConfig {
+        burn::optim::AdamWConfig::new()
+            .with_beta_1(0.9)
+            .with_beta_2(0.999)
+            .with_epsilon(1e-8)
+            .with_weight_decay(self.weight_decay as f32)
+    }
+
+    /// The loss form `loss_eps` asks for.
+    pub fn loss_form(&self) -> crate::LossForm {
+        match self.loss_eps {
+            Some(eps) => crate::LossForm::Official { eps },
+            None => crate::LossForm::Stable,
         }
     }
 }
@@ -289,6 +315,16 @@ impl RunConfig {
         }
         if t.batch_size == 0 {
             return Err(config_error("train.batch_size", "must be at least 1"));
+        }
+        if let Some(eps) = t.loss_eps
+            && !(eps.is_finite() && eps > 0.0 && eps < 1.0)
+        {
+            return Err(config_error(
+                "train.loss_eps",
+                format!(
+                    "{eps} is not in (0, 1); the official code uses 1e-6, or leave it out for the stable loss"
+                ),
+            ));
         }
         if t.max_images == Some(0) {
             return Err(config_error(

@@ -68,6 +68,14 @@ pub enum TrainError {
         /// What is wrong and what to do.
         reason: String,
     },
+    /// Weights from another implementation do not fit the model the config builds.
+    #[error("weights {path}: {reason}")]
+    ForeignWeights {
+        /// The weight file.
+        path: PathBuf,
+        /// What does not fit, and what to do.
+        reason: String,
+    },
     /// An image given to `dbps predict` cannot be used.
     #[error("{path}: {reason}")]
     Input {

@@ -264,7 +264,8 @@ pub fn eval_checkpoints<B: Backend>(
         let config = &method.manifest.config;
         let splits = Splits::open(config)?;
         let checkpoint = method.manifest.best_checkpoint(&method_dir)?;
-        let model = TrainedClassifier::new(method.model, TrainingMonitor::default());
+        let model = TrainedClassifier::new(method.model, TrainingMonitor::default())
+            .with_loss(config.train.loss_form());
         let name = method.manifest.name().to_string();
         let test = evaluate(
             &model,

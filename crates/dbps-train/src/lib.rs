@@ -31,6 +31,8 @@ mod loss;
 pub mod meter;
 mod metrics;
 mod model;
+mod named_weights;
+mod official_ips;
 pub mod parallel;
 mod predict;
 mod renderer;
@@ -62,7 +64,7 @@ pub use explain::{
 };
 pub use figure::{Framebuffer, heat_color};
 pub use heap::retain_freed_memory;
-pub use loss::{loss_and_hits, task_hits, task_loss};
+pub use loss::{LossForm, loss_and_hits, task_hits, task_loss};
 pub use meter::{
     EfficiencyFigures, MeteredOptimizer, PoolProbe, StepFigures, StepMeter, TrackingAllocator,
     live_heap_bytes, peak_heap_bytes, reset_peak_heap,
@@ -71,6 +73,10 @@ pub use metrics::{TaskMetric, binary_auc};
 pub use model::{
     CandidateOrder, DrawKey, ForwardOutput, Mode, PatchClassifier, SelectionEngine, SelectionPlan,
 };
+pub use named_weights::{
+    CHECKPOINT_PREFIX, NamedTensor, NamedWeightsError, load_named, named_tensors,
+};
+pub use official_ips::{OfficialImportError, from_official_ips};
 pub use predict::{
     ImagePrediction, PredictReport, Predictor, SlideOptions, SlideReading, TaskPrediction,
     TrainedMethod, peak_resident_mib, predict,
@@ -84,5 +90,7 @@ pub use run_dir::fresh_run_dir;
 pub use runner::{Placement, resume, run};
 pub use schedule::WarmupCosine;
 pub use slide_source::{SlideCandidates, tissue_patches};
-pub use step::{EpochTally, StepOutput, StepStats, TrainedClassifier, TrainingMonitor};
+pub use step::{
+    EpochTally, StepOutput, StepStats, TrainedClassifier, TrainingMonitor, TrainingPass,
+};
 pub use trace::{GradientTrace, MethodTrace, TRACE_INDEX, TracedParam};

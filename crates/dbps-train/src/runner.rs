@@ -8,7 +8,6 @@ use std::time::Instant;
 
 use burn::data::dataloader::DataLoader;
 use burn::data::dataset::Dataset;
-use burn::optim::AdamWConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn_train::logger::InMemoryMetricLogger;
 use burn_train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
@@ -245,7 +244,8 @@ fn train_method<B: AutodiffBackend>(
         Some(pool) => TrainingMonitor::new(interrupter.clone()).with_pool(pool),
         None => TrainingMonitor::new(interrupter.clone()),
     };
-    let mut model = TrainedClassifier::new(classifier, monitor.clone());
+    let mut model =
+        TrainedClassifier::new(classifier, monitor.clone()).with_loss(train.loss_form());
     splits.watch(&interrupter);
 
     let (done, history) = if resume {
@@ -327,12 +327,7 @@ fn train_method<B: AutodiffBackend>(
 
     let total_steps = steps_per_epoch * train.epochs;
     let warmup = (train.warmup_epochs * steps_per_epoch as f64).round() as usize;
-    let optimizer = AdamWConfig::new()
-        .with_beta_1(0.9)
-        .with_beta_2(0.999)
-        .with_epsilon(1e-8)
-        .with_weight_decay(train.weight_decay as f32)
-        .init();
+    let optimizer = train.adamw().init();
     let mut optimizer =
         MeteredOptimizer::<_, B>::new(optimizer, monitor.meter().clone(), device.clone());
     if writes && let Some(trace) = &joined.trace {

@@ -8,7 +8,7 @@ use burn::tensor::{Int, Tensor};
 use burn_train::metric::{Adaptor, ItemLazy};
 use burn_train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 
-use crate::{ImageBatch, PatchClassifier, StepMeter, TrainError, loss_and_hits};
+use crate::{ForwardOutput, ImageBatch, LossForm, PatchClassifier, StepMeter, TrainError};
 
 /// Loss and hits of one batch, still on the device.
 #[derive(Debug, Clone)]
@@ -217,15 +217,28 @@ pub struct TrainedClassifier<B: Backend> {
     pub classifier: PatchClassifier<B>,
     #[module(skip)]
     monitor: TrainingMonitor,
+    #[module(skip)]
+    loss: LossForm,
 }
 
 impl<B: Backend> TrainedClassifier<B> {
-    /// Wraps a classifier for training.
+    /// Wraps a classifier for training, with the stable loss.
     pub fn new(classifier: PatchClassifier<B>, monitor: TrainingMonitor) -> Self {
         Self {
             classifier,
             monitor,
+            loss: LossForm::Stable,
         }
+    }
+
+    /// The same model computing its training and evaluation losses in `form`.
+    pub fn with_loss(self, form: LossForm) -> Self {
+        Self { loss: form, ..self }
+    }
+
+    /// The loss form this model reports and trains on.
+    pub fn loss_form(&self) -> LossForm {
+        self.loss
     }
 
     /// Loss and hits of a batch in evaluation mode.
@@ -241,7 +254,7 @@ impl<B: Backend> TrainedClassifier<B> {
     ) -> Result<(StepOutput<B>, Vec<Tensor<B, 2>>), TrainError> {
         let size = batch.images.batch();
         let out = self.classifier.forward_eval(&batch.images)?;
-        let (loss, hits) = loss_and_hits(out.logits.clone(), &batch.targets);
+        let (loss, hits) = self.loss.loss_and_hits(out.logits.clone(), &batch.targets);
         let step = StepOutput {
             loss,
             hits,
@@ -263,25 +276,50 @@ impl<B: Backend> TrainedClassifier<B> {
     }
 }
 
-/// A training batch's loss (still on the autodiff tape), its value on the host, and the hits
-/// per task.
+/// A training batch's loss (still on the autodiff tape), its value on the host, the hits per
+/// task, and what the training forward picked and computed.
 struct TrainingLoss<B: AutodiffBackend> {
     loss: Tensor<B, 1>,
     value: f64,
     hits: Tensor<B, 1, Int>,
+    forward: ForwardOutput<B>,
+}
+
+/// Everything one training step computes before the optimizer: the weighted gradients, the
+/// figures, and the forward's picks and logits (detached) — what a test compares against
+/// another implementation's step.
+#[derive(Debug)]
+pub struct TrainingPass<B: AutodiffBackend> {
+    /// Gradients of the batch's share of the global batch's mean loss.
+    pub grads: GradientsParams,
+    /// Loss and hits on the host.
+    pub stats: StepStats,
+    /// Logits `[B, classes]` per task, off the tape.
+    pub logits: Vec<Tensor<B::InnerBackend, 2>>,
+    /// Grid indices of the salient patches `[B, M]`, by decreasing selection score.
+    pub salient: Tensor<B::InnerBackend, 2, Int>,
+    /// Grid indices of the sub-salient patches `[B, S]`, when there are any.
+    pub sub_salient: Option<Tensor<B::InnerBackend, 2, Int>>,
 }
 
 impl<B: AutodiffBackend> TrainedClassifier<B> {
     fn training_loss(&self, batch: &ImageBatch<B>) -> Result<TrainingLoss<B>, TrainError> {
-        let out = self.classifier.forward_train(&batch.images, &batch.key)?;
-        let (loss, hits) = loss_and_hits(out.logits, &batch.targets);
+        let forward = self.classifier.forward_train(&batch.images, &batch.key)?;
+        let (loss, hits) = self
+            .loss
+            .loss_and_hits(forward.logits.clone(), &batch.targets);
         let value = loss
             .clone()
             .into_data()
             .iter::<f64>()
             .next()
             .unwrap_or(f64::NAN);
-        Ok(TrainingLoss { loss, value, hits })
+        Ok(TrainingLoss {
+            loss,
+            value,
+            hits,
+            forward,
+        })
     }
 
     /// The gradients of the batch's share of the global batch's mean loss: a part of a
@@ -305,15 +343,34 @@ impl<B: AutodiffBackend> TrainedClassifier<B> {
         batch: ImageBatch<B>,
     ) -> Result<(GradientsParams, StepStats), TrainError> {
         self.monitor.meter.begin();
+        let pass = self.training_pass(batch)?;
+        Ok((pass.grads, pass.stats))
+    }
+
+    /// The training step up to the optimizer, on one batch: selection, the gradient forward
+    /// (BatchNorm on batch statistics, its running statistics updated once), the loss in this
+    /// model's form, and the backward pass.
+    pub fn training_pass(&self, batch: ImageBatch<B>) -> Result<TrainingPass<B>, TrainError> {
         let size = batch.images.batch();
-        let TrainingLoss { loss, value, hits } = self.training_loss(&batch)?;
+        let TrainingLoss {
+            loss,
+            value,
+            hits,
+            forward,
+        } = self.training_loss(&batch)?;
         let grads = self.weighted_grads(loss, &batch);
         let stats = StepStats {
             loss: value,
             hits: hits.into_data().iter::<i64>().collect(),
             batch: size,
         };
-        Ok((grads, stats))
+        Ok(TrainingPass {
+            grads,
+            stats,
+            logits: forward.logits.into_iter().map(|l| l.inner()).collect(),
+            salient: forward.salient.inner(),
+            sub_salient: forward.sub_salient.map(|s| s.inner()),
+        })
     }
 
     /// The monitor watching this model's training.
@@ -329,7 +386,9 @@ impl<B: AutodiffBackend> TrainStep for TrainedClassifier<B> {
     fn step(&self, batch: ImageBatch<B>) -> TrainOutput<StepOutput<B>> {
         self.monitor.meter.begin();
         let size = batch.images.batch();
-        let TrainingLoss { loss, value, hits } = match self.training_loss(&batch) {
+        let TrainingLoss {
+            loss, value, hits, ..
+        } = match self.training_loss(&batch) {
             Ok(out) => out,
             Err(error) => {
                 let item = self.failed(&batch, error);
