@@ -112,6 +112,24 @@ enum Command {
         #[arg(long, default_value_t = 3000)]
         port: u16,
     },
+    /// Turn a model trained with the official IPS code (its `torch.save` state dict) into a run
+    /// directory that predict, explain, eval and `train --resume` accept.
+    #[command(name = "import-ips")]
+    ImportIps {
+        /// The official checkpoint: IPSNet's state dict (.pth/.pt, read without Python, or
+        /// .safetensors under the official names).
+        #[arg(value_name = "CHECKPOINT")]
+        checkpoint: PathBuf,
+        /// The dbps config describing the same model (encoder, aggregator sizes, tasks).
+        #[arg(long)]
+        config: PathBuf,
+        /// The IPS method of the config to import into, when it lists several.
+        #[arg(long)]
+        method: Option<String>,
+        /// Where to create the run directory (a taken name gets a suffix).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Class probabilities of new images from the best checkpoints of a run.
     Predict {
         /// Image files, folders of images, or tiled (Big)TIFF slides streamed tile by tile (images
@@ -232,6 +250,22 @@ fn device(text: &str) -> Result<DeviceChoice> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Orchestrator { port } => dbps_app::orchestrator::serve(port)?,
+        Command::ImportIps {
+            checkpoint,
+            config,
+            method,
+            out,
+        } => {
+            let config = RunConfig::from_file(&config)?;
+            let imported =
+                dbps_app::import::import_ips(&checkpoint, &config, method.as_deref(), &out)?;
+            println!(
+                "imported {} tensors from {} into {}",
+                imported.tensors,
+                checkpoint.display(),
+                imported.run_dir.display()
+            );
+        }
         Command::Train {
             resume: Some(run_dir),
             device,

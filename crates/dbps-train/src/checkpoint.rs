@@ -135,9 +135,14 @@ impl MethodManifest {
         &self.config.methods[self.method].name
     }
 
-    /// The weight file of the best epoch, or an error naming the directory when no epoch has
-    /// finished yet.
+    /// The weight file of the best epoch — before any epoch has finished, the initial weights
+    /// an import wrote ([`initial_weights_path`]) — or an error naming the directory when
+    /// there are neither.
     pub fn best_checkpoint(&self, method_dir: &Path) -> Result<PathBuf> {
+        let initial = initial_weights_path(method_dir);
+        if self.best_epoch == 0 && initial.is_file() {
+            return Ok(initial);
+        }
         if self.best_epoch == 0 {
             return Err(TrainError::Checkpoint {
                 what: "method directory",
@@ -184,6 +189,13 @@ pub fn checkpoint_path(method_dir: &Path, epoch: usize) -> PathBuf {
         .join(format!("model-{epoch}.mpk"))
 }
 
+/// Path of the weights a method starts from instead of a fresh initialisation (`model-0.mpk`,
+/// written by `dbps import-ips`): what prediction uses before an epoch has finished and what
+/// `--resume` trains on from epoch 1, with a fresh optimizer and schedule. Never pruned.
+pub fn initial_weights_path(method_dir: &Path) -> PathBuf {
+    checkpoint_path(method_dir, 0)
+}
+
 /// The three files burn-train writes per epoch: model, optimizer state, schedule position.
 const PARTS: [&str; 3] = ["model", "optim", "scheduler"];
 
@@ -218,7 +230,8 @@ pub(crate) fn prune_checkpoints(method_dir: &Path, keep: &[usize]) -> Result<()>
         let epoch = name
             .split_once('-')
             .and_then(|(_, rest)| rest.split('.').next()?.parse::<usize>().ok());
-        let stale = name.ends_with(".tmp") || epoch.is_some_and(|e| !keep.contains(&e));
+        let initial = name == "model-0.mpk";
+        let stale = name.ends_with(".tmp") || epoch.is_some_and(|e| !initial && !keep.contains(&e));
         if stale {
             std::fs::remove_file(entry.path()).map_err(|source| TrainError::Write {
                 path: entry.path(),

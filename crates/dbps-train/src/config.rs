@@ -523,8 +523,12 @@ mod tests {
                     }
                 }
             }
-            RunConfig::from_json(&v.to_string(), &path.display().to_string())
+            let config = RunConfig::from_json(&v.to_string(), &path.display().to_string())
                 .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            // The paper's rows train as the official code did (method.md §9).
+            if path.components().any(|c| c.as_os_str() == "paper") {
+                assert_eq!(config.train.loss_eps, Some(1e-6), "{}", path.display());
+            }
             seen += 1;
         }
         // Four top-level configs and the 72 of configs/paper.

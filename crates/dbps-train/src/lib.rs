@@ -51,7 +51,8 @@ pub use batch::{BatchImages, BatchKey, ImageBatch, ImageBatcher, SingleImage, Ta
 pub use build::build_classifier;
 pub use candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 pub use checkpoint::{
-    CheckpointRecorder, HISTORY, MANIFEST, MethodManifest, checkpoint_path, load_weights,
+    CheckpointRecorder, HISTORY, MANIFEST, MethodManifest, checkpoint_path, initial_weights_path,
+    load_weights,
 };
 pub use config::{MethodPlan, RunConfig};
 pub use datasets::{ImageDataset, Splits};

@@ -15,7 +15,7 @@ use burn_train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
 use crate::build::build_classifier;
 use crate::checkpoint::{
     CheckpointRecorder, EveryEpoch, MANIFEST, MethodManifest, best_epoch, checkpoint_path,
-    complete_epochs, load_weights, prune_checkpoints, read_history,
+    complete_epochs, initial_weights_path, load_weights, prune_checkpoints, read_history,
 };
 use crate::config::RunConfig;
 use crate::datasets::Splits;
@@ -263,10 +263,15 @@ fn train_method<B: AutodiffBackend>(
         // the epochs about to be trained again.
         prune_checkpoints(method_dir, &saved.iter().copied().collect::<Vec<_>>())?;
     }
+    let initial = initial_weights_path(method_dir);
     if done > 0 {
         // burn-train panics on a checkpoint it cannot read: find a damaged one first.
         load_weights(model.clone(), &checkpoint_path(method_dir, done), device)?;
         tracing::info!(method = %method.name, epoch = done, "resuming after the last complete checkpoint");
+    } else if resume && initial.is_file() {
+        // Imported weights: every rank reads them from the shared run directory.
+        model = load_weights(model, &initial, device)?;
+        tracing::info!(method = %method.name, weights = %initial.display(), "starting from imported weights, with a fresh optimizer and schedule");
     } else if let Some(session) = &joined.session {
         // Every rank starts from rank 0's initial weights.
         model = broadcast_model(session, model)?;
