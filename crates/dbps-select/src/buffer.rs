@@ -20,6 +20,22 @@ pub struct DualBuffer {
     salient: usize,
     sub_salient: usize,
     chunk: usize,
+    rule: BufferRule,
+}
+
+/// How the two buffers are refilled at each iteration (method.md §5); the two agree when
+/// S = 0 (IPS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferRule {
+    /// The paper's equations 3–4: one ranking of P_M ∪ P_S ∪ C_L, scored over the whole union;
+    /// P_M ← its top M, P_S ← the next S. A sub-salient patch can climb back into P_M.
+    #[default]
+    Paper,
+    /// What the DBPS authors' code does: P_M ← top-M of P_M ∪ C_L scored over that union alone
+    /// (P_S never competes for P_M); then P_S ← top-S of the rest of that union together with
+    /// the old P_S, scored by a softmax over those patches only.
+    Authors,
 }
 
 /// Patch embeddings `[B, n, D]` with the grid indices `[B, n]` they came from.
@@ -78,7 +94,18 @@ impl DualBuffer {
             salient,
             sub_salient,
             chunk,
+            rule: BufferRule::Paper,
         })
+    }
+
+    /// The same buffers refilled by `rule`.
+    pub fn with_rule(self, rule: BufferRule) -> Self {
+        Self { rule, ..self }
+    }
+
+    /// How the buffers are refilled.
+    pub fn rule(&self) -> BufferRule {
+        self.rule
     }
 
     /// M.
@@ -98,7 +125,7 @@ impl DualBuffer {
 
     /// The same buffers with another chunk size (L̂ under patch drop).
     pub fn with_chunk(self, chunk: usize) -> Result<Self, SelectError> {
-        Self::new(self.salient, self.sub_salient, chunk)
+        Ok(Self::new(self.salient, self.sub_salient, chunk)?.with_rule(self.rule))
     }
 
     /// Runs selection over candidates `[B, K, C, p, p]` held in memory, with grid indices
@@ -125,9 +152,9 @@ impl DualBuffer {
     /// only L candidates per image are ever cut and embedded together.
     ///
     /// P_M starts as the first M candidates and P_S empty; each chunk C_L is embedded, then
-    /// P_M ← Top-M(P_M ∪ P_S ∪ C_L) and P_S ← Top-S((P_M ∪ P_S ∪ C_L) − P_M) (paper eq. 3–4),
-    /// with scores recomputed over the whole union. The top-k stays on the device. With K ≤ M
-    /// every candidate is salient. The first chunk the source cannot deliver ends selection with
+    /// the buffers are refilled by the [`BufferRule`]: by default P_M ← Top-M(P_M ∪ P_S ∪ C_L)
+    /// and P_S ← Top-S((P_M ∪ P_S ∪ C_L) − P_M) (paper eq. 3–4), with scores recomputed over
+    /// the whole union. The top-k stays on the device. With K ≤ M every candidate is salient. The first chunk the source cannot deliver ends selection with
     /// its error.
     pub fn select_from<B, E, S, C>(
         &self,
@@ -163,25 +190,71 @@ impl DualBuffer {
         let mut sub_salient: Option<PatchBag<B>> = None;
         for start in (first..candidates).step_by(self.chunk) {
             let chunk = embed(start, (start + self.chunk).min(candidates))?;
-            let union = PatchBag::cat(
-                [Some(salient), sub_salient, Some(chunk)]
-                    .into_iter()
-                    .flatten()
-                    .collect(),
-            );
-            let kept_sub = self.sub_salient.min(union.len() - self.salient);
-            let (_, order) = scorer
-                .score(union.embeddings.clone(), union.indices.clone())
-                .topk_with_indices(self.salient + kept_sub, 1);
-            salient = union.gather(order.clone().slice([0..batch, 0..self.salient]));
-            sub_salient = (kept_sub > 0).then(|| {
-                union.gather(order.slice([0..batch, self.salient..self.salient + kept_sub]))
-            });
+            (salient, sub_salient) = match self.rule {
+                BufferRule::Paper => self.refill_paper(scorer, salient, sub_salient, chunk),
+                BufferRule::Authors => self.refill_authors(scorer, salient, sub_salient, chunk),
+            };
         }
         Ok(Selection {
             salient,
             sub_salient,
         })
+    }
+}
+
+impl DualBuffer {
+    /// Eq. 3–4: P_M and P_S from one ranking of P_M ∪ P_S ∪ C_L.
+    fn refill_paper<B: Backend, S: SalienceScorer<B>>(
+        &self,
+        scorer: &S,
+        salient: PatchBag<B>,
+        sub_salient: Option<PatchBag<B>>,
+        chunk: PatchBag<B>,
+    ) -> (PatchBag<B>, Option<PatchBag<B>>) {
+        let union = PatchBag::cat(
+            [Some(salient), sub_salient, Some(chunk)]
+                .into_iter()
+                .flatten()
+                .collect(),
+        );
+        let batch = union.indices.dims()[0];
+        let kept_sub = self.sub_salient.min(union.len() - self.salient);
+        let (_, order) = scorer
+            .score(union.embeddings.clone(), union.indices.clone())
+            .topk_with_indices(self.salient + kept_sub, 1);
+        let salient = union.gather(order.clone().slice([0..batch, 0..self.salient]));
+        let sub_salient = (kept_sub > 0)
+            .then(|| union.gather(order.slice([0..batch, self.salient..self.salient + kept_sub])));
+        (salient, sub_salient)
+    }
+
+    /// The authors' rule: P_M from P_M ∪ C_L alone, P_S from the rest of it and the old P_S,
+    /// ranked by a softmax over those only. The scorer recomputes the old P_S's attention
+    /// logits, which equal the ones the authors store: a logit depends on its patch and the
+    /// query alone, and the selection pass does not change the weights.
+    fn refill_authors<B: Backend, S: SalienceScorer<B>>(
+        &self,
+        scorer: &S,
+        salient: PatchBag<B>,
+        sub_salient: Option<PatchBag<B>>,
+        chunk: PatchBag<B>,
+    ) -> (PatchBag<B>, Option<PatchBag<B>>) {
+        let union = PatchBag::cat(vec![salient, chunk]);
+        let [batch, size] = union.indices.dims();
+        let (_, order) = scorer
+            .score(union.embeddings.clone(), union.indices.clone())
+            .topk_with_indices(size, 1);
+        let salient = union.gather(order.clone().slice([0..batch, 0..self.salient]));
+        if self.sub_salient == 0 {
+            return (salient, None);
+        }
+        let rest = union.gather(order.slice([0..batch, self.salient..size]));
+        let pool = PatchBag::cat([Some(rest), sub_salient].into_iter().flatten().collect());
+        let kept = self.sub_salient.min(pool.len());
+        let (_, order) = scorer
+            .score(pool.embeddings.clone(), pool.indices.clone())
+            .topk_with_indices(kept, 1);
+        (salient, Some(pool.gather(order)))
     }
 }
 

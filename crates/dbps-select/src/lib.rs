@@ -36,7 +36,9 @@
 mod buffer;
 mod error;
 
-pub use buffer::{CandidateChunks, DualBuffer, InMemoryCandidates, PatchBag, Selection};
+pub use buffer::{
+    BufferRule, CandidateChunks, DualBuffer, InMemoryCandidates, PatchBag, Selection,
+};
 pub use dbps_encoder::PatchEncoder;
 pub use error::SelectError;
 

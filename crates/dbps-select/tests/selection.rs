@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use dbps_encoder::IdentityEncoder;
 use dbps_mil::{Aggregator, AggregatorConfig, AggregatorKind};
-use dbps_select::{DualBuffer, SalienceScorer};
+use dbps_select::{BufferRule, DualBuffer, SalienceScorer};
 use proptest::prelude::*;
 
 type B = Flex;
@@ -189,6 +189,112 @@ proptest! {
             let image: Vec<Vec<f32>> = (0..n).map(|i| values[(b * n + i) * D..(b * n + i + 1) * D].to_vec()).collect();
             let (want_m, want_s, gap) = reference_dual_buffer(&agg, &image, &grid[b * n..(b + 1) * n], m, s, l);
             // Scores closer than f32 can tell apart (1e-6 on values near 1/n) have no defined order.
+            prop_assume!(gap > 1e-6);
+            prop_assert_eq!(&salient[b * m..(b + 1) * m], want_m.as_slice());
+            prop_assert_eq!(&sub[b * s_eff..(b + 1) * s_eff], want_s.as_slice());
+        }
+    }
+}
+
+/// Softmax attention scores by hand, in f64, of the candidates `members` (indices into `emb`)
+/// against one another: per head and token a softmax over `members` alone, then the mean.
+fn scores_among(agg: &Aggregator<B>, emb: &[Vec<f32>], members: &[usize]) -> Vec<f64> {
+    let device = Default::default();
+    let u = members.len();
+    let flat: Vec<f32> = members.iter().flat_map(|&i| emb[i].clone()).collect();
+    let x = Tensor::<B, 3>::from_data(TensorData::new(flat, [1, u, D]), &device);
+    let query = agg.query_tokens();
+    let logits: Vec<f32> = agg
+        .scorer()
+        .logits(query.unsqueeze_dim(0), x)
+        .into_data()
+        .iter::<f32>()
+        .collect();
+    let rows = logits.len() / u;
+    let mut score = vec![0f64; u];
+    for row in logits.chunks_exact(u) {
+        let max = row.iter().copied().fold(f32::MIN, f32::max) as f64;
+        let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        for (j, &v) in row.iter().enumerate() {
+            score[j] += (v as f64 - max).exp() / z / rows as f64;
+        }
+    }
+    score
+}
+
+/// Members sorted by decreasing score, and the smallest gap between neighbours among the
+/// first `kept` + 1 (near-ties have no defined order).
+fn ranked(members: &[usize], score: &[f64], kept: usize) -> (Vec<usize>, f64) {
+    let mut order: Vec<usize> = (0..members.len()).collect();
+    order.sort_by(|&i, &j| score[j].total_cmp(&score[i]));
+    let gap = order[..(kept + 1).min(order.len())]
+        .windows(2)
+        .map(|p| score[p[0]] - score[p[1]])
+        .fold(f64::INFINITY, f64::min);
+    (order.into_iter().map(|k| members[k]).collect(), gap)
+}
+
+/// The DBPS authors' refill for one image, by hand: P_M ← top-M of P_M ∪ C_L scored among
+/// themselves; P_S ← top-S of the rest of that union with the old P_S, scored among those.
+fn reference_authors(
+    agg: &Aggregator<B>,
+    emb: &[Vec<f32>],
+    grid: &[i64],
+    m: usize,
+    s: usize,
+    l: usize,
+) -> (Vec<i64>, Vec<i64>, f64) {
+    let n = emb.len();
+    let mut salient: Vec<usize> = (0..m.min(n)).collect();
+    let mut sub: Vec<usize> = Vec::new();
+    let mut next = salient.len();
+    let mut min_gap = f64::INFINITY;
+    while next < n {
+        let chunk: Vec<usize> = (next..(next + l).min(n)).collect();
+        next += chunk.len();
+        let union: Vec<usize> = salient.iter().chain(&chunk).copied().collect();
+        let (order, gap) = ranked(&union, &scores_among(agg, emb, &union), m);
+        min_gap = min_gap.min(gap);
+        salient = order[..m].to_vec();
+        if s > 0 {
+            let pool: Vec<usize> = order[m..].iter().chain(&sub).copied().collect();
+            let kept = s.min(pool.len());
+            let (order, gap) = ranked(&pool, &scores_among(agg, emb, &pool), kept);
+            min_gap = min_gap.min(gap);
+            sub = order[..kept].to_vec();
+        }
+    }
+    (
+        salient.iter().map(|&i| grid[i]).collect(),
+        sub.iter().map(|&i| grid[i]).collect(),
+        min_gap,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// The authors' rule equals its reference loop: salient in order, sub-salient in order,
+    /// P_S kept to min(S, the patches that exist) — no placeholder ever joins it.
+    #[test]
+    fn the_authors_rule_matches_its_reference_loop(
+        n in 2usize..40, m in 1usize..10, s in 0usize..12, l in 1usize..12, heads in 1usize..5,
+        tasks in 1usize..3, batch in 1usize..3, seed in any::<u64>()
+    ) {
+        prop_assume!(m < n);
+        let agg = aggregator(heads, tasks, seed);
+        let (emb, patches, indices) = inputs(batch, n, seed ^ 5);
+        let grid = rows(indices.clone());
+        let values: Vec<f32> = emb.into_data().iter::<f32>().collect();
+        let buffer = DualBuffer::new(m, s, l).unwrap().with_rule(BufferRule::Authors);
+        let sel = buffer.select(&IdentityEncoder::new(D), &Scorer(agg.clone()), patches, indices);
+        let salient = rows(sel.salient.indices);
+        let sub = sel.sub_salient.map(|bag| rows(bag.indices)).unwrap_or_default();
+        let s_eff = s.min(n - m);
+        prop_assert_eq!(sub.len(), batch * s_eff);
+        for b in 0..batch {
+            let image: Vec<Vec<f32>> = (0..n).map(|i| values[(b * n + i) * D..(b * n + i + 1) * D].to_vec()).collect();
+            let (want_m, want_s, gap) = reference_authors(&agg, &image, &grid[b * n..(b + 1) * n], m, s, l);
             prop_assume!(gap > 1e-6);
             prop_assert_eq!(&salient[b * m..(b + 1) * m], want_m.as_slice());
             prop_assert_eq!(&sub[b * s_eff..(b + 1) * s_eff], want_s.as_slice());

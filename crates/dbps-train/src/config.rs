@@ -8,7 +8,7 @@ use dbps_data::{
 };
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
-use dbps_select::DualBuffer;
+use dbps_select::{BufferRule, DualBuffer};
 use dbps_tiling::{PatchDrop, PatchGrid, RemainderPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -98,6 +98,10 @@ pub struct MethodConfig {
     /// The aggregator.
     #[serde(default)]
     pub aggregator: AggregatorKind,
+    /// How selection refills the buffers: `paper` (eq. 3–4, the default) or `authors` (the
+    /// DBPS authors' code, which made the paper's numbers; method.md §5).
+    #[serde(default)]
+    pub selection: BufferRule,
 }
 
 /// Optimisation settings (method.md §9).
@@ -451,6 +455,7 @@ impl RunConfig {
             PatchDrop::new(method.drop).map_err(|e| config_error(field("drop"), e.to_string()))?;
         let buffers = |m: usize, name: &str| {
             DualBuffer::new(m, s, l)
+                .map(|b| b.with_rule(method.selection))
                 .map_err(|e| config_error(field(&format!("{name}/l")), e.to_string()))
         };
         Ok(MethodPlan {
@@ -528,6 +533,20 @@ mod tests {
             // The paper's rows train as the official code did (method.md §9).
             if path.components().any(|c| c.as_os_str() == "paper") {
                 assert_eq!(config.train.loss_eps, Some(1e-6), "{}", path.display());
+                // DBPS rows select as the authors' code did, except megapixel MNIST's four
+                // tasks, which that code cannot run (method.md §5).
+                let name = path.file_name().unwrap().to_string_lossy();
+                let mnist = path
+                    .components()
+                    .any(|c| c.as_os_str() == "megapixel-mnist");
+                let want = if name.starts_with("dbps-") && !mnist {
+                    BufferRule::Authors
+                } else {
+                    BufferRule::Paper
+                };
+                for method in &config.methods {
+                    assert_eq!(method.selection, want, "{}", path.display());
+                }
             }
             seen += 1;
         }
