@@ -248,6 +248,9 @@ fn device(text: &str) -> Result<DeviceChoice> {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // A DBPS_KERNEL_ISA this CPU cannot run is refused before any work starts, rather than
+    // quietly replaced by another instruction set deep inside an encoder.
+    dbps_kernels::Isa::detect()?;
     match cli.command {
         Command::Orchestrator { port } => dbps_app::orchestrator::serve(port)?,
         Command::ImportIps {

@@ -306,3 +306,25 @@ fn megapixel_mnist_training_loss_decreases() {
         .collect();
     assert_eq!(tasks, ["majority", "max", "top", "multi"]);
 }
+
+/// A `DBPS_KERNEL_ISA` that names no instruction set, or one this CPU lacks, is refused before
+/// anything runs, with the variable and the names this CPU does run.
+#[test]
+fn an_unusable_kernel_isa_is_an_error() {
+    let dir = scratch("isa");
+    for name in ["sse9", "AVX2 "] {
+        let out = Command::new(env!("CARGO_BIN_EXE_dbps"))
+            .args(["train", "--output"])
+            .arg(dir.join("run"))
+            .env("DBPS_KERNEL_ISA", name)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("DBPS_KERNEL_ISA={name}")) && err.contains("portable"),
+            "{err}"
+        );
+        assert!(!dir.join("run").exists(), "nothing was written");
+    }
+}

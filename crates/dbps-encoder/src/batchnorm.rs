@@ -62,9 +62,10 @@ impl<B: Backend> BatchNorm2d<B> {
     }
 
     /// Normalises `[N, C, H, W]`: batch statistics (and a running-stat update) when autodiff is
-    /// enabled, running statistics otherwise — the convention of burn's own BatchNorm.
+    /// enabled, running statistics otherwise — the convention of burn's own BatchNorm — and
+    /// always inside [`crate::in_inference`].
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if !B::ad_enabled(&x.device()) {
+        if !B::ad_enabled(&x.device()) || crate::inference_forced() {
             let (scale, shift) = self.inference_affine();
             return channel_affine(x, scale, shift);
         }
@@ -100,7 +101,7 @@ impl<B: Backend> BatchNorm2d<B> {
 pub fn conv_bn<B: Backend>(conv: &Conv2d<B>, bn: &BatchNorm2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
     let [kh, kw] = conv.kernel_size;
     let options = ConvOptions::new(conv.stride, [kh / 2, kw / 2], conv.dilation, conv.groups);
-    if B::ad_enabled(&x.device()) {
+    if B::ad_enabled(&x.device()) && !crate::inference_forced() {
         let bias = conv.bias.as_ref().map(|b| b.val());
         return bn.forward(crate::conv2d(x, conv.weight.val(), bias, options));
     }

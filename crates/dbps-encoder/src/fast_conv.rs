@@ -63,8 +63,10 @@ pub fn conv2d<B: Backend>(
         ) else {
             unreachable!("B is Flex")
         };
-        // Shapes the kernels reject (Burn would reject them too) get Burn's own error.
-        let y = forward(x.clone(), weight.clone(), bias.clone(), spec)
+        // Shapes the kernels reject (Burn would reject them too) get Burn's own error; a bad
+        // DBPS_KERNEL_ISA was refused when the process started (the CLI checks it first).
+        let y = Isa::detect()
+            .and_then(|isa| forward(x.clone(), weight.clone(), bias.clone(), spec, isa))
             .unwrap_or_else(|_| burn_conv2d(x, weight, bias, options));
         return cast(y).unwrap_or_else(|_| unreachable!("B is Flex"));
     }
@@ -87,6 +89,7 @@ fn forward(
     weight: Tensor<Flex, 4>,
     bias: Option<Tensor<Flex, 1>>,
     spec: ConvSpec,
+    isa: Isa,
 ) -> Result<Tensor<Flex, 4>, KernelError> {
     let shape = x.dims();
     let device = x.device();
@@ -97,7 +100,7 @@ fn forward(
     );
     let (y, y_shape) = with_host(&x, |x| {
         with_host(&weight, |w| {
-            conv2d_forward(x, shape, w, bias.as_deref(), spec, Isa::detect())
+            conv2d_forward(x, shape, w, bias.as_deref(), spec, isa)
         })
     })?;
     Ok(Tensor::from_data(TensorData::new(y, y_shape), &device))
@@ -108,16 +111,15 @@ fn forward(
 struct KernelConvBackward;
 
 impl Backward<Flex, 2> for KernelConvBackward {
-    /// Input, weight, and the convolution.
-    type State = (FloatTensor<Flex>, FloatTensor<Flex>, ConvSpec);
+    /// Input, weight, the convolution, and the instruction set the forward ran on.
+    type State = (FloatTensor<Flex>, FloatTensor<Flex>, ConvSpec, Isa);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x, node_weight] = ops.parents;
         let dy = grads.consume::<Flex>(&ops.node);
-        let (x, weight, spec) = ops.state;
+        let (x, weight, spec, isa) = ops.state;
         let x_shape: [usize; 4] =
             Tensor::<Flex, 4>::from_primitive(TensorPrimitive::Float(x.clone())).dims();
-        let isa = Isa::detect();
         let err = "gradient shapes follow the forward pass";
         with_host(&dy, |dy| {
             if let Some(node) = node_x {
@@ -141,6 +143,7 @@ fn tracked_forward(
     weight: Tensor<Ad, 4>,
     spec: ConvSpec,
 ) -> Result<Tensor<Ad, 4>, KernelError> {
+    let isa = Isa::detect()?;
     let x = x.into_primitive().tensor();
     let weight = weight.into_primitive().tensor();
     let y = forward(
@@ -148,6 +151,7 @@ fn tracked_forward(
         Tensor::from_primitive(TensorPrimitive::Float(weight.primitive.clone())),
         None,
         spec,
+        isa,
     )?
     .into_primitive()
     .tensor();
@@ -156,7 +160,7 @@ fn tracked_forward(
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, spec), y),
+        OpsKind::Tracked(prep) => prep.finish((x.primitive, weight.primitive, spec, isa), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Ok(Tensor::from_primitive(TensorPrimitive::Float(out)))

@@ -185,7 +185,12 @@ impl<B: Backend> NativeEncoder<B> {
     /// Freezes `encoder` for the best instruction set of this CPU; `None` when its backbone
     /// has no native path (precomputed features need no encoder pass anyway).
     pub fn freeze(encoder: &Encoder<B>) -> Option<Result<Self, NativeError>> {
-        Self::freeze_for(encoder, Isa::detect())
+        match Isa::detect() {
+            Ok(isa) => Self::freeze_for(encoder, isa),
+            Err(e) => {
+                matches!(encoder.backbone, crate::Backbone::ResNet(_)).then_some(Err(e.into()))
+            }
+        }
     }
 
     /// As [`NativeEncoder::freeze`], for a given instruction set.
@@ -337,7 +342,7 @@ mod tests {
         let patches = Tensor::<Flex, 4>::random([5, 1, 50, 50], Distribution::Default, &device);
         let want = net.embed(patches.clone());
         let pixels = patches.into_data().into_vec::<f32>().unwrap();
-        let got = NativeResNet::new(&net, Isa::detect())
+        let got = NativeResNet::new(&net, Isa::best())
             .unwrap()
             .embed(&pixels, [5, 1, 50, 50])
             .unwrap();

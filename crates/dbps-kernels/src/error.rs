@@ -48,4 +48,14 @@ pub enum KernelError {
         /// Residual shape.
         got: [usize; 4],
     },
+    /// `DBPS_KERNEL_ISA` names an instruction set that is unknown or that this CPU lacks.
+    #[error(
+        "DBPS_KERNEL_ISA={name} is not an instruction set this CPU runs; use one of: {available}, or unset it to take the best"
+    )]
+    Isa {
+        /// The name given.
+        name: String,
+        /// The names this CPU runs, best first.
+        available: String,
+    },
 }

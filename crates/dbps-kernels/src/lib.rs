@@ -18,7 +18,7 @@
 //!
 //! // A 3×3 convolution, 2 → 4 channels, all weights 1, bias 0.5, on a 3×3 map of ones.
 //! let spec = ConvSpec { c_in: 2, c_out: 4, kernel: 3, stride: 1, padding: 1 };
-//! let conv = PackedConv::new(spec, &[1.0; 4 * 2 * 9], &[0.5; 4], Isa::detect()).unwrap();
+//! let conv = PackedConv::new(spec, &[1.0; 4 * 2 * 9], &[0.5; 4], Isa::best()).unwrap();
 //! let input = FeatureMap::new(vec![1.0; 3 * 3 * 2], [1, 3, 3, 2]).unwrap();
 //! let out = conv.forward(&input, None, false).unwrap();
 //! assert_eq!(out.shape(), [1, 3, 3, 4]);
@@ -43,7 +43,7 @@ pub use batch_norm::{BatchNormGrads, BatchStats, batch_norm_backward, batch_norm
 pub use conv::{ConvSpec, PackedConv};
 pub use error::KernelError;
 pub use feature_map::FeatureMap;
-pub use isa::Isa;
+pub use isa::{ISA_VARIABLE, Isa};
 pub use pool::{global_average_pool, max_pool};
 pub use route::same_type;
 pub use train::{conv2d_forward, conv2d_input_grad, conv2d_weight_grad};

@@ -7,6 +7,7 @@
 //! stored, so A needs no padding.
 
 use crate::Isa;
+use crate::isa::Kind;
 
 /// One tile's operands. Raw pointers because the tile writes a sub-block of a larger output
 /// that other threads write other sub-blocks of.
@@ -42,14 +43,16 @@ pub(crate) struct Tile {
 ///
 /// # Safety
 /// Every pointer must address the extents that `rows`, `cols`, `k`, `lda`, `ldc`, `ldr` and the
-/// ISA's NR describe, and `isa` must be supported by this CPU.
+/// ISA's NR describe. (`isa` is supported by this CPU: an [`Isa`] only comes from detection.)
 pub(crate) unsafe fn run(isa: Isa, t: &Tile) {
-    match isa {
+    match isa.kind() {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { x86::avx512(t) },
+        Kind::Avx512 => unsafe { x86::avx512(t) },
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { x86::avx2(t) },
-        _ => unsafe { portable(t) },
+        Kind::Avx2 => unsafe { x86::avx2(t) },
+        #[cfg(not(target_arch = "x86_64"))]
+        Kind::Avx512 | Kind::Avx2 => unreachable!("x86 instruction sets are detected on x86 only"),
+        Kind::Portable => unsafe { portable(t) },
     }
 }
 
@@ -117,11 +120,14 @@ mod x86 {
         } else {
             0
         };
+        // The upper half's pointers (`wrapping_add(16)`) may lie past a row of `cols ≤ 16`
+        // values: they are formed without `add`'s in-bounds promise and only ever used under
+        // an all-zero mask, which touches no memory.
         unsafe {
             let mut acc = [[_mm512_setzero_ps(); 2]; MR];
             if let Some(bias) = t.bias {
                 let b0 = _mm512_maskz_loadu_ps(lo, bias);
-                let b1 = _mm512_maskz_loadu_ps(hi, bias.add(16));
+                let b1 = _mm512_maskz_loadu_ps(hi, bias.wrapping_add(16));
                 for row in acc.iter_mut() {
                     *row = [b0, b1];
                 }
@@ -131,7 +137,7 @@ mod x86 {
                         let c = t.c.add(r * t.ldc);
                         *row = [
                             _mm512_maskz_loadu_ps(lo, c),
-                            _mm512_maskz_loadu_ps(hi, c.add(16)),
+                            _mm512_maskz_loadu_ps(hi, c.wrapping_add(16)),
                         ];
                     }
                 }
@@ -158,7 +164,7 @@ mod x86 {
                 if let Some(res) = t.residual {
                     let res = res.add(r * t.ldr);
                     v0 = _mm512_add_ps(v0, _mm512_maskz_loadu_ps(lo, res));
-                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(hi, res.add(16)));
+                    v1 = _mm512_add_ps(v1, _mm512_maskz_loadu_ps(hi, res.wrapping_add(16)));
                 }
                 if t.relu {
                     v0 = _mm512_max_ps(v0, zero);
@@ -166,7 +172,7 @@ mod x86 {
                 }
                 let c = t.c.add(r * t.ldc);
                 _mm512_mask_storeu_ps(c, lo, v0);
-                _mm512_mask_storeu_ps(c.add(16), hi, v1);
+                _mm512_mask_storeu_ps(c.wrapping_add(16), hi, v1);
             }
         }
     }
@@ -189,7 +195,7 @@ mod x86 {
             let mut acc = [[_mm256_setzero_ps(); 2]; MR];
             if let Some(bias) = t.bias {
                 let b0 = _mm256_maskload_ps(bias, lo);
-                let b1 = _mm256_maskload_ps(bias.add(8), hi);
+                let b1 = _mm256_maskload_ps(bias.wrapping_add(8), hi);
                 for row in acc.iter_mut() {
                     *row = [b0, b1];
                 }
@@ -197,7 +203,10 @@ mod x86 {
                 for (r, row) in acc.iter_mut().enumerate() {
                     if r < t.rows {
                         let c = t.c.add(r * t.ldc);
-                        *row = [_mm256_maskload_ps(c, lo), _mm256_maskload_ps(c.add(8), hi)];
+                        *row = [
+                            _mm256_maskload_ps(c, lo),
+                            _mm256_maskload_ps(c.wrapping_add(8), hi),
+                        ];
                     }
                 }
             }
@@ -223,7 +232,7 @@ mod x86 {
                 if let Some(res) = t.residual {
                     let res = res.add(r * t.ldr);
                     v0 = _mm256_add_ps(v0, _mm256_maskload_ps(res, lo));
-                    v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res.add(8), hi));
+                    v1 = _mm256_add_ps(v1, _mm256_maskload_ps(res.wrapping_add(8), hi));
                 }
                 if t.relu {
                     v0 = _mm256_max_ps(v0, zero);
@@ -231,7 +240,7 @@ mod x86 {
                 }
                 let c = t.c.add(r * t.ldc);
                 _mm256_maskstore_ps(c, lo, v0);
-                _mm256_maskstore_ps(c.add(8), hi, v1);
+                _mm256_maskstore_ps(c.wrapping_add(8), hi, v1);
             }
         }
     }

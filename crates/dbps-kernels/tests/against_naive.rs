@@ -170,7 +170,7 @@ fn check_conv_with(case: &Case, isa: Isa, build: Constructor) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 48 }))]
 
     #[test]
     fn convolution_matches_the_definition(case in cases()) {
@@ -247,7 +247,7 @@ fn bad_inputs_are_reported() {
         stride: 2,
         padding: 0,
     };
-    let conv = PackedConv::new(spec, &[0.0; 4 * 3 * 49], &[0.0; 4], Isa::Portable).unwrap();
+    let conv = PackedConv::new(spec, &[0.0; 4 * 3 * 49], &[0.0; 4], Isa::portable()).unwrap();
     let small = FeatureMap::new(vec![0.0; 5 * 5 * 3], [1, 5, 5, 3]).unwrap();
     assert!(matches!(
         conv.forward(&small, None, false),
@@ -261,7 +261,7 @@ fn bad_inputs_are_reported() {
             got: 1
         }
     );
-    assert!(PackedConv::new(spec, &[0.0; 3], &[0.0; 4], Isa::Portable).is_err());
+    assert!(PackedConv::new(spec, &[0.0; 3], &[0.0; 4], Isa::portable()).is_err());
     assert!(FeatureMap::new(vec![0.0; 3], [1, 2, 2, 1]).is_err());
 }
 
@@ -347,7 +347,7 @@ fn check_grads(case: &Case, isa: Isa) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(32))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 32 }))]
 
     #[test]
     fn gradients_match_the_chain_rule(case in cases()) {
@@ -401,7 +401,7 @@ fn winograd_weight_gradient_matches_the_definition() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(24))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 24 }))]
 
     /// 3×3 stride-1 padding-1 convolutions take the Winograd path: odd sizes leave partial
     /// 2×2 tiles, odd channel counts partial panels.
@@ -462,7 +462,7 @@ fn naive_batch_norm_loss(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(16))]
+    #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 2 } else { 16 }))]
 
     /// Output against the definition, and all three gradients against central differences of
     /// the f64 loss.
@@ -555,4 +555,113 @@ fn batch_norm_rejects_mismatched_shapes() {
         ),
         "{err}"
     );
+}
+
+/// `values` shifted to mean `offset`: inputs far from zero, where Winograd's transforms
+/// subtract nearly equal numbers and lose precision if they are ill-conditioned.
+fn values_around(len: usize, seed: u64, offset: f32) -> Vec<f32> {
+    values(len, seed).into_iter().map(|v| v + offset).collect()
+}
+
+/// Forward, input gradient and weight gradient of one convolution against the definition,
+/// from the given input and weights (the gradient of `Σ dy · y` with `dy` in [-1, 1)).
+fn check_all_from(case: &Case, isa: Isa, x: &[f32], weight: &[f32]) {
+    let (spec, shape) = (case.spec(), case.shape());
+    let (y, y_shape) = conv2d_forward(x, shape, weight, None, spec, isa).unwrap();
+    let (want_y, mag_y, _) = naive_conv(x, shape, weight, &vec![0.0; case.c_out], spec);
+    let y_nhwc = FeatureMap::from_nchw(&y, y_shape).unwrap();
+    assert_close(
+        &y_nhwc.data,
+        &want_y,
+        &mag_y,
+        &format!("forward {isa} {case:?}"),
+    );
+    let dy = values(y.len(), 21);
+    let ((want_dx, mag_dx), (want_dw, mag_dw)) = naive_grads(x, shape, weight, &dy, spec);
+    let dx = conv2d_input_grad(&dy, shape, weight, spec, isa).unwrap();
+    assert_close(
+        &dx,
+        &want_dx,
+        &mag_dx,
+        &format!("input grad {isa} {case:?}"),
+    );
+    let dw = conv2d_weight_grad(x, shape, &dy, spec, isa).unwrap();
+    assert_close(
+        &dw,
+        &want_dw,
+        &mag_dw,
+        &format!("weight grad {isa} {case:?}"),
+    );
+}
+
+fn case(n: usize, c_in: usize, c_out: usize, kernel: usize, stride: usize, hw: [usize; 2]) -> Case {
+    Case {
+        n,
+        c_in,
+        c_out,
+        kernel,
+        stride,
+        padding: kernel / 2,
+        h: hw[0],
+        w: hw[1],
+        residual: false,
+        relu: false,
+    }
+}
+
+/// A 3×3 stride-1 layer's input gradient is the flipped convolution of dY, which runs as
+/// Winograd once dY has ≥ 128 channels (the forward's threshold): ResNet-18's layer2–4 widths,
+/// odd sizes for partial tiles.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "minutes per case under the interpreter; the small cases cover the same code"
+)]
+fn winograd_input_gradient_matches_the_definition() {
+    for (c_in, c_out, hw) in [(64, 128, [7, 5]), (128, 128, [6, 6]), (8, 256, [3, 9])] {
+        let case = case(2, c_in, c_out, 3, 1, hw);
+        for isa in Isa::available() {
+            check_grads(&case, isa);
+        }
+    }
+}
+
+/// ResNet-50's 1×1 convolutions at their real widths: the expansion 256 → 1024, the
+/// projection 1024 → 2048 at stride 2, and the reduction 2048 → 512.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "minutes per case under the interpreter; the small cases cover the same code"
+)]
+fn resnet50_pointwise_convolutions_at_real_widths() {
+    for (c_in, c_out, stride, hw) in [
+        (256, 1024, 1, [3, 3]),
+        (1024, 2048, 2, [4, 3]),
+        (2048, 512, 1, [2, 2]),
+    ] {
+        let case = case(1, c_in, c_out, 1, stride, hw);
+        let x = values(case.shape().iter().product(), 31);
+        let weight = values(c_out * c_in, 32);
+        for isa in Isa::available() {
+            check_all_from(&case, isa, &x, &weight);
+        }
+    }
+}
+
+/// Inputs of mean 100 (not only [-1, 1)): the Winograd forward, its input gradient and its
+/// weight gradient stay within f32 rounding of the definition, relative to the sum of |terms|.
+#[test]
+#[cfg_attr(
+    miri,
+    ignore = "minutes per case under the interpreter; the small cases cover the same code"
+)]
+fn winograd_transforms_are_well_conditioned_far_from_zero() {
+    for (c_in, c_out, hw) in [(128, 16, [5, 7]), (512, 8, [4, 5]), (16, 128, [6, 5])] {
+        let case = case(2, c_in, c_out, 3, 1, hw);
+        let x = values_around(case.shape().iter().product(), 41, 100.0);
+        let weight = values(c_out * c_in * 9, 42);
+        for isa in Isa::available() {
+            check_all_from(&case, isa, &x, &weight);
+        }
+    }
 }

@@ -29,6 +29,18 @@ pub struct Aggregator<B: Backend> {
 }
 
 impl<B: Backend> Aggregator<B> {
+    /// The same aggregator with every dropout off: what an evaluation forward runs, on any
+    /// backend (Burn's dropout drops whenever the backend records gradients).
+    pub fn without_dropout(&self) -> Self {
+        Self {
+            core: match &self.core {
+                AggregatorCore::Ips(ips) => AggregatorCore::Ips(ips.without_dropout()),
+                AggregatorCore::Dual(dual) => AggregatorCore::Dual(dual.without_dropout()),
+            },
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn new(core: AggregatorCore<B>, cfg: &AggregatorConfig, device: &B::Device) -> Self {
         Self {
             core,

@@ -62,6 +62,15 @@ pub struct MultiHeadCrossAttention<B: Backend> {
 }
 
 impl<B: Backend> MultiHeadCrossAttention<B> {
+    /// The same attention with both dropouts off (inference on an autodiff backend, where
+    /// Burn's dropout would otherwise drop).
+    pub fn without_dropout(&self) -> Self {
+        let mut out = self.clone();
+        out.dropout.prob = 0.0;
+        out.attn_dropout.prob = 0.0;
+        out
+    }
+
     /// Number of heads H.
     pub fn heads(&self) -> usize {
         self.heads

@@ -29,6 +29,19 @@ pub struct DualAttentionMil<B: Backend> {
 }
 
 impl<B: Backend> DualAttentionMil<B> {
+    /// The same MIL with every dropout off.
+    pub fn without_dropout(&self) -> Self {
+        Self {
+            mhca: self.mhca.without_dropout(),
+            mhca_sub: self
+                .mhca_sub
+                .as_ref()
+                .map(MultiHeadCrossAttention::without_dropout),
+            mlp: self.mlp.without_dropout(),
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn new(cfg: &AggregatorConfig, device: &B::Device) -> Self {
         let separate = !cfg.attention.shared_weights;
         Self {

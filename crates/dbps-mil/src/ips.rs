@@ -17,6 +17,13 @@ pub struct FeedForward<B: Backend> {
 }
 
 impl<B: Backend> FeedForward<B> {
+    /// The same block with its dropout off.
+    pub fn without_dropout(&self) -> Self {
+        let mut out = self.clone();
+        out.dropout.prob = 0.0;
+        out
+    }
+
     pub(crate) fn new(cfg: &AggregatorConfig, device: &B::Device) -> Self {
         Self {
             fc1: LinearConfig::new(cfg.embed_dim, cfg.attention.d_inner).init(device),
@@ -70,6 +77,15 @@ pub struct IpsAggregator<B: Backend> {
 }
 
 impl<B: Backend> IpsAggregator<B> {
+    /// The same layer with every dropout off.
+    pub fn without_dropout(&self) -> Self {
+        Self {
+            mhca: self.mhca.without_dropout(),
+            mlp: self.mlp.without_dropout(),
+            ..self.clone()
+        }
+    }
+
     pub(crate) fn new(cfg: &AggregatorConfig, device: &B::Device) -> Self {
         Self {
             query: query_tokens(cfg, device),

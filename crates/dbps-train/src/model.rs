@@ -5,7 +5,7 @@ use std::sync::Arc;
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Int, Tensor};
-use dbps_encoder::{Encoder, NativeEncoder, PatchEncoder};
+use dbps_encoder::{Encoder, NativeEncoder, PatchEncoder, in_inference};
 use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
 use dbps_tiling::{HostImages, PatchDrop, PatchGrid};
@@ -449,6 +449,14 @@ impl<B: Backend> PatchClassifier<B> {
         C: CandidateChunks<B>,
         TrainError: From<C::Error>,
     {
+        in_inference(|| self.inference_copy().attention_logits_now(source))
+    }
+
+    fn attention_logits_now<C>(&self, source: &C) -> Result<Tensor<B, 4>, TrainError>
+    where
+        C: CandidateChunks<B>,
+        TrainError: From<C::Error>,
+    {
         let k = source.candidates();
         let l = self.plan.eval_buffer.chunk().max(1);
         let native = self.native_encoder();
@@ -546,10 +554,13 @@ impl<B: Backend> PatchClassifier<B> {
         C: CandidateChunks<B>,
         TrainError: From<C::Error>,
     {
-        match self.native_encoder() {
-            Some(native) => self.explain_with(&native, source),
-            None => self.explain_with(&self.encoder, source),
-        }
+        in_inference(|| {
+            let model = self.inference_copy();
+            match model.native_encoder() {
+                Some(native) => model.explain_with(&native, source),
+                None => model.explain_with(&model.encoder, source),
+            }
+        })
     }
 
     fn explain_with<E, C>(
@@ -625,19 +636,34 @@ impl<B: Backend> PatchClassifier<B> {
         C: CandidateChunks<B>,
         TrainError: From<C::Error>,
     {
-        let buffer = self.plan.eval_buffer;
-        let selection = self.select_from(buffer, source)?;
-        Ok(self.aggregate(selection.salient, selection.sub_salient))
+        in_inference(|| {
+            let model = self.inference_copy();
+            let selection = model.select_from(model.plan.eval_buffer, source)?;
+            Ok(model.aggregate(selection.salient, selection.sub_salient))
+        })
     }
 
     /// Evaluation forward on images `[B, C, H, W]`: select among all patches and aggregate the
-    /// buffers' own embeddings (the encoder is in inference mode either way, so no re-embedding).
-    /// Images that do not fit the plan's patch grid are an error.
+    /// buffers' own embeddings (no re-embedding). Inference mode on every backend, autodiff
+    /// included: BatchNorm on its running statistics (left unchanged), dropout off — as are the
+    /// other evaluation forwards. Images that do not fit the plan's patch grid are an error.
     pub fn forward_eval(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
-        each_size(&self.plan, images, |plan, images, _| {
-            let selection = self.select(plan, &images, Mode::Eval)?;
-            Ok(self.aggregate(selection.salient, selection.sub_salient))
+        in_inference(|| {
+            let model = self.inference_copy();
+            each_size(&model.plan, images, |plan, images, _| {
+                let selection = model.select(plan, &images, Mode::Eval)?;
+                Ok(model.aggregate(selection.salient, selection.sub_salient))
+            })
         })
+    }
+
+    /// This classifier as evaluation runs it, on any backend: dropout off (and, inside
+    /// [`in_inference`], BatchNorm on its running statistics, which stay as they are).
+    fn inference_copy(&self) -> Self {
+        Self {
+            aggregator: self.aggregator.without_dropout(),
+            ..self.clone()
+        }
     }
 }
 

@@ -106,7 +106,8 @@ pub(crate) fn machine() -> Machine {
     Machine {
         cpu,
         threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        kernel_isa: dbps_kernels::Isa::detect().to_string(),
+        kernel_isa: dbps_kernels::Isa::detect()
+            .map_or_else(|e| e.to_string(), |isa| isa.to_string()),
         os: std::env::consts::OS.into(),
     }
 }
