@@ -372,11 +372,17 @@ pub fn check_training_step(fixture: &Fixture) {
         "loss {} vs official {loss}",
         stats.loss
     );
+    let mut worst_logit = 0f64;
     for (t, l) in logits.into_iter().enumerate() {
         let want = fixture.expected.float(&format!("logits.{t}"));
         let (d, _) = spread(&values(l), &want.values);
         assert!(d <= 2e-5, "logits.{t}: max difference {d:e}");
+        worst_logit = worst_logit.max(d);
     }
+    eprintln!(
+        "loss {:.1e} from the official, logits {worst_logit:.1e}",
+        (stats.loss - loss).abs()
+    );
 
     // Gradients, per tensor, scaled by the official tensor's largest magnitude.
     let mut checked = 0;
@@ -412,6 +418,7 @@ pub fn check_training_step(fixture: &Fixture) {
     };
     let lr = fixture.f64(&["lr"]);
     let after = optimizer_step(&fixture, model, grads);
+    let (mut worst_running, mut worst_param) = (0f64, 0f64);
     for (name, got) in &after {
         let want = fixture
             .expected
@@ -419,6 +426,7 @@ pub fn check_training_step(fixture: &Fixture) {
         if name.ends_with("running_mean") || name.ends_with("running_var") {
             let (d, m) = spread(&got.values, &want.values);
             assert!(d / m <= 1e-5, "{name} after the step: {:e} scaled", d / m);
+            worst_running = worst_running.max(d / m);
             continue;
         }
         let g = &grad_of(name).values;
@@ -433,8 +441,14 @@ pub fn check_training_step(fixture: &Fixture) {
                 f64::from((x - y).abs()) <= bound,
                 "{name} after the step: {x} vs official {y} (gradient {gi})"
             );
+            if gi.abs() >= 1e-3 * g_max {
+                worst_param = worst_param.max(f64::from((x - y).abs()));
+            }
         }
     }
+    eprintln!(
+        "after the step: parameters {worst_param:.1e} (where |g| ≥ 1e-3 max), running statistics {worst_running:.1e} scaled"
+    );
 }
 
 /// dbps's AdamW applied to the fixture's own weights and gradients reproduces the official
