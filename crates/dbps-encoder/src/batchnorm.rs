@@ -54,10 +54,11 @@ impl<B: Backend> BatchNorm2d<B> {
         }
     }
 
-    /// Inference-mode normalisation as a per-channel `(scale, shift)`.
+    /// Inference-mode normalisation as a per-channel `(scale, shift)`, from the running
+    /// statistics with any update a training forward left pending folded in.
     pub fn inference_affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        let scale = self.gamma.val() / (self.running_var.value() + self.epsilon).sqrt();
-        let shift = self.beta.val() - self.running_mean.value() * scale.clone();
+        let scale = self.gamma.val() / (self.running_var.value_sync() + self.epsilon).sqrt();
+        let shift = self.beta.val() - self.running_mean.value_sync() * scale.clone();
         (scale, shift)
     }
 

@@ -33,6 +33,50 @@ impl<B: Backend> Projector<B> {
         let centred = x - mean;
         let var = centred.clone().square().mean_dim(1);
         let normed = centred / (var + 1e-5).sqrt();
-        relu(self.bn.forward(self.linear.forward(normed)))
+        let projected = self.linear.forward(normed);
+        let bn = &self.bn;
+        let out = if crate::inference_forced() {
+            // Burn's BatchNorm picks batch statistics whenever the backend records gradients.
+            let unit = |t: Tensor<B, 1>| t.unsqueeze_dim::<2>(0);
+            let scale = bn.gamma.val() / (bn.running_var.value_sync() + bn.epsilon).sqrt();
+            let shift = bn.beta.val() - bn.running_mean.value_sync() * scale.clone();
+            projected * unit(scale) + unit(shift)
+        } else {
+            bn.forward(projected)
+        };
+        relu(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::backend::{Autodiff, Flex};
+    use burn::module::AutodiffModule;
+    use burn::tensor::Distribution;
+
+    use super::*;
+
+    /// Inside `in_inference` the projector on an autodiff backend normalises with its running
+    /// statistics, as it does without autodiff, and leaves them unchanged.
+    #[test]
+    fn inference_uses_running_statistics_on_an_autodiff_backend() {
+        let device = Default::default();
+        let projector = Projector::<Autodiff<Flex>>::new(6, 4, &device);
+        let x =
+            Tensor::<Autodiff<Flex>, 2>::random([5, 6], Distribution::Normal(2.0, 3.0), &device);
+        // One training forward moves the running statistics away from (0, 1).
+        let _ = projector.forward(x.clone());
+        let mean = projector.bn.running_mean.value_sync();
+        let got = crate::in_inference(|| projector.forward(x.clone()));
+        let want = projector.valid().forward(x.inner());
+        got.inner()
+            .into_data()
+            .assert_approx_eq::<f32>(&want.into_data(), burn::tensor::Tolerance::default());
+        projector
+            .bn
+            .running_mean
+            .value_sync()
+            .into_data()
+            .assert_eq(&mean.into_data(), true);
     }
 }
