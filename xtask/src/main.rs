@@ -3,6 +3,7 @@
 mod allreduce;
 mod bench;
 mod chart;
+mod readme_check;
 mod reproduce;
 
 use std::process::Command;
@@ -32,6 +33,9 @@ enum Task {
     /// Time all-reduces between ranks on 127.0.0.1 (docs/distributed.md): writes
     /// bench/allreduce.json.
     Allreduce(allreduce::AllReduceArgs),
+    /// Check that the README's seed table was measured at a commit whose numerics HEAD still
+    /// has (what CI runs); `--measure` re-measures it.
+    ReadmeCheck(readme_check::ReadmeArgs),
     /// One rank of `allreduce` (started by it).
     #[command(hide = true)]
     AllreduceRank(allreduce::RankArgs),
@@ -71,12 +75,14 @@ fn main() -> Result<()> {
             ])?;
             cargo(&["check", "--features", "cuda"])?;
             cargo(&["check", "--features", "cuda,distributed"])?;
+            cargo(&["xtask", "readme-check"])?;
             cargo(&["test", "--workspace"])
         }
         Task::Quickstart => cargo(&["run", "--", "train"]),
         Task::Bench(args) => bench::run(args),
         Task::Reproduce(args) => reproduce::run(args),
         Task::Allreduce(args) => allreduce::run(args),
+        Task::ReadmeCheck(args) => readme_check::run(args),
         Task::AllreduceRank(args) => allreduce::rank(args),
     }
 }
