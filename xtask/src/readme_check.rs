@@ -260,7 +260,10 @@ pub fn run(args: ReadmeArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let commit = git(&["rev-parse", "--short", &format!("{commit}^{{commit}}")])?;
     rewrite(&readme_path, &readme, &table(&rows, &commit, &machine()))?;
-    eprintln!("README.md: seed table rewritten from {} (commit {commit})", runs.display());
+    eprintln!(
+        "README.md: seed table rewritten from {} (commit {commit})",
+        runs.display()
+    );
     Ok(())
 }
 

@@ -665,3 +665,30 @@ fn winograd_transforms_are_well_conditioned_far_from_zero() {
         }
     }
 }
+
+/// Small convolutions through every path — direct with a partial panel (fewer than 16 output
+/// channels: the masked tail), strided, 7×7, Winograd, and both gradients — sized so that Miri
+/// runs them in minutes (`cargo +nightly miri test -p dbps-kernels`, docs/performance.md).
+#[test]
+fn small_convolutions_on_every_path() {
+    for (c_in, c_out, kernel, stride, hw) in [
+        (3, 5, 1, 1, [3, 4]),
+        (2, 17, 3, 2, [5, 5]),
+        (1, 4, 7, 2, [9, 8]),
+        (3, 3, 3, 1, [4, 5]),
+    ] {
+        let plain = case(1, c_in, c_out, kernel, stride, hw);
+        let fused = Case {
+            residual: true,
+            relu: true,
+            ..plain.clone()
+        };
+        for isa in Isa::available() {
+            check_conv(&fused, isa);
+            if kernel == 3 && stride == 1 {
+                check_conv_with(&fused, isa, PackedConv::winograd);
+            }
+            check_grads(&plain, isa);
+        }
+    }
+}
