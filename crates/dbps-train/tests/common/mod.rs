@@ -417,7 +417,7 @@ pub fn check_training_step(fixture: &Fixture) {
             .float(&format!("grad.{CHECKPOINT_PREFIX}{name}"))
     };
     let lr = fixture.f64(&["lr"]);
-    let after = optimizer_step(&fixture, model, grads);
+    let after = optimizer_step(fixture, model, grads);
     let (mut worst_running, mut worst_param) = (0f64, 0f64);
     for (name, got) in &after {
         let want = fixture
