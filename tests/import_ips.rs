@@ -37,6 +37,18 @@ fn mnist_dir() -> Option<PathBuf> {
     .find(|p| p.join("digits8k-labels-idx1-ubyte.gz").is_file())
 }
 
+/// `dbps import-ips CHECKPOINT --config CONFIG --out RUN`.
+fn import(checkpoint: &Path, config: &Path, run: &Path) -> std::process::Output {
+    dbps(&[
+        "import-ips",
+        checkpoint.to_str().unwrap(),
+        "--config",
+        config.to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ])
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dbps-import-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -129,14 +141,7 @@ fn an_official_checkpoint_becomes_a_run_that_steps_like_the_official_code() {
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, config(&fixture, &digits).to_string()).unwrap();
     let run = dir.join("run");
-    let out = dbps(&[
-        "import-ips",
-        fixture.join("official_state_dict.pth").to_str().unwrap(),
-        "--config",
-        config_path.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = import(&fixture.join("official_state_dict.pth"), &config_path, &run);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("imported 71 tensors"));
 
@@ -209,14 +214,7 @@ fn a_state_dict_with_foreign_tensors_is_refused_with_their_names() {
     let config_path = dir.join("config.json");
     std::fs::write(&config_path, config.to_string()).unwrap();
     let run = dir.join("run");
-    let out = dbps(&[
-        "import-ips",
-        fixture.join("official_state_dict.pth").to_str().unwrap(),
-        "--config",
-        config_path.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = import(&fixture.join("official_state_dict.pth"), &config_path, &run);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
@@ -234,14 +232,7 @@ fn a_state_dict_with_foreign_tensors_is_refused_with_their_names() {
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap();
     safetensors::serialize_to_file([("backbone.fc.weight", view)], None, &foreign).unwrap();
-    let out = dbps(&[
-        "import-ips",
-        foreign.to_str().unwrap(),
-        "--config",
-        config_path.to_str().unwrap(),
-        "--out",
-        run.to_str().unwrap(),
-    ]);
+    let out = import(&foreign, &config_path, &run);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(

@@ -171,17 +171,8 @@ fn table(rows: &[SeedRow], commit: &str, machine: &str) -> String {
 }
 
 fn machine() -> String {
-    let cpu = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|m| m.trim().to_string())
-        })
-        .unwrap_or_else(|| "an unknown CPU".into());
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    format!("{cpu} ({threads} threads, CPU backend)")
+    let machine = crate::bench::machine();
+    format!("{} ({} threads, CPU backend)", machine.cpu, machine.threads)
 }
 
 /// Replaces the marked table in the README.

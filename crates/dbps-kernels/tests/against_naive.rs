@@ -313,37 +313,9 @@ fn naive_grads(
 }
 
 fn check_grads(case: &Case, isa: Isa) {
-    let (spec, shape) = (case.spec(), case.shape());
-    let x = values(shape.iter().product(), 11);
+    let x = values(case.shape().iter().product(), 11);
     let weight = values(case.c_out * case.c_in * case.kernel * case.kernel, 12);
-    let (y, y_shape) = conv2d_forward(&x, shape, &weight, None, spec, isa).unwrap();
-    let (want_y, mag_y, [_, oh, ow, _]) =
-        naive_conv(&x, shape, &weight, &vec![0.0; case.c_out], spec);
-    assert_eq!(y_shape, [case.n, case.c_out, oh, ow]);
-    // naive_conv is channels-last: compare through the kernel crate's own layout change.
-    let y_nhwc = FeatureMap::from_nchw(&y, y_shape).unwrap();
-    assert_close(
-        &y_nhwc.data,
-        &want_y,
-        &mag_y,
-        &format!("forward {isa} {case:?}"),
-    );
-    let dy = values(y.len(), 13);
-    let ((want_dx, mag_dx), (want_dw, mag_dw)) = naive_grads(&x, shape, &weight, &dy, spec);
-    let dx = conv2d_input_grad(&dy, shape, &weight, spec, isa).unwrap();
-    assert_close(
-        &dx,
-        &want_dx,
-        &mag_dx,
-        &format!("input grad {isa} {case:?}"),
-    );
-    let dw = conv2d_weight_grad(&x, shape, &dy, spec, isa).unwrap();
-    assert_close(
-        &dw,
-        &want_dw,
-        &mag_dw,
-        &format!("weight grad {isa} {case:?}"),
-    );
+    check_all_from(case, isa, &x, &weight);
 }
 
 proptest! {

@@ -118,7 +118,6 @@ fn reference_dual_buffer(
     s: usize,
     l: usize,
 ) -> (Vec<i64>, Vec<i64>, f64) {
-    let device = Default::default();
     let n = emb.len();
     let mut salient: Vec<usize> = (0..m.min(n)).collect();
     let mut sub: Vec<usize> = Vec::new();
@@ -128,37 +127,12 @@ fn reference_dual_buffer(
         let chunk: Vec<usize> = (next..(next + l).min(n)).collect();
         next += chunk.len();
         let union: Vec<usize> = salient.iter().chain(&sub).chain(&chunk).copied().collect();
-        let flat: Vec<f32> = union.iter().flat_map(|&i| emb[i].clone()).collect();
-        let x = Tensor::<B, 3>::from_data(TensorData::new(flat, [1, union.len(), D]), &device);
-        let query = agg.query_tokens();
-        let [t, _] = query.dims();
-        let logits: Vec<f32> = agg
-            .scorer()
-            .logits(query.unsqueeze_dim(0), x)
-            .into_data()
-            .iter::<f32>()
-            .collect();
-        let heads = logits.len() / (t * union.len());
-        let u = union.len();
-        let mut score = vec![0f64; u];
-        for row in 0..heads * t {
-            let r = &logits[row * u..(row + 1) * u];
-            let max = r.iter().copied().fold(f32::MIN, f32::max) as f64;
-            let z: f64 = r.iter().map(|&v| (v as f64 - max).exp()).sum();
-            for j in 0..u {
-                score[j] += (r[j] as f64 - max).exp() / z / (heads * t) as f64;
-            }
-        }
-        let mut order: Vec<usize> = (0..u).collect();
-        order.sort_by(|&i, &j| score[j].total_cmp(&score[i]));
         // The kept buffers are ordered lists: a gap between neighbours inside them (or at their
         // end) below float32 resolution makes either order correct.
-        let kept = (m + s + 1).min(u);
-        for pair in order[..kept].windows(2) {
-            min_gap = min_gap.min(score[pair[0]] - score[pair[1]]);
-        }
-        salient = order[..m].iter().map(|&k| union[k]).collect();
-        sub = order[m..(m + s).min(u)].iter().map(|&k| union[k]).collect();
+        let (order, gap) = ranked(&union, &scores_among(agg, emb, &union), m + s);
+        min_gap = min_gap.min(gap);
+        salient = order[..m].to_vec();
+        sub = order[m..(m + s).min(union.len())].to_vec();
     }
     (
         salient.iter().map(|&i| grid[i]).collect(),
