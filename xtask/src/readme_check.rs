@@ -165,7 +165,7 @@ fn table(rows: &[SeedRow], commit: &str, machine: &str) -> String {
         a(1)
     );
     out += &format!(
-        "\nMeasured by `cargo xtask readme-check` (`dbps train --seed N`, N = 0, 1, 2) at commit {commit} on {machine}; CI checks that no code under the model, selection, encoder, kernel, tiling or data crates changed since.\n{CLOSE}"
+        "\n`dbps train --seed N` (N = 0, 1, 2) at commit {commit} on {machine}, tabulated by `cargo xtask readme-check`; CI checks that no code under the model, selection, encoder, kernel, tiling or data crates changed since.\n{CLOSE}"
     );
     out
 }
