@@ -99,7 +99,7 @@ pub struct MethodConfig {
     #[serde(default)]
     pub aggregator: AggregatorKind,
     /// How selection refills the buffers: `paper` (eq. 3–4, the default) or `authors` (the
-    /// DBPS authors' code, which made the paper's numbers; method.md §5).
+    /// DBPS authors' code, which made the paper's numbers; method.md §6).
     #[serde(default)]
     pub selection: BufferRule,
 }
@@ -534,7 +534,7 @@ mod tests {
             if path.components().any(|c| c.as_os_str() == "paper") {
                 assert_eq!(config.train.loss_eps, Some(1e-6), "{}", path.display());
                 // DBPS rows select as the authors' code did, except megapixel MNIST's four
-                // tasks, which that code cannot run (method.md §5).
+                // tasks, which that code cannot run (method.md §6).
                 let name = path.file_name().unwrap().to_string_lossy();
                 let mnist = path
                     .components()
