@@ -39,6 +39,9 @@ enum Task {
     /// One rank of `allreduce` (started by it).
     #[command(hide = true)]
     AllreduceRank(allreduce::RankArgs),
+    /// One row of `bench` in this process (started by it).
+    #[command(hide = true)]
+    BenchRow(bench::row::RowArgs),
 }
 
 /// The step meter counts heap bytes through this allocator.
@@ -84,5 +87,6 @@ fn main() -> Result<()> {
         Task::Allreduce(args) => allreduce::run(args),
         Task::ReadmeCheck(args) => readme_check::run(args),
         Task::AllreduceRank(args) => allreduce::rank(args),
+        Task::BenchRow(args) => bench::row::run(args),
     }
 }

@@ -24,6 +24,8 @@ mod encoder;
 mod error;
 mod fast_batchnorm;
 mod fast_conv;
+mod fast_pool;
+mod fast_relu;
 mod flex_host;
 mod identity;
 mod inference;

@@ -5,10 +5,12 @@ use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
-use burn::tensor::{Tensor, activation::relu, backend::Backend};
+use burn::tensor::{Tensor, backend::Backend};
 
 use crate::PatchEncoder;
 use crate::batchnorm::{BatchNorm2d, conv_bn};
+use crate::fast_pool::relu_max_pool;
+use crate::fast_relu::relu;
 
 /// ResNet depth: which block type and how many blocks per stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,8 +198,7 @@ impl<B: Backend> ResNet<B> {
 
     /// Feature maps after the last kept stage, `[n, D, h, w]`.
     pub fn features(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(conv_bn(&self.conv1, &self.bn1, x));
-        let x = self.maxpool.forward(x);
+        let x = relu_max_pool(conv_bn(&self.conv1, &self.bn1, x), &self.maxpool);
         [&self.layer1, &self.layer2, &self.layer3, &self.layer4]
             .into_iter()
             .flatten()

@@ -68,7 +68,7 @@ pub use heap::retain_freed_memory;
 pub use loss::{LossForm, loss_and_hits, task_hits, task_loss};
 pub use meter::{
     EfficiencyFigures, MeteredOptimizer, PoolProbe, StepFigures, StepMeter, TrackingAllocator,
-    live_heap_bytes, peak_heap_bytes, reset_peak_heap,
+    live_heap_bytes, median, peak_heap_bytes, reset_peak_heap,
 };
 pub use metrics::{TaskMetric, binary_auc};
 pub use model::{

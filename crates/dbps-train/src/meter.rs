@@ -2,9 +2,9 @@
 //!
 //! - **Time** runs from the start of a batch's selection to the end of its optimizer step
 //!   (the device synchronised first, so queued GPU kernels count), recorded by
-//!   [`StepMeter::begin`] and [`StepMeter::end`]. [`EfficiencyFigures`] averages the steps of an
-//!   epoch without its first (warm-up: allocator growth, packing caches) and last (a short
-//!   batch) step.
+//!   [`StepMeter::begin`] and [`StepMeter::end`]. [`EfficiencyFigures`] takes the median of
+//!   the steps of an epoch without its first (warm-up: allocator growth, packing caches) and
+//!   last (a short batch) step — the statistic the PyTorch harness reports.
 //! - **Memory on the CPU** is heap bytes from [`TrackingAllocator`], which the binary installs
 //!   as its global allocator: the peak of live bytes during the step minus those live at its
 //!   start. What was allocated before the step — the decoded input batch, the weights, the
@@ -126,12 +126,12 @@ pub struct StepFigures {
     pub peak_bytes: Option<u64>,
 }
 
-/// Mean time and peak memory per optimizer step (method.md §10), first and last step excluded.
+/// Median time and peak memory per optimizer step (method.md §10), first and last step excluded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EfficiencyFigures {
-    /// Steps averaged.
+    /// Steps summarised.
     pub steps: usize,
-    /// Mean milliseconds per optimizer step.
+    /// Median milliseconds per optimizer step (of an even count, the mean of the middle two).
     pub ms_per_step: f64,
     /// Largest per-step peak, bytes (`None`: not measured on this device or binary).
     pub peak_step_bytes: Option<u64>,
@@ -147,7 +147,7 @@ impl EfficiencyFigures {
             1 | 2 => steps,
             n => &steps[1..n - 1],
         };
-        let ms_per_step = kept.iter().map(|s| s.ms).sum::<f64>() / kept.len() as f64;
+        let ms_per_step = median(kept.iter().map(|s| s.ms).collect());
         let peaks: Option<Vec<u64>> = kept.iter().map(|s| s.peak_bytes).collect();
         let peak_step_bytes = peaks.and_then(|p| p.into_iter().max());
         Some(Self {
@@ -159,6 +159,17 @@ impl EfficiencyFigures {
                 None => "not measured (no tracking allocator in this binary, and no pool probe for this device)".into(),
             },
         })
+    }
+}
+
+/// The median of `values` (not empty); of an even count, the mean of the middle two.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
     }
 }
 
@@ -327,6 +338,16 @@ mod tests {
         assert_eq!(figures.steps, 2);
         assert_eq!(figures.ms_per_step, 15.0);
         assert_eq!(figures.peak_step_bytes, Some(6));
+        // The median, not the mean: one slow step does not move it.
+        let figures = EfficiencyFigures::from_steps(&[
+            step(100.0, 9),
+            step(10.0, 4),
+            step(90.0, 6),
+            step(11.0, 4),
+            step(1.0, 1),
+        ])
+        .unwrap();
+        assert_eq!(figures.ms_per_step, 11.0);
         assert_eq!(EfficiencyFigures::from_steps(&[]), None);
     }
 

@@ -337,6 +337,13 @@ impl<B: Backend> Uniform<B> {
             Self::Slide(..) => 1,
         }
     }
+
+    fn device(&self) -> B::Device {
+        match self {
+            Self::Host(_, device) | Self::Slide(_, device) => device.clone(),
+            Self::Device(images) => images.device(),
+        }
+    }
 }
 
 impl<B: AutodiffBackend> Uniform<B> {
@@ -347,6 +354,22 @@ impl<B: AutodiffBackend> Uniform<B> {
             Self::Slide(slide, device) => Uniform::Slide(Arc::clone(slide), device.clone()),
         }
     }
+}
+
+/// The candidates of `images` in processing order under `plan` (a slide's: those on tissue).
+fn candidate_order<B: Backend>(
+    plan: &SelectionPlan,
+    images: &Uniform<B>,
+    mode: Mode,
+) -> Result<CandidateOrder, TrainError> {
+    let pool = match images {
+        Uniform::Slide(slide, _) => slide_pool(slide, &plan.grid)?,
+        _ => None,
+    };
+    Ok(match &pool {
+        Some(pool) => plan.candidates_among(pool, mode),
+        None => plan.candidates(images.batch(), mode),
+    })
 }
 
 /// The candidates a slide offers on `grid`: the patches its tissue mask keeps, or all.
@@ -488,14 +511,46 @@ impl<B: Backend> PatchClassifier<B> {
         images: &Uniform<B>,
         mode: Mode,
     ) -> Result<Selection<B>, TrainError> {
-        let pool = match images {
-            Uniform::Slide(slide, _) => slide_pool(slide, &plan.grid)?,
-            _ => None,
-        };
-        let order = match &pool {
-            Some(pool) => plan.candidates_among(pool, mode),
-            None => plan.candidates(images.batch(), mode),
-        };
+        let order = candidate_order(plan, images, mode)?;
+        self.select_among(plan, images, mode, order)
+    }
+
+    /// What a training step needs of selection: the grid indices `[B, M]` of the winners, which
+    /// the gradient pass re-embeds, and the sub-salient bag. When every candidate is a winner
+    /// (K ≤ M) and no sub-salient buffer is kept, there is nothing to decide, and the
+    /// no-gradient pass would embed every candidate only for the embeddings to be dropped: the
+    /// winners are then the candidates in their order, without it — the pass the official IPS
+    /// code skips too (IPS at M = N). The winners are the same either way.
+    fn select_for_training(
+        &self,
+        plan: &SelectionPlan,
+        images: &Uniform<B>,
+        draw: DrawKey,
+    ) -> Result<(Tensor<B, 2, Int>, Option<PatchBag<B>>), TrainError> {
+        let mode = Mode::Train(draw);
+        let order = candidate_order(plan, images, mode)?;
+        let all_win = order.per_image > 0 && order.per_image <= plan.buffer.salient();
+        if all_win && plan.buffer.sub_salient() == 0 {
+            let batch = order.indices.len() / order.per_image;
+            let winners = Tensor::<B, 1, Int>::from_data(
+                burn::tensor::TensorData::new(order.indices, [batch * order.per_image]),
+                &images.device(),
+            )
+            .reshape([batch, order.per_image]);
+            return Ok((winners, None));
+        }
+        let selection = self.select_among(plan, images, mode, order)?;
+        Ok((selection.salient.indices, selection.sub_salient))
+    }
+
+    /// [`PatchClassifier::select`] over candidates already drawn.
+    fn select_among(
+        &self,
+        plan: &SelectionPlan,
+        images: &Uniform<B>,
+        mode: Mode,
+        order: CandidateOrder,
+    ) -> Result<Selection<B>, TrainError> {
         let buffer = match mode {
             Mode::Train(_) => plan.buffer,
             Mode::Eval => plan.eval_buffer,
@@ -697,10 +752,9 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
         images: &Uniform<B>,
         draw: DrawKey,
     ) -> Result<ForwardOutput<B>, TrainError> {
-        let selection = valid.select(plan, &images.inner(), Mode::Train(draw))?;
+        let (winners, sub_salient) = valid.select_for_training(plan, &images.inner(), draw)?;
 
         // The M winners are cut again from the images, for the gradient pass.
-        let winners = selection.salient.indices.clone();
         let [batch, m] = winners.dims();
         let positions: Vec<i64> = winners.clone().into_data().iter::<i64>().collect();
         let grid = &plan.grid;
@@ -719,7 +773,7 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
             .encoder
             .embed(chosen)
             .reshape([batch, m, self.encoder.embed_dim()]);
-        let sub_salient = selection.sub_salient.map(|s| PatchBag {
+        let sub_salient = sub_salient.map(|s| PatchBag {
             indices: Tensor::from_inner(s.indices),
             embeddings: Tensor::from_inner(s.embeddings),
         });
@@ -747,6 +801,86 @@ mod tests {
             shuffle,
             3,
         )
+    }
+
+    /// A tiny classifier on 20×20 images of 5×5 patches (N = 16), M and S as given.
+    fn tiny(m: usize, s: usize, drop: f64) -> PatchClassifier<burn::backend::Flex> {
+        use dbps_encoder::{EncoderConfig, TinyCnnConfig};
+        use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
+        let device = Default::default();
+        let encoder = EncoderConfig::TinyCnn(TinyCnnConfig {
+            in_channels: 1,
+            width: 8,
+        })
+        .init(&device)
+        .unwrap();
+        let aggregator = AggregatorConfig {
+            embed_dim: 8,
+            tasks: vec![2],
+            kind: if s == 0 {
+                AggregatorKind::Ips
+            } else {
+                AggregatorKind::DualAttention
+            },
+            attention: AttentionSettings {
+                heads: 2,
+                d_k: 4,
+                d_v: 4,
+                d_inner: 8,
+                ..AttentionSettings::default()
+            },
+        }
+        .init(&device)
+        .unwrap();
+        let grid = PatchGrid::new([20, 20], 5, 5, RemainderPolicy::Drop).unwrap();
+        let plan = SelectionPlan::new(
+            grid,
+            DualBuffer::new(m, s, 4).unwrap(),
+            PatchDrop::new(drop).unwrap(),
+            true,
+            7,
+        );
+        PatchClassifier::new(encoder, aggregator, plan)
+    }
+
+    /// Training winners with and without the no-gradient pass: when K ≤ M and S = 0 the
+    /// shortcut must give what selection gives (every candidate, in candidate order).
+    #[test]
+    fn training_skips_selection_only_when_it_decides_nothing() {
+        use burn::tensor::Distribution;
+        let device = Default::default();
+        let images = Uniform::Device(Tensor::<burn::backend::Flex, 4>::random(
+            [3, 1, 20, 20],
+            Distribution::Uniform(0.0, 1.0),
+            &device,
+        ));
+        let draw = DrawKey::default();
+        for (m, s, drop) in [
+            (16, 0, 0.0),
+            (20, 0, 0.0),
+            (16, 0, 0.5),
+            (6, 0, 0.0),
+            (6, 4, 0.0),
+            (16, 4, 0.0),
+        ] {
+            let model = tiny(m, s, drop);
+            let plan = model.plan().clone();
+            let (winners, sub) = model.select_for_training(&plan, &images, draw).unwrap();
+            let selection = model.select(&plan, &images, Mode::Train(draw)).unwrap();
+            let ids = |t: Tensor<burn::backend::Flex, 2, Int>| {
+                t.into_data().iter::<i64>().collect::<Vec<_>>()
+            };
+            assert_eq!(
+                ids(winners),
+                ids(selection.salient.indices),
+                "M={m} S={s} r={drop}"
+            );
+            assert_eq!(
+                sub.is_some(),
+                selection.sub_salient.is_some(),
+                "M={m} S={s}"
+            );
+        }
     }
 
     #[test]

@@ -9,47 +9,67 @@ use crate::chart::{Bar, DBPS, OTHER, TORCH, bar_chart};
 
 /// `steps.png`, `memory_vs_n.png`, `encoders.png`.
 pub fn write_charts(out: &Path, r: &Results) -> Result<()> {
-    let mut steps = Vec::new();
-    for row in &r.steps {
-        steps.push(Bar {
-            label: format!("dbps {} {}", short(&row.geometry), row.method),
-            value: row.figures.ms_per_step,
-            color: DBPS,
-        });
-    }
-    for (config, label) in [
-        ("mnist_ips", "PyTorch MNIST IPS M=100"),
-        ("cqu_ips_m12", "PyTorch CQU IPS M=12"),
-    ] {
-        if let Some(ms) = r.reference.get(config).and_then(|x| x.ms_per_step) {
-            steps.push(Bar {
-                label: label.into(),
-                value: ms,
-                color: TORCH,
-            });
+    let torch_bars = |configs: &[(&str, &str)],
+                      value: &dyn Fn(&super::Reference) -> Option<f64>| {
+        let mut bars = Vec::new();
+        for (config, label) in configs {
+            for tuned in [false, true] {
+                let key = super::reference::key(config, tuned);
+                if let Some(v) = r.reference.get(&key).and_then(value) {
+                    bars.push(Bar {
+                        label: format!("PyTorch {label}{}", if tuned { " tuned" } else { "" }),
+                        value: v,
+                        color: TORCH,
+                    });
+                }
+            }
         }
-    }
+        bars
+    };
+
+    let mut steps: Vec<Bar> = r
+        .steps
+        .iter()
+        .filter(|row| !row.method.starts_with("IPS M=100") || row.n == 900)
+        .map(|row| Bar {
+            label: format!("dbps {} {}", short(&row.geometry), row.method),
+            value: row.ms_median,
+            color: DBPS,
+        })
+        .collect();
+    steps.extend(torch_bars(
+        &[
+            ("mnist_ips", "MNIST IPS M=100"),
+            ("cqu_ips_m12", "CQU IPS M=12"),
+            ("cqu_ips_m108", "CQU IPS M=108"),
+        ],
+        &|x| x.ms_per_step,
+    ));
     bar_chart(
         &out.join("steps.png"),
-        "Training step (batch 16)",
+        "Training step (batch 16, median)",
         "ms",
         &steps,
     )?;
 
-    let memory: Vec<Bar> = r
-        .memory_vs_n
+    let mut memory: Vec<Bar> = r
+        .steps
         .iter()
-        .filter_map(|row| {
-            Some(Bar {
-                label: format!("N = {}", row.n),
-                value: row.figures.peak_step_bytes? as f64 / 1e6,
-                color: DBPS,
-            })
+        .filter(|row| row.method.starts_with("IPS M=100"))
+        .map(|row| Bar {
+            label: format!("step, N = {}", row.n),
+            value: row.peak_rss_growth_bytes as f64 / 1e6,
+            color: DBPS,
         })
         .collect();
+    memory.extend(r.selection.iter().map(|x| Bar {
+        label: format!("selection phase, N = {}", x.n),
+        value: x.peak_rss_growth_bytes as f64 / 1e6,
+        color: OTHER,
+    }));
     bar_chart(
         &out.join("memory_vs_n.png"),
-        "Peak step memory vs N (megapixel MNIST, IPS M=100 L=100)",
+        "Peak-RSS growth vs N (megapixel MNIST, IPS M=100 L=100)",
         "MB",
         &memory,
     )?;
@@ -63,18 +83,13 @@ pub fn write_charts(out: &Path, r: &Results) -> Result<()> {
             color: if e.engine == "native" { DBPS } else { OTHER },
         })
         .collect();
-    for (config, label) in [
-        ("enc_r18_2stage_1ch_50px", "PyTorch MNIST"),
-        ("enc_r18_4stage_100px", "PyTorch CQU"),
-    ] {
-        if let Some(rate) = r.reference.get(config).and_then(|x| x.patches_per_s) {
-            encoders.push(Bar {
-                label: label.into(),
-                value: rate,
-                color: TORCH,
-            });
-        }
-    }
+    encoders.extend(torch_bars(
+        &[
+            ("enc_r18_2stage_1ch_50px", "MNIST"),
+            ("enc_r18_4stage_100px", "CQU"),
+        ],
+        &|x| x.patches_per_s,
+    ));
     bar_chart(
         &out.join("encoders.png"),
         "No-gradient encoder throughput (batch 64)",

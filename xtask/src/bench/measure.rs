@@ -18,18 +18,22 @@ use dbps_select::DualBuffer;
 use dbps_tiling::{HostImages, HostPixels, PatchDrop, PatchGrid, PixelNorm, RemainderPolicy};
 use dbps_train::parallel::ExchangeLayout;
 use dbps_train::{
-    BatchImages, BatchKey, EfficiencyFigures, ImageBatch, MeteredOptimizer, PatchClassifier,
-    SelectionEngine, SelectionPlan, SingleImage, StepMeter, TaskTargets, TrainedClassifier,
-    TrainingMonitor, pool_probe,
+    BatchImages, BatchKey, ImageBatch, MeteredOptimizer, PatchClassifier, SelectionEngine,
+    SelectionPlan, SingleImage, StepMeter, TaskTargets, TrainedClassifier, TrainingMonitor,
+    live_heap_bytes, median, peak_heap_bytes, pool_probe, reset_peak_heap,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::resident::Resident;
 use super::scenario::{Geometry, Method};
 
 type CpuAd = Autodiff<Flex>;
 
 /// Images per batch in every measurement (the papers' protocol).
 pub const BATCH: usize = 16;
+
+/// Patches per call of the encoder-throughput rows (the harness's `--enc-batch`).
+pub const ENCODER_BATCH: usize = 64;
 
 /// A classifier for `geometry` and `method` with fresh weights, selection on `engine`.
 fn classifier<B: Backend>(
@@ -129,8 +133,8 @@ fn random_batch<B: Backend>(geometry: &Geometry, device: &B::Device) -> ImageBat
     }
 }
 
-/// Time and memory of training steps (method.md §10).
-#[derive(Debug, Clone, Serialize)]
+/// Time and memory of training steps (method.md §10), measured in a process of their own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StepResult {
     /// Geometry name.
     pub geometry: String,
@@ -138,26 +142,38 @@ pub struct StepResult {
     pub method: String,
     /// Patches per image N.
     pub n: usize,
+    /// Salient patches M.
+    pub m: usize,
+    /// Patches per selection iteration L (the harness's I).
+    pub l: usize,
+    /// Patch side.
+    pub patch: usize,
+    /// Images per batch.
+    pub batch: usize,
     /// Selection engine.
-    pub engine: SelectionEngine,
-    /// Steps run (the first and last are not averaged).
-    pub steps_run: usize,
+    pub engine: String,
     /// Trainable parameters: a data-parallel step all-reduces 4 bytes of gradient per
     /// parameter (docs/distributed.md).
     pub parameters: usize,
-    /// What the meter averaged.
-    pub figures: EfficiencyFigures,
-    /// Milliseconds of every step, in order.
-    pub all_ms: Vec<f64>,
+    /// Milliseconds of the warm-up step (not in the median).
+    pub warmup_ms: Vec<f64>,
+    /// Milliseconds of every timed step, in order.
+    pub timed_ms: Vec<f64>,
+    /// Median of `timed_ms`: the harness's statistic.
+    pub ms_median: f64,
+    /// The largest heap peak above a timed step's start (tracking allocator): what the step
+    /// itself allocates.
+    pub peak_heap_step_bytes: Option<u64>,
+    /// Growth of the process's peak resident set from before the warm-up step to the end of
+    /// the last timed step: the harness's `peak_rss_delta_mb`, same meter.
+    pub peak_rss_growth_bytes: u64,
+    /// The highest heap level during the steps above the process's heap before the model was
+    /// built: weights, optimizer state, the batch and the step's own peak (method.md §10).
+    pub inputs_included_bytes: Option<u64>,
 }
 
 /// One method's model, optimizer, meter and batch, stepped on demand.
 struct StepRunner<B: AutodiffBackend> {
-    geometry: String,
-    method: String,
-    n: usize,
-    engine: SelectionEngine,
-    parameters: usize,
     model: Option<TrainedClassifier<B>>,
     optimizer: MeteredOptimizer<
         burn::optim::adaptor::OptimizerAdaptor<burn::optim::AdamW, TrainedClassifier<B>, B>,
@@ -183,23 +199,25 @@ impl<B: AutodiffBackend> StepRunner<B> {
             classifier::<B>(geometry, method, engine, device)?,
             monitor.clone(),
         );
-        let parameters = ExchangeLayout::of(&model, geometry.tasks.len(), 1).parameters();
         let optimizer = MeteredOptimizer::new(
             AdamWConfig::new().with_weight_decay(0.1).init(),
             monitor.meter().clone(),
             device.clone(),
         );
         Ok(Self {
-            geometry: geometry.name.clone(),
-            method: method.name.clone(),
-            n: geometry.patches(),
-            engine,
-            parameters,
             model: Some(model),
             optimizer,
             monitor,
             batch: random_batch::<B>(geometry, device),
         })
+    }
+
+    fn parameters(&self, tasks: usize) -> usize {
+        let model = self
+            .model
+            .as_ref()
+            .expect("the model is put back after every step");
+        ExchangeLayout::of(model, tasks, 1).parameters()
     }
 
     /// One training step and optimizer step, metered; a step that failed is an error.
@@ -215,66 +233,107 @@ impl<B: AutodiffBackend> StepRunner<B> {
             None => Ok(()),
         }
     }
-
-    fn result(self) -> Result<StepResult> {
-        let meter = self.monitor.meter();
-        let all = meter.steps();
-        Ok(StepResult {
-            geometry: self.geometry,
-            method: self.method,
-            n: self.n,
-            engine: self.engine,
-            steps_run: all.len(),
-            parameters: self.parameters,
-            figures: meter.figures().context("no step completed")?,
-            all_ms: all.iter().map(|s| s.ms).collect(),
-        })
-    }
 }
 
-/// Runs `steps` optimizer steps of one method on one random batch.
+/// One warm-up step and `timed` timed steps of one method on one random batch, with the
+/// step meter (time, heap) and the process's resident set (the harness's meter).
 pub fn train_steps<B: AutodiffBackend>(
     geometry: &Geometry,
     method: &Method,
     engine: SelectionEngine,
-    steps: usize,
+    timed: usize,
     device: &B::Device,
 ) -> Result<StepResult> {
-    let mut results = train_steps_interleaved::<B>(
-        geometry,
-        std::slice::from_ref(method),
-        engine,
-        steps,
-        device,
-    )?;
-    Ok(results.remove(0))
+    const WARMUP: usize = 1;
+    anyhow::ensure!(timed >= 1, "train_steps: time at least one step");
+    let heap_base = live_heap_bytes();
+    let mut runner = StepRunner::<B>::new(geometry, method, engine, device)?;
+    let parameters = runner.parameters(geometry.tasks.len());
+    let before = Resident::now()?;
+    let mut heap_top = None;
+    for _ in 0..WARMUP + timed {
+        runner.step()?;
+        heap_top = heap_top.max(peak_heap_bytes());
+    }
+    let after = Resident::now()?;
+    let steps = runner.monitor.meter().steps();
+    anyhow::ensure!(
+        steps.len() == WARMUP + timed,
+        "the step meter saw {} steps of {}",
+        steps.len(),
+        WARMUP + timed
+    );
+    let (warmup, timed) = steps.split_at(WARMUP);
+    let timed_ms: Vec<f64> = timed.iter().map(|s| s.ms).collect();
+    let peaks: Option<Vec<u64>> = timed.iter().map(|s| s.peak_bytes).collect();
+    Ok(StepResult {
+        geometry: geometry.name.clone(),
+        method: method.name.clone(),
+        n: geometry.patches(),
+        m: method.m,
+        l: method.l,
+        patch: geometry.patch,
+        batch: BATCH,
+        engine: format!("{engine:?}"),
+        parameters,
+        warmup_ms: warmup.iter().map(|s| s.ms).collect(),
+        ms_median: median(timed_ms.clone()),
+        timed_ms,
+        peak_heap_step_bytes: peaks.and_then(|p| p.into_iter().max()),
+        peak_rss_growth_bytes: after.peak_growth_since(&before),
+        inputs_included_bytes: heap_top
+            .zip(heap_base)
+            .map(|(top, base)| top.saturating_sub(base)),
+    })
 }
 
-/// Runs `steps` optimizer steps of each method, taking turns (method 1, 2, …, 1, 2, …), so that
-/// the ratios between methods compare steps taken minutes apart at most rather than one
-/// method's run against another's: on a shared 2-core machine the speed drifts by ±10 % over
-/// a quarter of an hour.
-pub fn train_steps_interleaved<B: AutodiffBackend>(
+/// The no-gradient selection phase alone: one batch through `forward_eval` (selection embeds
+/// every candidate L at a time in inference mode; the M winners' embeddings come from that
+/// same pass, so nothing is re-embedded) in a process of its own.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SelectionResult {
+    /// Geometry name.
+    pub geometry: String,
+    /// Method name.
+    pub method: String,
+    /// Patches per image N.
+    pub n: usize,
+    /// Milliseconds of the call.
+    pub ms: f64,
+    /// Heap peak above the level before the call (tracking allocator).
+    pub peak_heap_bytes: Option<u64>,
+    /// Growth of the peak resident set from before the call.
+    pub peak_rss_growth_bytes: u64,
+}
+
+/// [`SelectionResult`] of one batch of 16 random images of `geometry`.
+pub fn selection_phase<B: Backend>(
     geometry: &Geometry,
-    methods: &[Method],
-    engine: SelectionEngine,
-    steps: usize,
+    method: &Method,
     device: &B::Device,
-) -> Result<Vec<StepResult>> {
-    let mut runners = methods
-        .iter()
-        .map(|m| StepRunner::<B>::new(geometry, m, engine, device))
-        .collect::<Result<Vec<_>>>()?;
-    for _ in 0..steps {
-        for runner in &mut runners {
-            runner.step()?;
-        }
-    }
-    runners.into_iter().map(StepRunner::result).collect()
+) -> Result<SelectionResult> {
+    let model = classifier::<B>(geometry, method, SelectionEngine::Auto, device)?;
+    let batch = random_batch::<B>(geometry, device);
+    let before = Resident::now()?;
+    let base = reset_peak_heap();
+    let start = Instant::now();
+    let out = model.forward_eval(&batch.images)?;
+    let _ = out.logits[0].clone().into_data();
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    let peak = peak_heap_bytes();
+    let after = Resident::now()?;
+    Ok(SelectionResult {
+        geometry: geometry.name.clone(),
+        method: method.name.clone(),
+        n: geometry.patches(),
+        ms,
+        peak_heap_bytes: peak.zip(base).map(|(p, b)| p.saturating_sub(b)),
+        peak_rss_growth_bytes: after.peak_growth_since(&before),
+    })
 }
 
 /// No-gradient encoder throughput.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EncoderResult {
     /// Geometry whose encoder and patch size this is.
     pub geometry: String,
@@ -297,9 +356,13 @@ pub fn encoder_throughput<B: Backend>(
     seconds: f64,
     device: &B::Device,
 ) -> Result<EncoderResult> {
-    const PATCHES: usize = 64;
     let encoder = geometry.encoder.init::<B>(device)?;
-    let shape = [PATCHES, geometry.channels, geometry.patch, geometry.patch];
+    let shape = [
+        ENCODER_BATCH,
+        geometry.channels,
+        geometry.patch,
+        geometry.patch,
+    ];
     let patches = Tensor::<B, 4>::random(shape, Distribution::Uniform(0.0, 1.0), device);
     let frozen = if native {
         Some(NativeEncoder::freeze(&encoder).context("no native path for this encoder")??)
@@ -324,20 +387,20 @@ pub fn encoder_throughput<B: Backend>(
     Ok(EncoderResult {
         geometry: geometry.name.clone(),
         engine: if native { "native" } else { "module" }.into(),
-        batch: PATCHES,
-        patches_per_s: PATCHES as f64 / times[times.len() / 2],
+        batch: ENCODER_BATCH,
+        patches_per_s: ENCODER_BATCH as f64 / times[times.len() / 2],
         calls: times.len(),
     })
 }
 
 /// Evaluation cost of one batch of 16 (the paper's Table 3).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InferenceResult {
     /// Geometry name.
     pub geometry: String,
     /// Method name.
     pub method: String,
-    /// Mean milliseconds per batch (first call excluded).
+    /// Median milliseconds per batch (the warm-up call excluded).
     pub ms_per_batch: f64,
     /// Peak heap bytes above the level before the call (tracking allocator).
     pub peak_bytes: Option<u64>,
@@ -345,14 +408,15 @@ pub struct InferenceResult {
     pub batches: usize,
 }
 
-/// Mean time and peak memory of `forward_eval` on a batch of 16, over `batches` calls after one
-/// warm-up call.
+/// Median time and peak memory of `forward_eval` on a batch of 16, over `batches` calls after
+/// one warm-up call.
 pub fn inference_cost<B: Backend>(
     geometry: &Geometry,
     method: &Method,
     batches: usize,
     device: &B::Device,
 ) -> Result<InferenceResult> {
+    anyhow::ensure!(batches >= 1, "inference_cost: time at least one batch");
     let model = classifier::<B>(geometry, method, SelectionEngine::Auto, device)?;
     let batch = random_batch::<B>(geometry, device);
     let _ = model.forward_eval(&batch.images)?.logits[0]
@@ -374,32 +438,51 @@ pub fn inference_cost<B: Backend>(
     Ok(InferenceResult {
         geometry: geometry.name.clone(),
         method: method.name.clone(),
-        ms_per_batch: calls.iter().map(|c| c.ms).sum::<f64>() / calls.len().max(1) as f64,
+        ms_per_batch: median(calls.iter().map(|c| c.ms).collect()),
         peak_bytes: peaks.and_then(|p| p.into_iter().max()),
         batches,
     })
 }
 
-/// Forward and backward milliseconds of the gradient pass alone: `patches` patches through the
-/// encoder on the autodiff backend (train mode), summed, then differentiated. For profiling.
+/// One gradient pass alone, for profiling: forward and backward milliseconds, and the heap's
+/// peak above its level before the forward.
+#[derive(Debug, Clone, Copy)]
+pub struct GradientPass {
+    /// Forward through the encoder (train mode) and the sum, ms.
+    pub forward_ms: f64,
+    /// Backward, ms.
+    pub backward_ms: f64,
+    /// Heap peak above the level before the forward, MB (tracking allocator only).
+    pub peak_heap_mb: Option<f64>,
+}
+
+/// [`GradientPass`] of `patches` patches through the encoder on the autodiff backend (train
+/// mode), summed, then differentiated; `repeats` times.
 pub fn gradient_pass(
     geometry: &Geometry,
     patches: usize,
     repeats: usize,
-) -> Result<Vec<(f64, f64)>> {
+) -> Result<Vec<GradientPass>> {
     let device = Default::default();
     let encoder = geometry.encoder.init::<CpuAd>(&device)?;
     let shape = [patches, geometry.channels, geometry.patch, geometry.patch];
     let input = Tensor::<CpuAd, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
     let mut out = Vec::new();
     for _ in 0..repeats {
+        let base = reset_peak_heap();
         let t = Instant::now();
         let loss = encoder.embed(input.clone()).sum();
-        let forward = t.elapsed().as_secs_f64() * 1e3;
+        let forward_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
         let grads = loss.backward();
         drop(grads);
-        out.push((forward, t.elapsed().as_secs_f64() * 1e3));
+        out.push(GradientPass {
+            forward_ms,
+            backward_ms: t.elapsed().as_secs_f64() * 1e3,
+            peak_heap_mb: peak_heap_bytes()
+                .zip(base)
+                .map(|(p, b)| p.saturating_sub(b) as f64 / 1e6),
+        });
     }
     Ok(out)
 }

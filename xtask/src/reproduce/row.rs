@@ -18,8 +18,8 @@ use crate::bench::scenario::{Geometry, Method};
 /// How much work a row gets.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Effort {
-    /// Training steps timed per row (the first and last are not averaged).
-    pub cost_steps: usize,
+    /// Training steps timed per row, after one warm-up step (their median is reported).
+    pub timed_steps: usize,
     /// Inference batches timed per Table 3 row.
     pub inference_batches: usize,
     /// With data: epochs trained (the config's when absent).
@@ -33,14 +33,14 @@ impl Effort {
     pub fn new(quick: bool) -> Self {
         if quick {
             Self {
-                cost_steps: 3,
+                timed_steps: 3,
                 inference_batches: 2,
                 epochs: Some(2),
                 max_images: Some(192),
             }
         } else {
             Self {
-                cost_steps: 7,
+                timed_steps: 5,
                 inference_batches: 5,
                 epochs: None,
                 max_images: None,
@@ -293,13 +293,13 @@ pub fn measure_row<B: AutodiffBackend>(
                 &geometry,
                 &method,
                 SelectionEngine::Auto,
-                effort.cost_steps,
+                effort.timed_steps,
                 device,
             )?;
             Cost {
-                ms: r.figures.ms_per_step,
-                peak_bytes: r.figures.peak_step_bytes,
-                measured: r.figures.steps,
+                ms: r.ms_median,
+                peak_bytes: r.peak_heap_step_bytes,
+                measured: r.timed_ms.len(),
                 parameters: Some(r.parameters),
             }
         })
