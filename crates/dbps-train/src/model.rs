@@ -356,6 +356,14 @@ impl<B: AutodiffBackend> Uniform<B> {
     }
 }
 
+/// What a training step takes from selection.
+struct TrainingPicks<B: Backend> {
+    /// Grid indices `[B, M]` of the salient patches, re-embedded with gradients.
+    winners: Tensor<B, 2, Int>,
+    /// The sub-salient bag (DBPS), embeddings without gradients.
+    sub_salient: Option<PatchBag<B>>,
+}
+
 /// The candidates of `images` in processing order under `plan` (a slide's: those on tissue).
 fn candidate_order<B: Backend>(
     plan: &SelectionPlan,
@@ -526,7 +534,7 @@ impl<B: Backend> PatchClassifier<B> {
         plan: &SelectionPlan,
         images: &Uniform<B>,
         draw: DrawKey,
-    ) -> Result<(Tensor<B, 2, Int>, Option<PatchBag<B>>), TrainError> {
+    ) -> Result<TrainingPicks<B>, TrainError> {
         let mode = Mode::Train(draw);
         let order = candidate_order(plan, images, mode)?;
         let all_win = order.per_image > 0 && order.per_image <= plan.buffer.salient();
@@ -537,10 +545,16 @@ impl<B: Backend> PatchClassifier<B> {
                 &images.device(),
             )
             .reshape([batch, order.per_image]);
-            return Ok((winners, None));
+            return Ok(TrainingPicks {
+                winners,
+                sub_salient: None,
+            });
         }
         let selection = self.select_among(plan, images, mode, order)?;
-        Ok((selection.salient.indices, selection.sub_salient))
+        Ok(TrainingPicks {
+            winners: selection.salient.indices,
+            sub_salient: selection.sub_salient,
+        })
     }
 
     /// [`PatchClassifier::select`] over candidates already drawn.
@@ -752,7 +766,10 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
         images: &Uniform<B>,
         draw: DrawKey,
     ) -> Result<ForwardOutput<B>, TrainError> {
-        let (winners, sub_salient) = valid.select_for_training(plan, &images.inner(), draw)?;
+        let TrainingPicks {
+            winners,
+            sub_salient,
+        } = valid.select_for_training(plan, &images.inner(), draw)?;
 
         // The M winners are cut again from the images, for the gradient pass.
         let [batch, m] = winners.dims();
@@ -865,7 +882,8 @@ mod tests {
         ] {
             let model = tiny(m, s, drop);
             let plan = model.plan().clone();
-            let (winners, sub) = model.select_for_training(&plan, &images, draw).unwrap();
+            let picks = model.select_for_training(&plan, &images, draw).unwrap();
+            let (winners, sub) = (picks.winners, picks.sub_salient);
             let selection = model.select(&plan, &images, Mode::Train(draw)).unwrap();
             let ids = |t: Tensor<burn::backend::Flex, 2, Int>| {
                 t.into_data().iter::<i64>().collect::<Vec<_>>()
