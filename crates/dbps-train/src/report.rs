@@ -128,7 +128,7 @@ impl RunReport {
             "(last)",
             "",
             "",
-            "(mean)",
+            "(median)",
             "(peak)",
             "(best valid)"
         );

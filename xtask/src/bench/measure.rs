@@ -249,7 +249,7 @@ pub fn train_steps<B: AutodiffBackend>(
     let heap_base = live_heap_bytes();
     let mut runner = StepRunner::<B>::new(geometry, method, engine, device)?;
     let parameters = runner.parameters(geometry.tasks.len());
-    let before = Resident::now()?;
+    let before = Resident::baseline()?;
     let mut heap_top = None;
     for _ in 0..WARMUP + timed {
         runner.step()?;
@@ -314,7 +314,7 @@ pub fn selection_phase<B: Backend>(
 ) -> Result<SelectionResult> {
     let model = classifier::<B>(geometry, method, SelectionEngine::Auto, device)?;
     let batch = random_batch::<B>(geometry, device);
-    let before = Resident::now()?;
+    let before = Resident::baseline()?;
     let base = reset_peak_heap();
     let start = Instant::now();
     let out = model.forward_eval(&batch.images)?;

@@ -24,9 +24,40 @@ impl Resident {
         parse(&status)
     }
 
+    /// The resident set right before a measured phase, with the kernel's peak reset to it.
+    ///
+    /// Freed heap memory is first handed back to the kernel (glibc's `malloc_trim`; dbps's
+    /// binaries otherwise keep it, `retain_freed_memory`), then `VmHWM` is reset to `VmRSS`
+    /// (`/proc/self/clear_refs`, Linux ≥ 4.0). Without the first, a phase would reuse memory
+    /// freed while its inputs were built and grow by less than it needs; without the second, a
+    /// peak reached while building them (the random batch's intermediate copies: 6.9 GB at
+    /// N = 14,400) would be read as the phase's. Both only make dbps's figure larger.
+    pub fn baseline() -> Result<Self> {
+        trim_heap();
+        std::fs::write("/proc/self/clear_refs", "5").context(
+            "cannot reset the peak resident set through /proc/self/clear_refs (Linux ≥ 4.0): \
+             without it a peak reached before the measured phase would count as the phase's",
+        )?;
+        Self::now()
+    }
+
     /// Peak resident growth since `before`: what the harness calls `peak_rss_delta`.
     pub fn peak_growth_since(&self, before: &Resident) -> u64 {
         self.peak.saturating_sub(before.current)
+    }
+}
+
+/// Returns the heap's free pages to the kernel (glibc; elsewhere freed memory is not kept).
+fn trim_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: malloc_trim only releases free memory of glibc's arenas; no live block moves.
+        unsafe {
+            malloc_trim(0);
+        }
     }
 }
 
@@ -63,6 +94,21 @@ mod tests {
         };
         assert_eq!(r.peak_growth_since(&before), 2048 * 1024 - 1000);
         assert!(parse("VmRSS:\t1 kB\n").is_err());
+    }
+
+    /// A peak reached and freed before the baseline is not the phase's: the baseline's peak
+    /// is its current level (another test thread may add a little).
+    #[test]
+    fn baseline_forgets_an_earlier_peak() {
+        let block = vec![1u8; 256 << 20];
+        std::hint::black_box(&block);
+        drop(block);
+        let r = Resident::baseline().unwrap();
+        assert!(
+            r.peak - r.current < 64 << 20,
+            "peak {} MB above current after the reset",
+            (r.peak - r.current) >> 20
+        );
     }
 
     #[test]
