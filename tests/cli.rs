@@ -202,6 +202,19 @@ fn bad_configs_get_errors_that_name_the_setting_and_the_fix() {
             && err.contains("tiny_cnn"),
         "{err}"
     );
+    // A method name becomes a folder of the run: one that leaves it, or is empty, would write
+    // into (and prune) another run's folder or the run root.
+    for name in ["../victim/IPS", ""] {
+        let err = rejected("method-name", |c| c["methods"][1]["name"] = json!(name));
+        assert!(
+            err.contains("methods[1].name") && err.contains("one plain folder name"),
+            "{err}"
+        );
+        let victim = std::env::temp_dir()
+            .join(format!("dbps-cli-method-name-{}", std::process::id()))
+            .join("victim");
+        assert!(!victim.exists(), "a folder outside the run was written");
+    }
     let err = rejected(
         "digits",
         |c| c["dataset"] = json!({ "megapixel_mnist": { "digits_dir": "/nonexistent/mnist", "canvas": 128, "sizes": [4, 4, 4] } }),

@@ -152,6 +152,55 @@ fn a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
     assert_eq!(std::fs::read(killed.join("metrics.json")).unwrap(), before);
 }
 
+/// `--resume` never deletes checkpoints whose epochs' figures were lost: a method whose
+/// `history.json` is missing or empty while its checkpoints are complete is refused, naming the
+/// file, and its checkpoints stay.
+#[test]
+fn resume_never_discards_checkpoints_whose_figures_are_lost() {
+    let dir = scratch("history");
+    let config_path = dir.join("config.json");
+    let mut config = config();
+    config["train"]["epochs"] = json!(2);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = dir.join("run");
+    let out = finished(dbps(&[
+        "train",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    // DBPS unfinished as far as the run knows, so that --resume continues it.
+    let mut metrics = read_json(&run.join("metrics.json"));
+    metrics["methods"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["method"] == "IPS");
+    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    let method_dir = run.join("DBPS");
+    let kept = checkpoint_files(&method_dir);
+    assert!(kept.iter().any(|f| f == "model-2.mpk"), "{kept:?}");
+    for history in [None, Some("[]")] {
+        let path = method_dir.join("history.json");
+        match history {
+            None => std::fs::remove_file(&path).unwrap(),
+            Some(text) => std::fs::write(&path, text).unwrap(),
+        }
+        let out = finished(dbps(&["train", "--resume", run.to_str().unwrap()]));
+        assert!(
+            !out.status.success(),
+            "resumed over checkpoints whose figures are lost"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains(path.to_str().unwrap()) && err.contains("--output"),
+            "{err}"
+        );
+        assert_eq!(checkpoint_files(&method_dir), kept, "{history:?}");
+    }
+}
+
 #[test]
 fn resume_on_a_directory_without_a_run_says_so() {
     let dir = scratch("empty");

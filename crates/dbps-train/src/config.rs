@@ -196,6 +196,30 @@ fn config_error(field: impl Into<String>, reason: impl Into<String>) -> TrainErr
     }
 }
 
+/// Checks that a name from a config, which becomes a folder name, is one plain path component —
+/// not empty, not `.` or `..`, without a path separator or a control character — so that no
+/// config makes a run write into, or prune, a folder outside its own run directory.
+fn folder_name(field: String, name: &str) -> Result<()> {
+    let problem = if name.trim().is_empty() {
+        "is empty".to_string()
+    } else if name == "." || name == ".." {
+        format!("`{name}` names the run directory or the one above it")
+    } else if let Some(c) = name
+        .chars()
+        .find(|&c| c == '/' || c == '\\' || c.is_control())
+    {
+        format!("`{}` contains {c:?}", name.escape_debug())
+    } else {
+        return Ok(());
+    };
+    Err(config_error(
+        field,
+        format!(
+            "{problem}: the name becomes a folder of the run, so it must be one plain folder name (letters, digits, spaces, '-', '_', '.'), e.g. \"DBPS-r0.3\""
+        ),
+    ))
+}
+
 impl RunConfig {
     /// Reads and validates a config file.
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -284,6 +308,7 @@ impl RunConfig {
 
     /// Checks every setting, so that bad input fails before any work starts.
     pub fn validate(&self) -> Result<()> {
+        folder_name("name".into(), &self.name)?;
         let n = self.max_patches()?;
         self.encoder.validate()?;
         if let DatasetConfig::FeatureBags(bags) = &self.dataset {
@@ -302,6 +327,7 @@ impl RunConfig {
             ));
         }
         for (i, method) in self.methods.iter().enumerate() {
+            folder_name(format!("methods[{i}].name"), &method.name)?;
             self.method_plan(i, n)?;
             if self.methods[..i].iter().any(|m| m.name == method.name) {
                 return Err(config_error(
@@ -340,6 +366,15 @@ impl RunConfig {
             return Err(config_error(
                 "train.lr",
                 format!("{} must be a positive number", t.lr),
+            ));
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0 && t.lr * t.weight_decay < 1.0) {
+            return Err(config_error(
+                "train.weight_decay",
+                format!(
+                    "{} must be 0 or more with lr·weight_decay below 1 (lr = {}): AdamW multiplies each weight by 1 − lr·weight_decay every step, so a negative decay grows the weights and lr·weight_decay ≥ 1 zeroes or flips them; the papers use 0.1",
+                    t.weight_decay, t.lr
+                ),
             ));
         }
         if !(t.warmup_epochs.is_finite() && t.warmup_epochs >= 0.0) {
@@ -495,6 +530,54 @@ mod tests {
     #[test]
     fn quickstart_is_valid() {
         RunConfig::quickstart().unwrap();
+    }
+
+    /// A run or method name that is not one plain folder name is refused, naming its key: a
+    /// method named `../victim/IPS` once wrote into (and pruned) another run's directory, and
+    /// an empty one wrote into the run root.
+    #[test]
+    fn names_that_leave_their_folder_are_refused() {
+        for bad in [
+            "../victim/IPS",
+            "/tmp/x",
+            "..",
+            ".",
+            "",
+            "  ",
+            "a\\b",
+            "IPS\n",
+            "a\0b",
+        ] {
+            let err = with(|v| v["methods"][1]["name"] = bad.into()).unwrap_err();
+            assert!(
+                matches!(&err, TrainError::Config { field, .. } if field == "methods[1].name"),
+                "{bad:?}: {err}"
+            );
+            let err = with(|v| v["name"] = bad.into()).unwrap_err();
+            assert!(
+                matches!(&err, TrainError::Config { field, .. } if field == "name"),
+                "{bad:?}: {err}"
+            );
+        }
+        for good in ["IPS", "DBPS r=0.3", "dbps-s60_m12", "..x", "x.."] {
+            with(|v| v["methods"][0]["name"] = good.into()).unwrap();
+            with(|v| v["name"] = good.into()).unwrap();
+        }
+    }
+
+    /// A negative decay grows the weights every step; lr·decay ≥ 1 zeroes or flips them.
+    #[test]
+    fn weight_decay_outside_its_range_is_refused() {
+        for bad in [-0.1, 4000.0, 1e300] {
+            let err = with(|v| v["train"]["weight_decay"] = bad.into()).unwrap_err();
+            assert!(
+                matches!(&err, TrainError::Config { field, .. } if field == "train.weight_decay"),
+                "{bad}: {err}"
+            );
+        }
+        for good in [0.0, 0.1, 1.0] {
+            with(|v| v["train"]["weight_decay"] = good.into()).unwrap();
+        }
     }
 
     /// Every shipped config parses and validates (weight files are not at hand here, so

@@ -14,7 +14,7 @@ use burn_train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
 
 use crate::build::build_classifier;
 use crate::checkpoint::{
-    CheckpointRecorder, EveryEpoch, MANIFEST, MethodManifest, best_epoch, checkpoint_path,
+    CheckpointRecorder, EveryEpoch, HISTORY, MANIFEST, MethodManifest, best_epoch, checkpoint_path,
     complete_epochs, initial_weights_path, load_weights, prune_checkpoints, read_history,
 };
 use crate::config::RunConfig;
@@ -36,6 +36,10 @@ use crate::{
 /// The epoch a resumed method continues from: the newest whose model, optimizer and schedule
 /// files all exist and whose figures were recorded (0: none, start over), with the figures of
 /// the epochs up to it.
+///
+/// The figures of an epoch are written before its checkpoint, so a complete checkpoint newer
+/// than the recorded figures means `history.json` was lost or damaged: resuming would train
+/// those epochs again and prune their checkpoints, so that is refused instead.
 fn resume_point(method_dir: &Path) -> Result<(usize, Vec<EpochFigures>)> {
     let recorded = read_history(method_dir, usize::MAX)?;
     let in_order = recorded
@@ -43,7 +47,19 @@ fn resume_point(method_dir: &Path) -> Result<(usize, Vec<EpochFigures>)> {
         .enumerate()
         .take_while(|(i, e)| e.epoch == i + 1)
         .count();
-    let epoch = complete_epochs(method_dir)
+    let complete = complete_epochs(method_dir);
+    if let Some(&newest) = complete.last()
+        && newest > in_order
+    {
+        return Err(TrainError::Checkpoint {
+            what: "history",
+            path: method_dir.join(HISTORY),
+            reason: format!(
+                "records the figures of epochs 1–{in_order} in order, but the checkpoint of epoch {newest} is complete: the file was lost or damaged, and resuming would train those epochs again and delete their checkpoints. Restore history.json, or train into a new directory (--output)"
+            ),
+        });
+    }
+    let epoch = complete
         .into_iter()
         .filter(|&e| e <= in_order)
         .max()

@@ -1,6 +1,7 @@
 //! The process's resident memory as Linux reports it, read the way the PyTorch harness reads
 //! its own: the growth of the peak resident set (`VmHWM`) from the resident set (`VmRSS`)
-//! before the warm-up step. The same meter on both sides, so that neither side's allocator is
+//! before the warm-up step ([`Resident::baseline`]: freed heap returned and the peak reset
+//! first, so nothing before the phase counts). The same meter on both sides, so that neither side's allocator is
 //! flattered by a meter the other side lacks (the heap meter counts what Rust allocates and
 //! nothing a C library or the kernel holds).
 
