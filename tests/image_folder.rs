@@ -96,6 +96,18 @@ fn bad_image_folders_fail_naming_the_file_and_the_problem() {
     );
     assert!(!run, "checked before the run directory");
 
+    // One class: every prediction would be right by construction.
+    let (err, run) = failure("one-class", |root| {
+        for split in ["train", "test"] {
+            std::fs::remove_dir_all(root.join(split).join("potholes")).unwrap()
+        }
+    });
+    assert!(
+        err.contains("1 class(es) (cracks)") && err.contains("at least two classes"),
+        "{err}"
+    );
+    assert!(!run, "checked before the run directory");
+
     let (err, _) = failure("empty-class", |root| {
         std::fs::create_dir_all(root.join("train/empty")).unwrap()
     });
@@ -130,8 +142,8 @@ fn bad_image_folders_fail_naming_the_file_and_the_problem() {
     assert!(!run, "checked before the run directory");
 
     // A truncated file keeps its header, so only decoding finds it: training stops and the
-    // run fails naming the file.
-    let (err, _) = failure("truncated", |root| {
+    // run fails naming the file, leaving no directory (no epoch completed).
+    let (err, run) = failure("truncated", |root| {
         for name in ["cracks", "potholes"] {
             for i in 0..3 {
                 let path = root.join(format!("train/{name}/{i}.png"));
@@ -143,6 +155,10 @@ fn bad_image_folders_fail_naming_the_file_and_the_problem() {
     assert!(
         err.contains(".png") && err.contains("cannot decode the image"),
         "{err}"
+    );
+    assert!(
+        !run,
+        "a run that failed in its first epoch left its directory"
     );
 }
 

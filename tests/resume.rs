@@ -201,6 +201,58 @@ fn resume_never_discards_checkpoints_whose_figures_are_lost() {
     }
 }
 
+/// A truncated optimizer or schedule file (burn-train panicked on it) makes `--resume` fall
+/// back to the newest epoch it can read, saying so and keeping the damaged files aside, and
+/// the run still ends with the uninterrupted run's metrics.
+#[test]
+fn a_damaged_checkpoint_falls_back_to_the_epoch_before() {
+    let dir = scratch("damaged");
+    let config_path = dir.join("config.json");
+    let mut config = config();
+    config["train"]["epochs"] = json!(3);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = dir.join("run");
+    let out = finished(dbps(&[
+        "train",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    let whole = read_json(&run.join("metrics.json"));
+    let expected = outcome(&whole);
+    let mut metrics = whole.clone();
+    metrics["methods"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["method"] == "IPS");
+    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    let checkpoints = run.join("DBPS/checkpoint");
+    for (part, keep) in [("optim", 0), ("scheduler", 7)] {
+        let file = checkpoints.join(format!("{part}-3.mpk"));
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..keep.min(bytes.len())]).unwrap();
+        let out = finished(dbps(&["train", "--resume", run.to_str().unwrap()]));
+        let err = stderr(&out);
+        assert!(out.status.success(), "{part}: resume failed: {err}");
+        assert!(
+            err.contains(file.to_str().unwrap()) && err.contains("resuming from the epoch before"),
+            "{part}: {err}"
+        );
+        assert!(
+            checkpoints.join(format!("damaged/{part}-3.mpk")).is_file(),
+            "{part}: the damaged file was not kept"
+        );
+        assert_eq!(
+            outcome(&read_json(&run.join("metrics.json"))),
+            expected,
+            "{part}"
+        );
+        std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    }
+}
+
 #[test]
 fn resume_on_a_directory_without_a_run_says_so() {
     let dir = scratch("empty");

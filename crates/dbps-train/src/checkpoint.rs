@@ -219,6 +219,52 @@ pub(crate) fn complete_epochs(method_dir: &Path) -> BTreeSet<usize> {
         .collect()
 }
 
+/// The first of an epoch's three checkpoint files that cannot be read whole, with the reason.
+///
+/// A file is read whole when it decodes as one MessagePack value (its structure only: whether
+/// the values fit the model is [`load_weights`]'s check). burn-train panics on an optimizer or
+/// schedule file it cannot read, so `--resume` asks this first.
+pub(crate) fn unreadable_part(method_dir: &Path, epoch: usize) -> Option<(PathBuf, String)> {
+    PARTS.iter().find_map(|part| {
+        let path = method_dir
+            .join("checkpoint")
+            .join(format!("{part}-{epoch}.mpk"));
+        let reason = match std::fs::read(&path) {
+            Err(e) => format!("cannot be read ({e})"),
+            Ok(bytes) => match rmp_serde::from_slice::<serde::de::IgnoredAny>(&bytes) {
+                Ok(_) => return None,
+                Err(e) => format!("is truncated or damaged ({} bytes: {e})", bytes.len()),
+            },
+        };
+        Some((path, reason))
+    })
+}
+
+/// Folder, inside a method's `checkpoint` folder, where `--resume` keeps the files of an epoch
+/// it could not read (never pruned: they are evidence, and the epoch is trained again).
+pub const DAMAGED: &str = "damaged";
+
+/// Moves an epoch's checkpoint files into [`DAMAGED`], returning that folder.
+pub(crate) fn set_aside(method_dir: &Path, epoch: usize) -> Result<PathBuf> {
+    let folder = method_dir.join("checkpoint");
+    let aside = folder.join(DAMAGED);
+    std::fs::create_dir_all(&aside).map_err(|source| TrainError::Write {
+        path: aside.clone(),
+        source,
+    })?;
+    for part in PARTS {
+        let name = format!("{part}-{epoch}.mpk");
+        let from = folder.join(&name);
+        if from.exists() {
+            std::fs::rename(&from, aside.join(&name)).map_err(|source| TrainError::Write {
+                path: from.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(aside)
+}
+
 /// Deletes the checkpoint files of every epoch but `keep`, and leftover temporary files.
 pub(crate) fn prune_checkpoints(method_dir: &Path, keep: &[usize]) -> Result<()> {
     let folder = method_dir.join("checkpoint");

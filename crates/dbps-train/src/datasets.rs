@@ -252,6 +252,19 @@ impl Splits {
                 });
             }
         }
+        for task in train.source.tasks() {
+            if matches!(task.kind, TaskKind::Softmax) && task.classes < 2 {
+                return Err(TrainError::Config {
+                    field: "dataset".into(),
+                    reason: format!(
+                        "task `{}` has {} class(es) ({}): with one class every prediction is right by construction; give the data at least two classes",
+                        task.name,
+                        task.classes,
+                        task.class_names.join(", ")
+                    ),
+                });
+            }
+        }
         let [c, h, w] = train.source.image_size();
         let [want_h, want_w] = config.image_size();
         let channels = config.encoder.in_channels();

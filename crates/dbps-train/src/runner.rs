@@ -16,6 +16,7 @@ use crate::build::build_classifier;
 use crate::checkpoint::{
     CheckpointRecorder, EveryEpoch, HISTORY, MANIFEST, MethodManifest, best_epoch, checkpoint_path,
     complete_epochs, initial_weights_path, load_weights, prune_checkpoints, read_history,
+    set_aside, unreadable_part,
 };
 use crate::config::RunConfig;
 use crate::datasets::Splits;
@@ -39,8 +40,10 @@ use crate::{
 ///
 /// The figures of an epoch are written before its checkpoint, so a complete checkpoint newer
 /// than the recorded figures means `history.json` was lost or damaged: resuming would train
-/// those epochs again and prune their checkpoints, so that is refused instead.
-fn resume_point(method_dir: &Path) -> Result<(usize, Vec<EpochFigures>)> {
+/// those epochs again and prune their checkpoints, so that is refused instead. An epoch with a
+/// file that cannot be read whole is passed over for the one before, with a warning; the
+/// process that writes the run (`writes`) moves its files into `checkpoint/damaged/`.
+fn resume_point(method_dir: &Path, writes: bool) -> Result<(usize, Vec<EpochFigures>)> {
     let recorded = read_history(method_dir, usize::MAX)?;
     let in_order = recorded
         .iter()
@@ -59,11 +62,24 @@ fn resume_point(method_dir: &Path) -> Result<(usize, Vec<EpochFigures>)> {
             ),
         });
     }
-    let epoch = complete
-        .into_iter()
-        .filter(|&e| e <= in_order)
-        .max()
-        .unwrap_or(0);
+    let mut epoch = 0;
+    for &e in complete.iter().rev().filter(|&&e| e <= in_order) {
+        let Some((file, reason)) = unreadable_part(method_dir, e) else {
+            epoch = e;
+            break;
+        };
+        let kept = if writes {
+            set_aside(method_dir, e)?.display().to_string()
+        } else {
+            "where they are".into()
+        };
+        tracing::warn!(
+            file = %file.display(),
+            reason,
+            kept,
+            "the checkpoint of epoch {e} cannot be read; resuming from the epoch before it"
+        );
+    }
     Ok((epoch, recorded.into_iter().take(epoch).collect()))
 }
 
@@ -265,7 +281,7 @@ fn train_method<B: AutodiffBackend>(
     splits.watch(&interrupter);
 
     let (done, history) = if resume {
-        resume_point(method_dir)?
+        resume_point(method_dir, writes)?
     } else {
         (0, Vec::new())
     };
@@ -599,7 +615,37 @@ pub fn run<B: AutodiffBackend>(
         device,
         methods: Vec::new(),
     };
-    train_methods::<B>(config, &splits, report, &joined, false)
+    let writes = joined.writes();
+    let run_dir = report.dir.clone();
+    let result = train_methods::<B>(config, &splits, report, &joined, false);
+    if result.is_err() && writes {
+        discard_unstarted(&run_dir, config);
+    }
+    result
+}
+
+/// Removes the directory of a fresh run that failed before any method completed an epoch: it
+/// holds nothing to resume or read (the error says why the run failed), and left behind it
+/// would send the next run to `NAME-2`. A run with a complete epoch is kept for `--resume`.
+fn discard_unstarted(run_dir: &Path, config: &RunConfig) {
+    let started = run_dir.join("metrics.json").exists()
+        || config
+            .methods
+            .iter()
+            .any(|m| !complete_epochs(&run_dir.join(&m.name)).is_empty());
+    if started {
+        return;
+    }
+    match std::fs::remove_dir_all(run_dir) {
+        Ok(()) => tracing::info!(
+            run_dir = %run_dir.display(),
+            "removed the run directory: the run failed before any epoch completed"
+        ),
+        Err(e) => tracing::warn!(
+            run_dir = %run_dir.display(),
+            "the run failed before any epoch completed, and its directory could not be removed: {e}"
+        ),
+    }
 }
 
 /// Continues the run in `run_dir` that `dbps train` started: methods already in its
