@@ -253,6 +253,47 @@ fn a_damaged_checkpoint_falls_back_to_the_epoch_before() {
     }
 }
 
+/// While a run trains, a second process cannot write its directory: `--resume` on it is
+/// refused, naming the lock, and the first run is not disturbed.
+#[test]
+fn a_run_directory_being_written_refuses_a_second_writer() {
+    let dir = scratch("locked");
+    let config_path = dir.join("config.json");
+    let mut config = config();
+    config["train"]["epochs"] = json!(50);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = dir.join("run");
+    let mut child = dbps(&[
+        "train",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let start = Instant::now();
+    while !run.join("IPS/method.json").is_file() {
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        assert!(start.elapsed() < Duration::from_secs(300), "no method.json");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let out = finished(dbps(&["train", "--resume", run.to_str().unwrap()]));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        !out.status.success(),
+        "a second process resumed a running run"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("another dbps process") && err.contains("run.lock"),
+        "{err}"
+    );
+}
+
 #[test]
 fn resume_on_a_directory_without_a_run_says_so() {
     let dir = scratch("empty");

@@ -87,7 +87,7 @@ pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
     write_atomic, write_json_atomic,
 };
-pub use run_dir::fresh_run_dir;
+pub use run_dir::{LOCK, RunLock, fresh_run_dir};
 pub use runner::{Placement, resume, run};
 pub use schedule::WarmupCosine;
 pub use slide_source::{SlideCandidates, tissue_patches};

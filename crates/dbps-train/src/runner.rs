@@ -28,7 +28,7 @@ use crate::parallel::{
     broadcast_model, fnv1a,
 };
 use crate::report::{EpochFigures, MethodReport, RunReport, SelectionFigures, write_json_atomic};
-use crate::run_dir::fresh_run_dir;
+use crate::run_dir::{RunLock, fresh_run_dir};
 use crate::{
     GradientTrace, ImageBatch, ImageBatcher, MeteredOptimizer, ProgressRenderer, Result,
     TrainError, TrainedClassifier, TrainingMonitor, WarmupCosine,
@@ -591,12 +591,13 @@ pub fn run<B: AutodiffBackend>(
     config.validate()?;
     let splits = Splits::open(config)?;
     let joined = Joined::join(placement, config, &splits)?;
-    let run_dir = if joined.writes() {
+    let (run_dir, _lock) = if joined.writes() {
         let dir = fresh_run_dir(wanted)?;
+        let lock = RunLock::acquire(&dir)?;
         write_json_atomic(&dir.join("config.json"), config)?;
-        dir
+        (dir, Some(lock))
     } else {
-        PathBuf::new()
+        (PathBuf::new(), None)
     };
     let run_dir = match &joined.session {
         Some(session) => PathBuf::from(
@@ -700,6 +701,10 @@ pub fn resume<B: AutodiffBackend>(
         report.methods = done.methods;
     }
     let joined = Joined::join(placement, &config, &splits)?;
+    let _lock = joined
+        .writes()
+        .then(|| RunLock::acquire(run_dir))
+        .transpose()?;
     if let Some(session) = &joined.session {
         session.set_run_dir(run_dir);
     }
