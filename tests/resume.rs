@@ -294,6 +294,49 @@ fn a_run_directory_being_written_refuses_a_second_writer() {
     );
 }
 
+/// A config.json edited between a run and its resume is refused, naming the JSON path and the
+/// manifest that says what the checkpoints were trained with; nothing is written.
+#[test]
+fn resume_refuses_a_config_that_is_not_the_one_trained_with() {
+    let dir = scratch("edited");
+    let config_path = dir.join("config.json");
+    let mut config = config();
+    config["train"]["epochs"] = json!(2);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = dir.join("run");
+    let out = finished(dbps(&[
+        "train",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    let mut metrics = read_json(&run.join("metrics.json"));
+    metrics["methods"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["method"] == "IPS");
+    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    let mut edited = read_json(&run.join("config.json"));
+    edited["methods"][1]["s"] = json!(3);
+    std::fs::write(run.join("config.json"), edited.to_string()).unwrap();
+    let manifest = std::fs::read(run.join("DBPS/method.json")).unwrap();
+    let kept = checkpoint_files(&run.join("DBPS"));
+    let out = finished(dbps(&["train", "--resume", run.to_str().unwrap()]));
+    assert!(!out.status.success(), "resumed with another config");
+    let err = stderr(&out);
+    assert!(
+        err.contains("`methods[1].s` to 3") && err.contains("method.json"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(run.join("DBPS/method.json")).unwrap(),
+        manifest
+    );
+    assert_eq!(checkpoint_files(&run.join("DBPS")), kept);
+}
+
 #[test]
 fn resume_on_a_directory_without_a_run_says_so() {
     let dir = scratch("empty");

@@ -13,6 +13,8 @@ use burn_train::logger::InMemoryMetricLogger;
 use burn_train::{Interrupter, Learner, SupervisedTraining, TrainingStrategy};
 
 use crate::build::build_classifier;
+use serde_json::Value;
+
 use crate::checkpoint::{
     CheckpointRecorder, EveryEpoch, HISTORY, MANIFEST, MethodManifest, best_epoch, checkpoint_path,
     complete_epochs, initial_weights_path, load_weights, prune_checkpoints, read_history,
@@ -700,6 +702,7 @@ pub fn resume<B: AutodiffBackend>(
         }
         report.methods = done.methods;
     }
+    check_manifests(run_dir, &config)?;
     let joined = Joined::join(placement, &config, &splits)?;
     let _lock = joined
         .writes()
@@ -714,9 +717,96 @@ pub fn resume<B: AutodiffBackend>(
     train_methods::<B>(&config, &splits, report, &joined, true)
 }
 
+/// Checks that every method folder's manifest was written from this `config.json`: a config
+/// edited between a run and its resume would continue the checkpoints with other settings
+/// (and the manifests, rewritten from it, would no longer say what the weights were trained
+/// with).
+fn check_manifests(run_dir: &Path, config: &RunConfig) -> Result<()> {
+    let as_json = |c: &RunConfig| {
+        serde_json::to_value(c).map_err(|e| TrainError::Checkpoint {
+            what: "run directory",
+            path: run_dir.to_path_buf(),
+            reason: format!("its config cannot be compared with the manifests ({e})"),
+        })
+    };
+    let ours = as_json(config)?;
+    for method in &config.methods {
+        let dir = run_dir.join(&method.name);
+        if !dir.join(MANIFEST).is_file() {
+            continue;
+        }
+        let manifest = MethodManifest::read(&dir)?;
+        if let Some((field, here, there)) = first_difference(&ours, &as_json(&manifest.config)?, "")
+        {
+            return Err(TrainError::Checkpoint {
+                what: "run directory",
+                path: run_dir.to_path_buf(),
+                reason: format!(
+                    "config.json sets `{field}` to {here}, but {} says the checkpoints were trained with {there}; restore config.json, or train into a new directory (--output)",
+                    dir.join(MANIFEST).display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The first place, in key order, where two JSON values differ: its path (`train.lr`,
+/// `methods[1].s`) and the two values (`absent` where one side lacks the key).
+fn first_difference(a: &Value, b: &Value, at: &str) -> Option<(String, String, String)> {
+    let show = |v: Option<&Value>| v.map_or_else(|| "absent".to_string(), Value::to_string);
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, &path),
+                    (p, q) => Some((path, show(p), show(q))),
+                }
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, &format!("{at}[{i}]"))),
+        _ if a == b => None,
+        _ => Some((at.to_string(), a.to_string(), b.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_difference_names_the_json_path() {
+        let a =
+            serde_json::json!({"train": {"lr": 0.1, "epochs": 3}, "methods": [{"s": 0}, {"s": 4}]});
+        let mut b = a.clone();
+        assert_eq!(first_difference(&a, &b, ""), None);
+        b["methods"][1]["s"] = 5.into();
+        assert_eq!(
+            first_difference(&a, &b, ""),
+            Some(("methods[1].s".into(), "4".into(), "5".into()))
+        );
+        b["train"]["seed"] = 3.into();
+        assert_eq!(
+            first_difference(&a, &b, ""),
+            Some(("methods[1].s".into(), "4".into(), "5".into())),
+            "keys in order: methods before train"
+        );
+        b["methods"][1]["s"] = 4.into();
+        assert_eq!(
+            first_difference(&a, &b, ""),
+            Some(("train.seed".into(), "absent".into(), "3".into()))
+        );
+    }
 
     #[test]
     fn taken_run_directories_get_a_suffix() {
