@@ -337,6 +337,66 @@ fn resume_refuses_a_config_that_is_not_the_one_trained_with() {
     assert_eq!(checkpoint_files(&run.join("DBPS")), kept);
 }
 
+/// A tmpfs mounted for one test, unmounted however the test ends.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` where this process may not mount (not root, or no CAP_SYS_ADMIN).
+    fn mount(at: &Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Self(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// A disk that fills while training fails the run: non-zero exit, the cause at the default log
+/// level, the method not recorded as done — so `--resume` continues it.
+#[test]
+fn a_full_disk_fails_the_run_loudly() {
+    let dir = scratch("full-disk");
+    let Some(disk) = SmallDisk::mount(&dir.join("disk"), "160k") else {
+        eprintln!("SKIPPED a_full_disk_fails_the_run_loudly: cannot mount a tmpfs (needs root)");
+        return;
+    };
+    let config_path = dir.join("config.json");
+    let mut config = config();
+    config["train"]["epochs"] = json!(20);
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let run = disk.0.join("run");
+    let out = finished(dbps(&[
+        "train",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+    ]));
+    let err = stderr(&out);
+    assert!(
+        !out.status.success(),
+        "a full disk ended the run with success: {err}"
+    );
+    assert!(
+        err.contains("No space left on device") && err.contains("--resume"),
+        "{err}"
+    );
+    let done = std::fs::read_to_string(run.join("metrics.json")).unwrap_or_default();
+    assert!(
+        !done.contains("\"IPS\""),
+        "metrics.json records the stopped method as done: {done}"
+    );
+}
+
 #[test]
 fn resume_on_a_directory_without_a_run_says_so() {
     let dir = scratch("empty");

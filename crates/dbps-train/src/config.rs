@@ -486,6 +486,22 @@ impl RunConfig {
                 ));
             }
         }
+        // Selection would keep only the N − M patches left after the winners: refuse rather
+        // than train with fewer than the S the results would report.
+        for (name, value) in [("m", m), ("m_eval", m_eval)] {
+            if s > n - value {
+                let [h, w] = self.image_size();
+                return Err(config_error(
+                    field("s"),
+                    format!(
+                        "{s} sub-salient patches exceed the N − {name} = {} patches a {h}×{w} image cut into {p} px patches has left after its {value} salient ones; lower `s` to at most {}",
+                        n - value,
+                        n - value,
+                        p = self.patch.size
+                    ),
+                ));
+            }
+        }
         let drop =
             PatchDrop::new(method.drop).map_err(|e| config_error(field("drop"), e.to_string()))?;
         let buffers = |m: usize, name: &str| {
@@ -563,6 +579,27 @@ mod tests {
             with(|v| v["methods"][0]["name"] = good.into()).unwrap();
             with(|v| v["name"] = good.into()).unwrap();
         }
+    }
+
+    /// S beyond the N − M patches left after the winners was capped silently and reported
+    /// as asked; it is refused (M′ at evaluation too).
+    #[test]
+    fn s_beyond_the_patches_left_is_refused() {
+        let err = with(|v| v["methods"][1]["s"] = 247.into()).unwrap_err();
+        assert!(
+            matches!(&err, TrainError::Config { field, reason } if field == "methods[1].s" && reason.contains("at most 246")),
+            "{err}"
+        );
+        with(|v| v["methods"][1]["s"] = 246.into()).unwrap();
+        let err = with(|v| {
+            v["methods"][1]["s"] = 240.into();
+            v["methods"][1]["m_eval"] = 20.into();
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, TrainError::Config { field, reason } if field == "methods[1].s" && reason.contains("N − m_eval = 236")),
+            "{err}"
+        );
     }
 
     /// A negative decay grows the weights every step; lr·decay ≥ 1 zeroes or flips them.

@@ -391,7 +391,7 @@ fn train_method<B: AutodiffBackend>(
     // own sums); burn-train's file logs would misnumber the epochs after a resume.
     .with_metric_logger(InMemoryMetricLogger::new())
     .num_epochs(train.epochs)
-    .with_interrupter(interrupter)
+    .with_interrupter(interrupter.clone())
     .with_application_logger(None)
     .renderer(ProgressRenderer::new(&method.name));
     if writes {
@@ -446,6 +446,22 @@ fn train_method<B: AutodiffBackend>(
             method: method.name.clone(),
             epoch: history.len() + 1,
             value,
+        });
+    }
+    // burn-train's checkpointer stops training through the interrupter when it cannot save a
+    // checkpoint (a full disk), and the learner then returns as if training had ended.
+    if interrupter.should_stop() {
+        return Err(TrainError::Checkpoint {
+            what: "checkpoint folder",
+            path: method_dir.join("checkpoint"),
+            reason: format!(
+                "training of {} stopped after epoch {}: {}; free space (or fix the folder), then continue with `dbps train --resume`",
+                method.name,
+                history.len(),
+                interrupter
+                    .get_message()
+                    .unwrap_or_else(|| "a checkpoint could not be saved".into())
+            ),
         });
     }
 

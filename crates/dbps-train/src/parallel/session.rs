@@ -202,6 +202,10 @@ impl Drop for WatchGuard<'_> {
 
 /// Which ranks are gone: a rank whose address refuses connections has stopped; if every rank
 /// still accepts them, one of them hangs or is far slower than the rest.
+///
+/// Each address is probed up to four times, a quarter of a second apart: a process that was
+/// just killed closes its connections (which is how the loss is noticed) a moment before its
+/// listening socket, so a single probe can still be accepted. A hung rank accepts them all.
 fn diagnose(rank: usize, peers: &[String], orchestrator: &str, run_dir: &str) -> String {
     if peers.is_empty() {
         return format!(
@@ -213,9 +217,14 @@ fn diagnose(rank: usize, peers: &[String], orchestrator: &str, run_dir: &str) ->
         .enumerate()
         .filter(|&(r, _)| r != rank)
         .filter(|(_, address)| {
-            !socket_addrs(address)
-                .iter()
-                .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok())
+            (0..4).any(|probe| {
+                if probe > 0 {
+                    std::thread::sleep(Duration::from_millis(250));
+                }
+                !socket_addrs(address)
+                    .iter()
+                    .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok())
+            })
         })
         .map(|(r, address)| format!("rank {r} ({address})"))
         .collect();
