@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::data_path::inside_root;
 use crate::folder::carve_validation;
 use crate::{DataError, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
 
@@ -108,7 +109,19 @@ impl FeatureFile {
                 "leave slides without tissue out of labels.csv",
             ));
         }
-        let need = offset + (rows * dim * 4) as u64;
+        // The header's numbers are checked against the file before anything is sized by them.
+        let Some(need) = rows
+            .checked_mul(dim)
+            .and_then(|values| values.checked_mul(4))
+            .and_then(|bytes| u64::try_from(bytes).ok())
+            .and_then(|bytes| bytes.checked_add(offset))
+        else {
+            return Err(bag_error(
+                path,
+                format!("declares a {rows}×{dim} matrix, more bytes than any file holds"),
+                "write the file again",
+            ));
+        };
         if len < need {
             return Err(bag_error(
                 path,
@@ -330,6 +343,11 @@ impl FeatureBags {
             if *which != want {
                 continue;
             }
+            if inside_root(slide).is_none() {
+                return Err(bad(format!(
+                    "slide `{slide}` is not a name inside features/ (an absolute path or `..` would read outside it)"
+                )));
+            }
             let file = FEATURE_EXTENSIONS
                 .iter()
                 .map(|e| config.root.join("features").join(format!("{slide}.{e}")))
@@ -533,6 +551,28 @@ mod tests {
         assert!(err.contains("junk.npy") && err.contains("magic"), "{err}");
         let err = labels("gone,tumor,train\n").unwrap_err().to_string();
         assert!(err.contains("gone") && err.contains("line 2"), "{err}");
+        let err = labels("../nan,tumor,train\n").unwrap_err().to_string();
+        assert!(
+            err.contains("line 2") && err.contains("not a name inside"),
+            "{err}"
+        );
+        // A header whose rows × dim × 4 overflows is refused before anything is sized by it.
+        let mut huge = b"\x93NUMPY\x01\x00".to_vec();
+        let mut dict =
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }"
+                .to_string();
+        while (10 + dict.len() + 1) % 64 != 0 {
+            dict.push(' ');
+        }
+        dict.push('\n');
+        huge.extend((dict.len() as u16).to_le_bytes());
+        huge.extend(dict.as_bytes());
+        std::fs::write(root.join("features/huge.npy"), &huge).unwrap();
+        let err = labels("huge,tumor,train\n").unwrap_err().to_string();
+        assert!(
+            err.contains("huge.npy") && err.contains("more bytes"),
+            "{err}"
+        );
         let err = labels("nan,cancer,train\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("cancer"), "{err}");
         let bags = labels("nan,tumor,train\n").unwrap();

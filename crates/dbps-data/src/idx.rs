@@ -101,7 +101,11 @@ pub fn read_idx_digits(images_path: &Path, labels_path: &Path) -> Result<IdxDigi
         ));
     }
     let (n, rows, cols) = (be_u32(&images, 4), be_u32(&images, 8), be_u32(&images, 12));
-    if images.len() != 16 + n * rows * cols {
+    let promised = n
+        .checked_mul(rows)
+        .and_then(|pixels| pixels.checked_mul(cols))
+        .and_then(|pixels| pixels.checked_add(16));
+    if promised != Some(images.len()) {
         return Err(corrupt(
             images_path,
             "images",
@@ -211,6 +215,23 @@ mod tests {
         assert!(
             err.contains("/nonexistent/digits/t-images-idx3-ubyte")
                 && err.contains("DBPS_MNIST_DIR"),
+            "{err}"
+        );
+    }
+
+    /// Header counts whose product overflows are reported, not multiplied into a panic.
+    #[test]
+    fn overflowing_header_is_reported() {
+        let dir = temp_dir("overflow");
+        write_pair(&dir, &[1]);
+        let mut img = vec![];
+        for v in [2051u32, u32::MAX, u32::MAX, u32::MAX] {
+            img.extend(v.to_be_bytes());
+        }
+        std::fs::write(dir.join("t-images-idx3-ubyte"), img).unwrap();
+        let err = read(&dir).unwrap_err();
+        assert!(
+            matches!(&err, DataError::Corrupt { kind: "images", reason, .. } if reason.contains("header promises")),
             "{err}"
         );
     }

@@ -29,6 +29,7 @@
 //! ```
 
 mod canvas;
+mod data_path;
 mod error;
 mod features;
 mod file_input;

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::data_path::inside_root;
 use crate::folder::carve_validation;
 use crate::{
     DataError, FileInput, ImageSource, Pixels, Sample, Slide, Split, Target, TaskSpec, TissueMask,
@@ -213,10 +214,16 @@ fn read_labels(config: &SlidesConfig) -> Result<Vec<(PathBuf, String, String)>, 
         if !matches!(*split, "train" | "val" | "test") {
             return Err(at(format!("split `{split}` is not train, val or test")));
         }
-        if !seen.insert(slide.to_string()) {
+        let Some(inside) = inside_root(slide) else {
+            return Err(at(format!(
+                "slide `{slide}` is not a path inside {} (an absolute path or `..` would read outside it); name the slide relative to that folder",
+                config.root.display()
+            )));
+        };
+        if !seen.insert(inside.clone()) {
             return Err(at(format!("slide `{slide}` is listed twice")));
         }
-        let path = config.root.join(slide);
+        let path = config.root.join(inside);
         if !path.is_file() {
             return Err(DataError::Folder {
                 path,
@@ -473,6 +480,15 @@ mod tests {
             e.contains("missing.tif") && e.contains("does not exist"),
             "{e}"
         );
+        for outside in ["../a.tif", "/etc/passwd", "sub/../../a.tif"] {
+            let e = error(&format!("slide,label,split\n{outside},x,train\n"));
+            assert!(
+                e.contains("line 2") && e.contains("not a path inside"),
+                "{outside}: {e}"
+            );
+        }
+        let e = error("slide,label,split\na.tif,x,train\n./a.tif,y,test\n");
+        assert!(e.contains("line 3") && e.contains("listed twice"), "{e}");
         let e = error("slide,label,split\na.tif,x,training\n");
         assert!(e.contains("line 2") && e.contains("`training`"), "{e}");
         let e = error("name,label\n");
