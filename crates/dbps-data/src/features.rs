@@ -561,7 +561,7 @@ mod tests {
         let mut dict =
             "{'descr': '<f4', 'fortran_order': False, 'shape': (4611686018427387904, 4), }"
                 .to_string();
-        while (10 + dict.len() + 1) % 64 != 0 {
+        while !(10 + dict.len() + 1).is_multiple_of(64) {
             dict.push(' ');
         }
         dict.push('\n');
