@@ -67,6 +67,40 @@ fn checkpoint_files(method_dir: &Path) -> Vec<String> {
     names
 }
 
+/// `config()` with `epochs`, written to `dir/config.json`; returns its path.
+fn write_config(dir: &Path, epochs: u64) -> PathBuf {
+    let path = dir.join("config.json");
+    let mut config = config();
+    config["train"]["epochs"] = json!(epochs);
+    std::fs::write(&path, config.to_string()).unwrap();
+    path
+}
+
+/// A finished run of `epochs` epochs in `scratch(name)/run` whose `metrics.json` is then made to
+/// hold IPS alone, so that `--resume` continues DBPS from its checkpoints; returns the run
+/// directory and the finished run's metrics.
+fn run_with_dbps_unfinished(name: &str, epochs: u64) -> (PathBuf, Value) {
+    let dir = scratch(name);
+    let config_path = write_config(&dir, epochs);
+    let run = dir.join("run");
+    let out = finished(dbps(&[
+        "train",
+        "--config",
+        config_path.to_str().unwrap(),
+        "--output",
+        run.to_str().unwrap(),
+    ]));
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    let whole = read_json(&run.join("metrics.json"));
+    let mut metrics = whole.clone();
+    metrics["methods"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["method"] == "IPS");
+    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    (run, whole)
+}
+
 #[test]
 fn a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
     let dir = scratch("kill");
@@ -157,27 +191,7 @@ fn a_killed_run_resumes_to_the_metrics_of_an_uninterrupted_one() {
 /// file, and its checkpoints stay.
 #[test]
 fn resume_never_discards_checkpoints_whose_figures_are_lost() {
-    let dir = scratch("history");
-    let config_path = dir.join("config.json");
-    let mut config = config();
-    config["train"]["epochs"] = json!(2);
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let run = dir.join("run");
-    let out = finished(dbps(&[
-        "train",
-        "--config",
-        config_path.to_str().unwrap(),
-        "--output",
-        run.to_str().unwrap(),
-    ]));
-    assert!(out.status.success(), "train failed: {}", stderr(&out));
-    // DBPS unfinished as far as the run knows, so that --resume continues it.
-    let mut metrics = read_json(&run.join("metrics.json"));
-    metrics["methods"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|m| m["method"] == "IPS");
-    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    let (run, _) = run_with_dbps_unfinished("history", 2);
     let method_dir = run.join("DBPS");
     let kept = checkpoint_files(&method_dir);
     assert!(kept.iter().any(|f| f == "model-2.mpk"), "{kept:?}");
@@ -206,28 +220,9 @@ fn resume_never_discards_checkpoints_whose_figures_are_lost() {
 /// the run still ends with the uninterrupted run's metrics.
 #[test]
 fn a_damaged_checkpoint_falls_back_to_the_epoch_before() {
-    let dir = scratch("damaged");
-    let config_path = dir.join("config.json");
-    let mut config = config();
-    config["train"]["epochs"] = json!(3);
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let run = dir.join("run");
-    let out = finished(dbps(&[
-        "train",
-        "--config",
-        config_path.to_str().unwrap(),
-        "--output",
-        run.to_str().unwrap(),
-    ]));
-    assert!(out.status.success(), "train failed: {}", stderr(&out));
-    let whole = read_json(&run.join("metrics.json"));
+    let (run, whole) = run_with_dbps_unfinished("damaged", 3);
     let expected = outcome(&whole);
-    let mut metrics = whole.clone();
-    metrics["methods"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|m| m["method"] == "IPS");
-    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    let metrics = read_json(&run.join("metrics.json"));
     let checkpoints = run.join("DBPS/checkpoint");
     for (part, keep) in [("optim", 0), ("scheduler", 7)] {
         let file = checkpoints.join(format!("{part}-3.mpk"));
@@ -258,10 +253,7 @@ fn a_damaged_checkpoint_falls_back_to_the_epoch_before() {
 #[test]
 fn a_run_directory_being_written_refuses_a_second_writer() {
     let dir = scratch("locked");
-    let config_path = dir.join("config.json");
-    let mut config = config();
-    config["train"]["epochs"] = json!(50);
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let config_path = write_config(&dir, 50);
     let run = dir.join("run");
     let mut child = dbps(&[
         "train",
@@ -298,26 +290,7 @@ fn a_run_directory_being_written_refuses_a_second_writer() {
 /// manifest that says what the checkpoints were trained with; nothing is written.
 #[test]
 fn resume_refuses_a_config_that_is_not_the_one_trained_with() {
-    let dir = scratch("edited");
-    let config_path = dir.join("config.json");
-    let mut config = config();
-    config["train"]["epochs"] = json!(2);
-    std::fs::write(&config_path, config.to_string()).unwrap();
-    let run = dir.join("run");
-    let out = finished(dbps(&[
-        "train",
-        "--config",
-        config_path.to_str().unwrap(),
-        "--output",
-        run.to_str().unwrap(),
-    ]));
-    assert!(out.status.success(), "train failed: {}", stderr(&out));
-    let mut metrics = read_json(&run.join("metrics.json"));
-    metrics["methods"]
-        .as_array_mut()
-        .unwrap()
-        .retain(|m| m["method"] == "IPS");
-    std::fs::write(run.join("metrics.json"), metrics.to_string()).unwrap();
+    let (run, _) = run_with_dbps_unfinished("edited", 2);
     let mut edited = read_json(&run.join("config.json"));
     edited["methods"][1]["s"] = json!(3);
     std::fs::write(run.join("config.json"), edited.to_string()).unwrap();
@@ -369,10 +342,7 @@ fn a_full_disk_fails_the_run_loudly() {
         eprintln!("SKIPPED a_full_disk_fails_the_run_loudly: cannot mount a tmpfs (needs root)");
         return;
     };
-    let config_path = dir.join("config.json");
-    let mut config = config();
-    config["train"]["epochs"] = json!(20);
-    std::fs::write(&config_path, config.to_string()).unwrap();
+    let config_path = write_config(&dir, 20);
     let run = disk.0.join("run");
     let out = finished(dbps(&[
         "train",

@@ -172,6 +172,9 @@ pub struct StepResult {
     pub inputs_included_bytes: Option<u64>,
 }
 
+/// Why a runner has no model: a step unwound between taking it and putting it back.
+const MODEL_LOST: &str = "the model was lost by a step that did not finish; start a new runner";
+
 /// One method's model, optimizer, meter and batch, stepped on demand.
 struct StepRunner<B: AutodiffBackend> {
     model: Option<TrainedClassifier<B>>,
@@ -212,20 +215,14 @@ impl<B: AutodiffBackend> StepRunner<B> {
         })
     }
 
-    fn parameters(&self, tasks: usize) -> usize {
-        let model = self
-            .model
-            .as_ref()
-            .expect("the model is put back after every step");
-        ExchangeLayout::of(model, tasks, 1).parameters()
+    fn parameters(&self, tasks: usize) -> Result<usize> {
+        let model = self.model.as_ref().context(MODEL_LOST)?;
+        Ok(ExchangeLayout::of(model, tasks, 1).parameters())
     }
 
     /// One training step and optimizer step, metered; a step that failed is an error.
     fn step(&mut self) -> Result<()> {
-        let model = self
-            .model
-            .take()
-            .expect("the model is put back after every step");
+        let model = self.model.take().context(MODEL_LOST)?;
         let out = TrainStep::step(&model, self.batch.clone());
         self.model = Some(self.optimizer.step(1e-4, model, out.grads));
         match self.monitor.take_failure() {
@@ -248,7 +245,7 @@ pub fn train_steps<B: AutodiffBackend>(
     anyhow::ensure!(timed >= 1, "train_steps: time at least one step");
     let heap_base = live_heap_bytes();
     let mut runner = StepRunner::<B>::new(geometry, method, engine, device)?;
-    let parameters = runner.parameters(geometry.tasks.len());
+    let parameters = runner.parameters(geometry.tasks.len())?;
     let before = Resident::baseline()?;
     let mut heap_top = None;
     for _ in 0..WARMUP + timed {

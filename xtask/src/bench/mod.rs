@@ -434,26 +434,18 @@ fn checks(rows: &[RowResult], references: &BTreeMap<String, Reference>) -> Vec<C
         Some(step(a)?.peak_heap_step_bytes? as f64 / step(b)?.peak_heap_step_bytes? as f64)
     };
     let (ips, dbps, drop) = ("step/cqu-ips-m12", "step/cqu-dbps", "step/cqu-drop");
-    out.push(Check::at_most(
-        "DBPS / IPS time (CQU)",
-        time(dbps, ips),
-        1.05,
-    ));
-    out.push(Check::at_most(
-        "DBPS / IPS memory, peak-RSS growth (CQU)",
-        rss(dbps, ips),
-        1.05,
-    ));
-    out.push(Check::at_most(
-        "DBPS / IPS memory, step heap (CQU)",
-        heap(dbps, ips),
-        1.05,
-    ));
-    out.push(Check::at_most(
-        "DBPS r=0.3 / IPS time (CQU)",
-        time(drop, ips),
-        0.85,
-    ));
+    for (what, value, bound) in [
+        ("DBPS / IPS time (CQU)", time(dbps, ips), 1.05),
+        (
+            "DBPS / IPS memory, peak-RSS growth (CQU)",
+            rss(dbps, ips),
+            1.05,
+        ),
+        ("DBPS / IPS memory, step heap (CQU)", heap(dbps, ips), 1.05),
+        ("DBPS r=0.3 / IPS time (CQU)", time(drop, ips), 0.85),
+    ] {
+        out.push(Check::at_most(what, value, bound));
+    }
     for big in ["step/mnist-ips-3600", "step/mnist-ips-14400"] {
         if find(big).is_some() {
             out.push(Check::at_most(
