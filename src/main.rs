@@ -219,6 +219,10 @@ struct SlideArgs {
     /// For tiled TIFF slides: MiB of decoded tiles kept in memory.
     #[arg(long, default_value_t = 64)]
     tile_cache_mib: usize,
+    /// For ordinary images (decoded whole): the most pixels a file may declare; a larger one
+    /// is refused from its header, before it is decoded.
+    #[arg(long, default_value_t = dbps_data::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
 }
 
 impl SlideArgs {
@@ -230,6 +234,7 @@ impl SlideArgs {
             );
         }
         Ok(SlideOptions {
+            max_pixels: self.max_pixels,
             downsample: self.downsample,
             tissue_mask: self.tissue_mask,
             cache_bytes: self.tile_cache_mib.max(1) << 20,

@@ -380,6 +380,30 @@ fn check_slides(dir: &Path, run: &Path, images: &[PathBuf]) {
         assert!(!err.contains("panicked"), "{err}");
     }
 
+    // An ordinary image: a JPEG cut short (decoders fill the rest with grey and succeed), and
+    // one larger than the pixel budget.
+    let cut = dir.join("cut.jpg");
+    let mut jpeg = std::io::Cursor::new(Vec::new());
+    image::open(&images[0])
+        .unwrap()
+        .write_to(&mut jpeg, image::ImageFormat::Jpeg)
+        .unwrap();
+    let jpeg = jpeg.into_inner();
+    std::fs::write(&cut, &jpeg[..jpeg.len() / 2]).unwrap();
+    let out = dbps(&["predict", cut.to_str().unwrap(), "--checkpoint", run]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains("cut.jpg") && err.contains("truncated"),
+        "{err}"
+    );
+    let image = images[0].to_str().unwrap();
+    let out = dbps(&["predict", image, "--checkpoint", run, "--max-pixels", "100"]);
+    let err = stderr(&out);
+    assert!(
+        !out.status.success() && err.contains(image) && err.contains("--max-pixels"),
+        "{err}"
+    );
+
     // A checkpoint whose config builds a model of another shape.
     let other = dir.join("other");
     std::fs::create_dir_all(other.join("DBPS/checkpoint")).unwrap();

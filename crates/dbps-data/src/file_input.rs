@@ -4,9 +4,11 @@
 use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageReader, RgbImage};
+use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
+use std::io::Cursor;
 
 use crate::folder::IMAGE_EXTENSIONS;
+use crate::jpeg_end::check_jpeg_complete;
 use crate::{DataError, Pixels, Sample};
 
 /// How a model's training data turned files into pixels, so that a new file is fed the same
@@ -45,9 +47,10 @@ impl FileInput {
 }
 
 impl FileInput {
-    /// The file as a sample without targets.
-    pub fn read(&self, path: &Path) -> Result<Sample, DataError> {
-        let image = decode(path)?;
+    /// The file as a sample without targets; an image larger than `max_pixels` (see
+    /// [`DEFAULT_MAX_PIXELS`]) is refused from its header.
+    pub fn read(&self, path: &Path, max_pixels: u64) -> Result<Sample, DataError> {
+        let image = decode(path, max_pixels)?;
         Ok(match *self {
             Self::Gray => {
                 let gray = image.to_luma8();
@@ -87,22 +90,61 @@ impl FileInput {
     }
 }
 
+/// The largest image dbps decodes whole unless told otherwise, in pixels: PIL's
+/// decompression-bomb limit (2 × 89,478,485), about 13,400² px. A 250 KB PNG can declare
+/// 16,000² px; such a file is refused from its header before anything is decoded. Larger
+/// images are read by raising the budget (`--max-pixels`, `dataset.<kind>.max_pixels`) or,
+/// better, saved as a tiled pyramid that dbps streams.
+pub const DEFAULT_MAX_PIXELS: u64 = 178_956_970;
+
 /// Decodes an image file (format from its content), naming the file and the fix on failure.
-pub(crate) fn decode(path: &Path) -> Result<DynamicImage, DataError> {
+/// The size its header declares must fit `max_pixels`; a JPEG must reach its end-of-image
+/// marker (decoders fill a truncated JPEG with grey and report success).
+pub(crate) fn decode(path: &Path, max_pixels: u64) -> Result<DynamicImage, DataError> {
     let unreadable = |e: &dyn std::fmt::Display| DataError::Folder {
         path: path.to_path_buf(),
         problem: format!("cannot decode the image: {e}"),
         fix: "replace or remove the file (truncated or corrupt)".into(),
     };
-    ImageReader::open(path)
-        .map_err(|source| DataError::Io {
+    let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reader = || {
+        ImageReader::new(Cursor::new(bytes.as_slice()))
+            .with_guessed_format()
+            .map_err(|e| unreadable(&e))
+    };
+    let (width, height) = reader()?.into_dimensions().map_err(|e| unreadable(&e))?;
+    check_pixel_budget(path, [width, height], max_pixels)?;
+    let mut reader = reader()?;
+    if reader.format() == Some(ImageFormat::Jpeg) {
+        check_jpeg_complete(&bytes).map_err(|e| unreadable(&e))?;
+    }
+    let mut limits = Limits::default();
+    // Room for the declared pixels at up to 16-bit RGBA; the header check above is the limit.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(limits);
+    reader.decode().map_err(|e| unreadable(&e))
+}
+
+/// An error naming the file when `[width, height]` exceeds `max_pixels`.
+pub(crate) fn check_pixel_budget(
+    path: &Path,
+    [width, height]: [u32; 2],
+    max_pixels: u64,
+) -> Result<(), DataError> {
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > max_pixels {
+        return Err(DataError::Folder {
             path: path.to_path_buf(),
-            source,
-        })?
-        .with_guessed_format()
-        .map_err(|e| unreadable(&e))?
-        .decode()
-        .map_err(|e| unreadable(&e))
+            problem: format!(
+                "its header declares {width}×{height} px ({pixels} pixels), more than the {max_pixels} dbps decodes whole"
+            ),
+            fix: "if the image is genuine, raise the pixel budget (`--max-pixels` for predict and explain, `max_pixels` in the dataset config) or save it as a tiled pyramidal TIFF, which dbps streams tile by tile".into(),
+        });
+    }
+    Ok(())
 }
 
 /// `rgb` resized to `height × width` (bilinear) as channel-major bytes `[3, H, W]`.
@@ -177,7 +219,7 @@ mod tests {
         image::GrayImage::from_fn(6, 4, |x, _| image::Luma([if x == 0 { 255 } else { 0 }]))
             .save(&path)
             .unwrap();
-        let gray = FileInput::Gray.read(&path).unwrap();
+        let gray = FileInput::Gray.read(&path, DEFAULT_MAX_PIXELS).unwrap();
         assert_eq!([gray.channels, gray.height, gray.width], [1, 4, 6]);
         let Pixels::F32(values) = &gray.image else {
             panic!("gray files are f32")
@@ -187,14 +229,14 @@ mod tests {
             height: 8,
             width: 8,
         }
-        .read(&path)
+        .read(&path, DEFAULT_MAX_PIXELS)
         .unwrap();
         assert_eq!([photo.channels, photo.height, photo.width], [3, 8, 8]);
         assert_eq!(photo.image.len(), 3 * 64);
 
         std::fs::write(dir.join("b.png"), b"not a png").unwrap();
         let err = FileInput::Gray
-            .read(&dir.join("b.png"))
+            .read(&dir.join("b.png"), DEFAULT_MAX_PIXELS)
             .unwrap_err()
             .to_string();
         assert!(
@@ -204,5 +246,37 @@ mod tests {
         assert_eq!(image_files(std::slice::from_ref(&dir)).unwrap().len(), 2);
         let err = image_files(&[dir.join("absent")]).unwrap_err().to_string();
         assert!(err.contains("absent"), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_jpeg_and_an_image_over_the_pixel_budget_are_refused() {
+        let dir = std::env::temp_dir().join(format!("dbps-file-budget-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let whole = dir.join("whole.jpg");
+        image::RgbImage::from_fn(64, 48, |x, y| image::Rgb([x as u8 * 3, y as u8 * 5, 90]))
+            .save(&whole)
+            .unwrap();
+        let bytes = std::fs::read(&whole).unwrap();
+        let cut = dir.join("cut.jpg");
+        std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
+        assert!(FileInput::Rgb.read(&whole, DEFAULT_MAX_PIXELS).is_ok());
+        let err = FileInput::Rgb
+            .read(&cut, DEFAULT_MAX_PIXELS)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cut.jpg") && err.contains("truncated"),
+            "{err}"
+        );
+
+        // 64 × 48 = 3,072 pixels: refused under a budget of 3,071, read at 3,072.
+        let err = FileInput::Rgb.read(&whole, 3_071).unwrap_err().to_string();
+        assert!(
+            err.contains("whole.jpg") && err.contains("64×48") && err.contains("--max-pixels"),
+            "{err}"
+        );
+        assert!(FileInput::Rgb.read(&whole, 3_072).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,7 +9,7 @@ use image::ImageReader;
 use rand::{RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
-use crate::file_input::{decode, planar_resized};
+use crate::file_input::{DEFAULT_MAX_PIXELS, check_pixel_budget, decode, planar_resized};
 use crate::{DataError, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
 
 /// File extensions read as images (case-insensitive).
@@ -41,6 +41,14 @@ pub struct ImageFolderConfig {
     /// Seed of the validation carve-out and the augmentation.
     #[serde(default)]
     pub seed: u64,
+    /// Largest image decoded, in pixels; a file whose header declares more is refused
+    /// before it is decoded (default [`DEFAULT_MAX_PIXELS`]).
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn default_max_pixels() -> u64 {
+    DEFAULT_MAX_PIXELS
 }
 
 fn default_val_fraction() -> f64 {
@@ -178,6 +186,15 @@ impl ImageFolder {
                 ),
             });
         }
+        if (config.height as u64).saturating_mul(config.width as u64) > config.max_pixels {
+            return Err(DataError::Config {
+                field: "dataset.image_folder.height/width",
+                reason: format!(
+                    "{}×{} px is more than `max_pixels` ({}); resize to fewer pixels or raise `max_pixels`",
+                    config.height, config.width, config.max_pixels
+                ),
+            });
+        }
         if !(0.0..1.0).contains(&config.val_fraction) {
             return Err(DataError::Config {
                 field: "dataset.image_folder.val_fraction",
@@ -244,6 +261,7 @@ impl ImageFolder {
         let mut smallest: Option<(PathBuf, [u32; 2])> = None;
         for (done, (path, _)) in files.iter().enumerate() {
             let [w, h] = image_size(path)?;
+            check_pixel_budget(path, [w, h], config.max_pixels)?;
             prepared(done + 1, files.len());
             if smallest
                 .as_ref()
@@ -341,7 +359,7 @@ impl ImageSource for ImageFolder {
             len: self.files.len(),
         })?;
         let (h, w) = (self.config.height, self.config.width);
-        let mut pixels = planar_resized(&decode(path)?.to_rgb8(), [h, w]);
+        let mut pixels = planar_resized(&decode(path, self.config.max_pixels)?.to_rgb8(), [h, w]);
         if self.augment {
             let draw = self.draws[index].fetch_add(1, Ordering::Relaxed);
             let seed = self.config.seed
@@ -398,6 +416,7 @@ mod tests {
             augment: true,
             max_shift: 4,
             seed: 5,
+            max_pixels: DEFAULT_MAX_PIXELS,
         }
     }
 

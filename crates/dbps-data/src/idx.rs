@@ -40,7 +40,16 @@ impl IdxDigits {
     }
 }
 
+/// The most bytes an IDX file may inflate to: 20× the full MNIST training images (47 MB), so
+/// that a gzip bomb (a few KB inflating to gigabytes) is refused instead of filling memory.
+pub const MAX_IDX_BYTES: u64 = 1 << 30;
+
 fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
+    read_all_capped(path, MAX_IDX_BYTES)
+}
+
+/// [`read_all`] with the inflated size capped at `cap` bytes.
+fn read_all_capped(path: &Path, cap: u64) -> Result<Vec<u8>, DataError> {
     let io = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
@@ -50,18 +59,25 @@ fn read_all(path: &Path) -> Result<Vec<u8>, DataError> {
         .and_then(|mut f| f.read_to_end(&mut raw))
         .map_err(io)?;
     if path.extension().is_some_and(|e| e == "gz") {
+        let corrupt = |reason: String| DataError::Corrupt {
+            path: path.to_path_buf(),
+            kind: if path.to_string_lossy().contains("label") {
+                "labels"
+            } else {
+                "images"
+            },
+            reason,
+        };
         let mut out = Vec::new();
         GzDecoder::new(raw.as_slice())
+            .take(cap + 1)
             .read_to_end(&mut out)
-            .map_err(|e| DataError::Corrupt {
-                path: path.to_path_buf(),
-                kind: if path.to_string_lossy().contains("label") {
-                    "labels"
-                } else {
-                    "images"
-                },
-                reason: format!("gzip stream is damaged ({e})"),
-            })?;
+            .map_err(|e| corrupt(format!("gzip stream is damaged ({e})")))?;
+        if out.len() as u64 > cap {
+            return Err(corrupt(format!(
+                "it inflates to more than {cap} bytes, the most an IDX file may hold here (a gzip bomb, or not an IDX file)"
+            )));
+        }
         raw = out;
     }
     Ok(raw)
@@ -232,6 +248,31 @@ mod tests {
         let err = read(&dir).unwrap_err();
         assert!(
             matches!(&err, DataError::Corrupt { kind: "images", reason, .. } if reason.contains("header promises")),
+            "{err}"
+        );
+    }
+
+    /// A gzip stream inflating past its cap is refused once the cap is passed (before:
+    /// inflated whole, whatever its size); one just under it is read. (The cap is lowered to
+    /// 1 MiB here so that the test does not inflate [`MAX_IDX_BYTES`].)
+    #[test]
+    fn a_gzip_bomb_is_refused() {
+        use std::io::Write;
+        let dir = temp_dir("bomb");
+        let path = dir.join("t-images-idx3-ubyte.gz");
+        let gzip = |bytes: usize| {
+            let file = File::create(&path).unwrap();
+            let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+            gz.write_all(&vec![0u8; bytes]).unwrap();
+            gz.finish().unwrap();
+        };
+        gzip(1 << 20);
+        assert_eq!(read_all_capped(&path, 1 << 20).unwrap().len(), 1 << 20);
+        gzip((1 << 20) + 1);
+        assert!(std::fs::metadata(&path).unwrap().len() < 10_000);
+        let err = read_all_capped(&path, 1 << 20).unwrap_err();
+        assert!(
+            matches!(&err, DataError::Corrupt { kind: "images", reason, .. } if reason.contains("gzip bomb")),
             "{err}"
         );
     }

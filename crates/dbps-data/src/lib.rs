@@ -36,6 +36,7 @@ mod file_input;
 mod folder;
 mod glyphs;
 mod idx;
+mod jpeg_end;
 mod majority;
 mod mnist;
 mod sample;
@@ -52,7 +53,7 @@ pub use features::{
     BAG_CLASSES, FEATURE_EXTENSIONS, FeatureBags, FeatureBagsConfig, FeatureFile, write_npy,
     write_safetensors,
 };
-pub use file_input::{FileInput, image_files};
+pub use file_input::{DEFAULT_MAX_PIXELS, FileInput, image_files};
 pub use folder::{IMAGE_EXTENSIONS, ImageFolder, ImageFolderConfig};
 pub use idx::{IdxDigits, read_idx_digits};
 pub use majority::{SyntheticMajority, SyntheticMajorityConfig};

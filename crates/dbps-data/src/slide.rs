@@ -17,6 +17,7 @@ use tiff::decoder::{ChunkType, Decoder, DecodingResult};
 use tiff::tags::Tag;
 
 use crate::DataError;
+use crate::jpeg_end::check_jpeg_complete;
 
 /// TIFF compression codes dbps reads: none, LZW, JPEG, deflate (Adobe and old-style).
 const COMPRESSIONS: [(u16, &str); 5] = [
@@ -105,6 +106,34 @@ impl TileCache {
         self.clock += 1;
         self.tiles.insert(key, (self.clock, tile));
     }
+}
+
+/// TIFF compression code of JPEG tiles.
+const JPEG: u16 = 7;
+
+/// The most bytes one decoded tile may take: the tiff crate's own decoding buffer limit, so
+/// a tile size is refused when the slide is opened rather than when its first tile is read.
+const MAX_TILE_BYTES: u64 = 256 << 20;
+
+/// Checks that `level`, whose downsample was derived from its width, has the height that
+/// downsample implies of level 0 (`full`, `[height, width]`): each side of a pyramid level is
+/// level 0's divided by the downsample and rounded either way, so
+/// `|h·W − w·H| < W + H`. A level of another shape would map patches to the wrong place.
+fn check_level_shape(full: [usize; 2], level: &SlideLevel) -> Result<(), String> {
+    let [big_h, big_w] = full.map(|v| v as u128);
+    let [h, w] = level.size.map(|v| v as u128);
+    if (h * big_w).abs_diff(w * big_h) >= big_w + big_h {
+        return Err(format!(
+            "is {}×{} px (width × height): at its downsample {:.3} of the {}×{} px level 0 its height should be about {:.0} px; it is not a level of this pyramid",
+            w,
+            h,
+            level.downsample,
+            big_w,
+            big_h,
+            big_h as f64 / level.downsample
+        ));
+    }
+    Ok(())
 }
 
 /// A tiled TIFF or BigTIFF pyramid, read a tile at a time.
@@ -200,6 +229,12 @@ impl Slide {
                         "image {ifd} has tiles with compression {compression}, which dbps does not read (it reads none, deflate, LZW and JPEG)"
                     )));
                 }
+                if u64::from(tw) * u64::from(th) * channels as u64 > MAX_TILE_BYTES {
+                    return Err(bad(format!(
+                        "image {ifd} declares {tw}×{th} px tiles, more than the {} MiB a decoded tile may take",
+                        MAX_TILE_BYTES >> 20
+                    )));
+                }
                 let level = SlideLevel {
                     size: [h as usize, w as usize],
                     tile: [th as usize, tw as usize],
@@ -221,7 +256,13 @@ impl Slide {
         }
         found.sort_by_key(|(_, level, _)| std::cmp::Reverse(level.size[1]));
         let channels = found[0].2;
-        let full = found[0].1.size[1] as f64;
+        let full = found[0].1.size;
+        let file_len = std::fs::metadata(path)
+            .map_err(|source| DataError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?
+            .len();
         let mut levels = Vec::with_capacity(found.len());
         let mut raw = Vec::with_capacity(found.len());
         let mut decoders = Vec::with_capacity(found.len());
@@ -231,7 +272,8 @@ impl Slide {
                     "its levels mix {channels}- and {c}-channel pixels"
                 )));
             }
-            level.downsample = full / level.size[1] as f64;
+            level.downsample = full[1] as f64 / level.size[1] as f64;
+            check_level_shape(full, &level).map_err(|p| bad(format!("image {ifd} {p}")))?;
             let mut decoder = open()?;
             decoder
                 .seek_to_image(ifd)
@@ -248,6 +290,22 @@ impl Slide {
                     offsets.len(),
                     level.tile_count()
                 )));
+            }
+            if let Some((i, (offset, count))) = offsets
+                .iter()
+                .zip(&counts)
+                .take(level.tile_count())
+                .enumerate()
+                .find(|(_, (o, c))| o.checked_add(**c).is_none_or(|end| end > file_len))
+            {
+                return Err(DataError::Folder {
+                    path: path.to_path_buf(),
+                    problem: format!(
+                        "tile {i} of image {ifd} lies at bytes {offset}..{} but the file holds {file_len} bytes",
+                        u128::from(*offset) + u128::from(*count)
+                    ),
+                    fix: "the file is truncated or damaged; copy or export it again".into(),
+                });
             }
             let predictor = decoder
                 .find_tag_unsigned::<u16>(Tag::Predictor)
@@ -311,6 +369,15 @@ impl Slide {
         {
             return Ok(tile);
         }
+        if self.levels[level].compression == JPEG {
+            self.raw_tile(level, index)
+                .and_then(|raw| check_jpeg_complete(&raw))
+                .map_err(|reason| DataError::Folder {
+                    path: self.path.clone(),
+                    problem: format!("tile {index} of level {level} cannot be read: {reason}"),
+                    fix: "the file is truncated or damaged; copy or export it again".into(),
+                })?;
+        }
         let decoded = {
             let mut decoder = self.decoders[level]
                 .lock()
@@ -350,15 +417,7 @@ impl Slide {
     /// the last row's padding is skipped ("no lzw end code found"); the whole tile decoded at
     /// once has no such edge.
     fn decode_lzw(&self, level: usize, index: usize) -> Result<Vec<u8>, String> {
-        use std::io::{Read, Seek, SeekFrom};
-        let (offset, length) = self.raw[level].0[index];
-        let mut raw = vec![0u8; length as usize];
-        File::open(&self.path)
-            .and_then(|mut f| {
-                f.seek(SeekFrom::Start(offset))?;
-                f.read_exact(&mut raw)
-            })
-            .map_err(|e| e.to_string())?;
+        let raw = self.raw_tile(level, index)?;
         let full = weezl::decode::Decoder::with_tiff_size_switch(weezl::BitOrder::Msb, 8)
             .decode(&raw)
             .map_err(|e| e.to_string())?;
@@ -373,6 +432,27 @@ impl Slide {
         Ok((0..dh)
             .flat_map(|y| full[y * tw * c..(y * tw + dw) * c].iter().copied())
             .collect())
+    }
+
+    /// The stored (compressed) bytes of tile `index` of `level`; their extent was checked
+    /// against the file's length when it was opened.
+    fn raw_tile(&self, level: usize, index: usize) -> Result<Vec<u8>, String> {
+        use std::io::{Read, Seek, SeekFrom};
+        let (offset, length) = self.raw[level].0[index];
+        let mut raw = Vec::new();
+        File::open(&self.path)
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(offset))?;
+                f.take(length).read_to_end(&mut raw)
+            })
+            .map_err(|e| e.to_string())?;
+        if raw.len() as u64 != length {
+            return Err(format!(
+                "{} of its {length} bytes are in the file",
+                raw.len()
+            ));
+        }
+        Ok(raw)
     }
 
     /// Pixels `[h, w, C]` (interleaved) of the region at `[y, x]` of `level`; what lies
@@ -883,6 +963,88 @@ mod tests {
             err.contains("tile 0 of level 0") && err.contains("damaged"),
             "{err}"
         );
+    }
+
+    /// A JPEG tile whose stream lost its end, a tile whose bytes lie past the end of the
+    /// file, and a level whose shape is not its pyramid's are refused, naming what is wrong.
+    #[test]
+    fn truncated_tiles_and_misshapen_levels_are_refused() {
+        let dir = scratch("truncated");
+        let path = dir.join("jpeg.tif");
+        write(
+            &path,
+            [64, 64],
+            3,
+            TileCompression::Jpeg { quality: 90 },
+            false,
+        );
+        let mut bytes = std::fs::read(&path).unwrap();
+        // The first tile's end-of-image marker (the first FF D9 after byte 8) overwritten:
+        // the tile is the stream of a JPEG cut short before its end.
+        let eoi = 8 + bytes[8..]
+            .windows(2)
+            .position(|w| w == [0xFF, 0xD9])
+            .unwrap();
+        bytes[eoi..eoi + 2].fill(0);
+        std::fs::write(&path, &bytes).unwrap();
+        let slide = Slide::open(&path, 1 << 20).unwrap();
+        let err = slide
+            .read_region(0, [0, 0], [8, 8])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tile 0 of level 0") && err.contains("truncated"),
+            "{err}"
+        );
+
+        // One 32 × 32 gray tile, uncompressed: its byte count (1,024, a LONG held in its IFD
+        // entry) raised past the end of the file.
+        let path = dir.join("long.tif");
+        let spec = PyramidSpec {
+            levels: vec![[32, 32]],
+            tile: 32,
+            channels: 1,
+            compression: TileCompression::None,
+            big: false,
+        };
+        write_tiled_tiff(&path, &spec, |_, _, side| vec![7; side * side]).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let entry = [0x45, 0x01, 4, 0, 1, 0, 0, 0, 0, 4, 0, 0];
+        let at = bytes
+            .windows(12)
+            .position(|w| w == entry)
+            .expect("the TileByteCounts entry (tag 325, LONG, 1 value: 1024)");
+        bytes[at + 8..at + 12].copy_from_slice(&(1u32 << 31).to_le_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        let err = Slide::open(&path, 1 << 20).unwrap_err().to_string();
+        assert!(
+            err.contains("tile 0 of image 0") && err.contains("truncated"),
+            "{err}"
+        );
+
+        // A second level half as wide as level 0 but a quarter as high.
+        let path = dir.join("shape.tif");
+        let spec = PyramidSpec {
+            levels: vec![[64, 64], [16, 32]],
+            tile: 32,
+            channels: 1,
+            compression: TileCompression::None,
+            big: false,
+        };
+        write_tiled_tiff(&path, &spec, |_, _, side| vec![7; side * side]).unwrap();
+        let err = Slide::open(&path, 1 << 20).unwrap_err().to_string();
+        assert!(
+            err.contains("image 1") && err.contains("not a level of this pyramid"),
+            "{err}"
+        );
+        // Rounding either way is a level: 65 × 65 over 33 × 32.
+        let path = dir.join("odd.tif");
+        let spec = PyramidSpec {
+            levels: vec![[65, 65], [33, 32]],
+            ..spec
+        };
+        write_tiled_tiff(&path, &spec, |_, _, side| vec![7; side * side]).unwrap();
+        assert_eq!(Slide::open(&path, 1 << 20).unwrap().levels().len(), 2);
     }
 
     #[test]

@@ -31,6 +31,7 @@ mod identity;
 mod inference;
 mod native;
 mod projector;
+mod pth_archive;
 mod resnet;
 mod tiny_cnn;
 mod weights;

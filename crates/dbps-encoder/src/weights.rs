@@ -17,6 +17,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::{Tensor, TensorData, backend::Backend};
 
 use crate::batchnorm::BatchNorm2d;
+use crate::pth_archive::check_pth_archive;
 use crate::{Downsample, ResNet, ResNetBlock};
 
 /// What can be wrong with a weight file or between it and the model.
@@ -57,6 +58,19 @@ pub enum WeightsError {
         expected: Vec<usize>,
         /// Shape in the file.
         found: Vec<usize>,
+    },
+    /// A tensor holds values no trained network has: NaN or infinite weights, a negative
+    /// BatchNorm variance.
+    #[error(
+        "tensor `{tensor}` in {path} {problem}: the file is damaged or was saved from a diverged training; use the original weights"
+    )]
+    Values {
+        /// The file.
+        path: PathBuf,
+        /// torchvision name of the tensor.
+        tensor: String,
+        /// What is wrong, with the first offending element.
+        problem: String,
     },
     /// The file holds a tensor of a kept stage that the model has no place for.
     #[error(
@@ -165,6 +179,9 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, String> 
 }
 
 fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    check_pth_archive(std::io::BufReader::new(file), len)?;
     let reader = burn_store::pytorch::PytorchReader::new(path).map_err(|e| e.to_string())?;
     let mut out = HashMap::new();
     for (name, snapshot) in reader.into_tensors() {
@@ -214,6 +231,26 @@ impl Loader<'_> {
                 expected: expected.to_vec(),
                 found: tensor.shape.clone(),
             });
+        }
+        let bad = |problem: String| WeightsError::Values {
+            path: self.weights.path.clone(),
+            tensor: name.into(),
+            problem,
+        };
+        if let Some((i, v)) = tensor
+            .values
+            .iter()
+            .enumerate()
+            .find(|(_, v)| !v.is_finite())
+        {
+            return Err(bad(format!("holds {v} at element {i}")));
+        }
+        if name.ends_with("running_var")
+            && let Some((i, v)) = tensor.values.iter().enumerate().find(|(_, v)| **v < 0.0)
+        {
+            return Err(bad(format!(
+                "holds the negative variance {v} at element {i}"
+            )));
         }
         self.used.push(name.into());
         Ok(tensor.values.clone())

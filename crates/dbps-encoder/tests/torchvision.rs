@@ -257,3 +257,85 @@ fn unexpected_and_missing_tensors_are_named() {
         "{err}"
     );
 }
+
+/// The 2-stage fixture written again as `.safetensors` after `edit` changed its values.
+fn edited_copy(dir: &Path, file: &str, edit: impl Fn(&str, &mut Vec<f32>)) -> PathBuf {
+    let weights = TorchvisionWeights::open(dir.join("resnet18-2stage.safetensors")).unwrap();
+    let bytes: Vec<(String, Vec<u8>, Vec<usize>)> = weights
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = weights.get(n).unwrap();
+            let mut values = t.values.clone();
+            edit(n, &mut values);
+            let raw = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (n.to_string(), raw, t.shape.clone())
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = bytes
+        .iter()
+        .map(|(n, b, s)| {
+            let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b);
+            (n.clone(), view.unwrap())
+        })
+        .collect();
+    let path = std::env::temp_dir().join(format!("dbps-{}-{file}", std::process::id()));
+    safetensors::serialize_to_file(views, None, &path).unwrap();
+    path
+}
+
+/// NaN or infinite weights and negative BatchNorm variances are refused when loaded, naming
+/// the tensor and the element (before: loaded without a word); a `.pth` cut short is named as
+/// truncated (before: "Invalid pickle opcode").
+#[test]
+fn damaged_values_and_truncated_archives_are_named() {
+    let Some(dir) = fixtures("damaged_values_and_truncated_archives_are_named") else {
+        return;
+    };
+    let cases: [(&str, f32, &str); 3] = [
+        ("layer1.0.conv2.weight", f32::NAN, "holds NaN at element 3"),
+        ("layer2.0.bn1.bias", f32::INFINITY, "holds inf at element 3"),
+        (
+            "bn1.running_var",
+            -0.5,
+            "negative variance -0.5 at element 3",
+        ),
+    ];
+    for (tensor, value, says) in cases {
+        let path = edited_copy(&dir, "values.safetensors", |name, values| {
+            if name == tensor {
+                values[3] = value;
+            }
+        });
+        let err = config("resnet18", 2, 3, path.clone())
+            .validate()
+            .unwrap_err();
+        assert!(
+            matches!(&err, EncoderError::Weights(WeightsError::Values { tensor: t, .. }) if t == tensor),
+            "{err}"
+        );
+        assert!(err.to_string().contains(says), "{err}");
+        std::fs::remove_file(path).unwrap();
+    }
+    // A negative running mean is an ordinary value.
+    let path = edited_copy(&dir, "mean.safetensors", |name, values| {
+        if name == "bn1.running_mean" {
+            values[3] = -0.5;
+        }
+    });
+    config("resnet18", 2, 3, path.clone()).validate().unwrap();
+    std::fs::remove_file(path).unwrap();
+
+    let bytes = std::fs::read(dir.join("resnet18.pth")).unwrap();
+    let cut = std::env::temp_dir().join(format!("dbps-{}-cut.pth", std::process::id()));
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = config("resnet18", 2, 3, cut.clone())
+        .validate()
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains(&cut.display().to_string()) && message.contains("truncated or damaged"),
+        "{message}"
+    );
+    std::fs::remove_file(cut).unwrap();
+}

@@ -25,6 +25,18 @@ pub enum TilingError {
         /// Image width in pixels.
         width: usize,
     },
+    /// The grid would hold more than [`crate::MAX_PATCHES`] patches.
+    #[error(
+        "the image cuts into {rows}×{cols} patches, more than the {max} one image may hold; read a more reduced level (a larger downsample) or use larger patches"
+    )]
+    TooManyPatches {
+        /// Patch rows.
+        rows: usize,
+        /// Patch columns.
+        cols: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The image tensor does not have the size the grid was built for.
     #[error(
         "image tensor is {got_h}×{got_w} px but the patch grid was built for {want_h}×{want_w} px; build the grid from the image size"

@@ -13,6 +13,12 @@ pub enum RemainderPolicy {
     ZeroPad,
 }
 
+/// The most patches one grid may hold: 2^24 (16.8 million), a 917,504² px slide cut into
+/// 224 px patches — several times the largest whole-slide image. A grid index list of this
+/// size takes 128 MiB; a file declaring a larger image (a few hundred bytes of TIFF header can)
+/// is refused before any per-patch list is made.
+pub const MAX_PATCHES: usize = 1 << 24;
+
 /// The patches of an `H×W` image: patch side, stride, and a row-major index `row * cols + col`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PatchGrid {
@@ -51,13 +57,21 @@ impl PatchGrid {
                 _ => whole,
             }
         };
+        let (rows, cols) = (count(height), count(width));
+        if rows.checked_mul(cols).is_none_or(|n| n > MAX_PATCHES) {
+            return Err(TilingError::TooManyPatches {
+                rows,
+                cols,
+                max: MAX_PATCHES,
+            });
+        }
         Ok(Self {
             height,
             width,
             patch,
             stride,
-            rows: count(height),
-            cols: count(width),
+            rows,
+            cols,
             remainder,
         })
     }
@@ -163,6 +177,31 @@ mod tests {
         let err = PatchGrid::new([50, 500], 64, 64, RemainderPolicy::Drop).unwrap_err();
         assert!(matches!(err, TilingError::PatchLargerThanImage { .. }));
         assert!(err.to_string().contains("smaller patches"), "{err}");
+    }
+
+    /// A 2^20 × 2^20 px level (what a 300 KB BigTIFF can declare) in 16 px patches is 2^32
+    /// patches: refused; exactly [`MAX_PATCHES`] is a grid.
+    #[test]
+    fn a_grid_beyond_the_patch_limit_is_refused() {
+        let err = PatchGrid::new([1 << 20, 1 << 20], 16, 16, RemainderPolicy::Drop).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                TilingError::TooManyPatches {
+                    rows: 65536,
+                    cols: 65536,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("larger downsample"), "{err}");
+        let side = 1 << 12;
+        let grid = PatchGrid::new([side * 16, side * 16], 16, 16, RemainderPolicy::Drop).unwrap();
+        assert_eq!(grid.len(), MAX_PATCHES);
+        assert!(
+            PatchGrid::new([side * 16 + 16, side * 16], 16, 16, RemainderPolicy::Drop).is_err()
+        );
     }
 
     proptest! {

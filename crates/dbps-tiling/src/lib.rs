@@ -25,5 +25,5 @@ pub use cut::cut_patches;
 pub use drop::PatchDrop;
 pub use error::TilingError;
 pub use extract::extract_patches;
-pub use grid::{PatchGrid, RemainderPolicy};
+pub use grid::{MAX_PATCHES, PatchGrid, RemainderPolicy};
 pub use host::{HostImages, HostPixels, PixelNorm};

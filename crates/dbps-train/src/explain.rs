@@ -515,7 +515,7 @@ pub fn explain<B: Backend>(
                 )
             }
             None => {
-                let sample = method.read(image)?;
+                let sample = method.read(image, options.slides.max_pixels)?;
                 let model = method.fitted(image, &sample)?;
                 let grid = model.plan().grid;
                 let images = Arc::new(host_images(

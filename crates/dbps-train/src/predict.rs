@@ -69,9 +69,10 @@ impl<B: Backend> TrainedMethod<B> {
             })
     }
 
-    /// Reads an image file as this model's training data was read.
-    pub fn read(&self, path: &Path) -> Result<Sample> {
-        Ok(self.file_input()?.read(path)?)
+    /// Reads an image file as this model's training data was read; a file declaring more than
+    /// `max_pixels` is refused from its header.
+    pub fn read(&self, path: &Path, max_pixels: u64) -> Result<Sample> {
+        Ok(self.file_input()?.read(path, max_pixels)?)
     }
 
     /// The classifier with its patch grid fitted to a `sample`, naming `path` when the image
@@ -197,9 +198,15 @@ impl<B: Backend> TrainedMethod<B> {
         Ok((model, source, reading))
     }
 
-    /// Class probabilities of one image file, with the patches the model looked at.
-    pub fn predict(&self, path: &Path, device: &B::Device) -> Result<ImagePrediction> {
-        let sample = self.read(path)?;
+    /// Class probabilities of one image file, with the patches the model looked at; a file
+    /// declaring more than `max_pixels` is refused from its header.
+    pub fn predict(
+        &self,
+        path: &Path,
+        max_pixels: u64,
+        device: &B::Device,
+    ) -> Result<ImagePrediction> {
+        let sample = self.read(path, max_pixels)?;
         let model = self.fitted(path, &sample)?;
         let images = Arc::new(host_images(
             std::slice::from_ref(&sample),
@@ -336,9 +343,12 @@ pub struct ImagePrediction {
     pub slide: Option<SlideReading>,
 }
 
-/// How `dbps predict` and `dbps explain` read whole-slide images (tiled TIFF and BigTIFF).
+/// How `dbps predict` and `dbps explain` read their inputs: whole-slide images (tiled TIFF and
+/// BigTIFF) streamed tile by tile, and the pixel budget of ordinary images decoded whole.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlideOptions {
+    /// The most pixels an ordinary image may declare (see [`dbps_data::DEFAULT_MAX_PIXELS`]).
+    pub max_pixels: u64,
     /// Requested downsample of level 0: the most reduced level not coarser than this is read.
     pub downsample: f64,
     /// Encode only patches on tissue (Otsu threshold on a thumbnail).
@@ -350,6 +360,7 @@ pub struct SlideOptions {
 impl Default for SlideOptions {
     fn default() -> Self {
         Self {
+            max_pixels: dbps_data::DEFAULT_MAX_PIXELS,
             downsample: 1.0,
             tissue_mask: false,
             cache_bytes: 64 << 20,
@@ -492,7 +503,7 @@ impl<B: Backend> Predictor<B> {
             .iter()
             .map(|method| match &slide {
                 Some(slide) => method.predict_slide(slide, &self.slides, &self.device),
-                None => method.predict(file, &self.device),
+                None => method.predict(file, self.slides.max_pixels, &self.device),
             })
             .collect::<Result<Vec<_>>>()?;
         if let Some(reading) = predictions.last().and_then(|p| p.slide) {
