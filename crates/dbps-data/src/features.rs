@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data_path::inside_root;
 use crate::folder::carve_validation;
+use crate::train_classes::check_train_classes;
 use crate::{DataError, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
 
 /// Settings of a feature-bag dataset (`dataset.feature_bags` in a run config).
@@ -367,6 +368,15 @@ impl FeatureBags {
                 carve_validation(by_class, config.val_fraction, config.seed, split)
             }
         };
+        if split == Split::Train {
+            let classes = BAG_CLASSES.map(String::from);
+            check_train_classes(
+                &labels,
+                &classes,
+                &chosen,
+                "list slides of both classes with split `train` in labels.csv",
+            )?;
+        }
         let mut bags = Vec::new();
         for (class, files) in chosen {
             for path in files {
@@ -537,6 +547,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(root.join("features/junk.npy"), b"not numpy").unwrap();
+        // A whole file of the other class, so that each case gets past the two-class check.
+        write_npy(&root.join("features/ok.npy"), 2, 2, &[0.0; 4]).unwrap();
         let labels = |lines: &str| {
             std::fs::write(
                 root.join("labels.csv"),
@@ -545,9 +557,13 @@ mod tests {
             .unwrap();
             FeatureBags::open(&config(root.clone(), 2), Split::Train)
         };
-        let err = labels("wide,tumor,train\n").unwrap_err().to_string();
+        let err = labels("wide,tumor,train\nok,normal,train\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("wide.npy") && err.contains("width 3"), "{err}");
-        let err = labels("junk,tumor,train\n").unwrap_err().to_string();
+        let err = labels("junk,tumor,train\nok,normal,train\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("junk.npy") && err.contains("magic"), "{err}");
         let err = labels("gone,tumor,train\n").unwrap_err().to_string();
         assert!(err.contains("gone") && err.contains("line 2"), "{err}");
@@ -568,17 +584,32 @@ mod tests {
         huge.extend((dict.len() as u16).to_le_bytes());
         huge.extend(dict.as_bytes());
         std::fs::write(root.join("features/huge.npy"), &huge).unwrap();
-        let err = labels("huge,tumor,train\n").unwrap_err().to_string();
+        let err = labels("huge,tumor,train\nok,normal,train\n")
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("huge.npy") && err.contains("more bytes"),
             "{err}"
         );
         let err = labels("nan,cancer,train\n").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("cancer"), "{err}");
-        let bags = labels("nan,tumor,train\n").unwrap();
-        let err = bags.sample(0).unwrap_err().to_string();
+        let bags = labels("nan,tumor,train\nok,normal,train\n").unwrap();
+        let err = (0..2)
+            .find_map(|i| bags.sample(i).err())
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("nan.npy") && err.contains("row 1 column 0"),
+            "{err}"
+        );
+        // Tumor slides only in test: training would see one class (before: trained on it).
+        let err = labels("ok,normal,train\nnan,tumor,test\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("labels.csv")
+                && err.contains("one class only (`normal`)")
+                && err.contains("`tumor`"),
             "{err}"
         );
     }

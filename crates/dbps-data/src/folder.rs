@@ -195,6 +195,16 @@ impl ImageFolder {
                 ),
             });
         }
+        if config.max_shift >= config.height.min(config.width) {
+            return Err(DataError::Config {
+                field: "dataset.image_folder.max_shift",
+                reason: format!(
+                    "{} px must be less than the image's shorter side ({} px); the papers shift by up to 100 px",
+                    config.max_shift,
+                    config.height.min(config.width)
+                ),
+            });
+        }
         if !(0.0..1.0).contains(&config.val_fraction) {
             return Err(DataError::Config {
                 field: "dataset.image_folder.val_fraction",

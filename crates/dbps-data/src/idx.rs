@@ -262,7 +262,7 @@ mod tests {
         let path = dir.join("t-images-idx3-ubyte.gz");
         let gzip = |bytes: usize| {
             let file = File::create(&path).unwrap();
-            let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+            let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::best());
             gz.write_all(&vec![0u8; bytes]).unwrap();
             gz.finish().unwrap();
         };

@@ -34,6 +34,7 @@ mod error;
 mod features;
 mod file_input;
 mod folder;
+mod generated_limits;
 mod glyphs;
 mod idx;
 mod jpeg_end;
@@ -46,6 +47,7 @@ mod slide_writer;
 mod source;
 mod synthetic;
 mod traffic;
+mod train_classes;
 
 pub use canvas::Canvas;
 pub use error::DataError;
@@ -55,6 +57,7 @@ pub use features::{
 };
 pub use file_input::{DEFAULT_MAX_PIXELS, FileInput, image_files};
 pub use folder::{IMAGE_EXTENSIONS, ImageFolder, ImageFolderConfig};
+pub use generated_limits::MAX_SPLIT_SIZE;
 pub use idx::{IdxDigits, read_idx_digits};
 pub use majority::{SyntheticMajority, SyntheticMajorityConfig};
 pub use mnist::{MegapixelMnist, MegapixelMnistConfig};

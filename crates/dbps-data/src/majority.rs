@@ -8,6 +8,7 @@ use rand::seq::index;
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use crate::generated_limits::{check_noise, check_split_sizes};
 use crate::glyphs::{draw_clutter, draw_digit};
 use crate::{Canvas, DataError, ImageSource, Sample, Split, Target, TaskSpec};
 
@@ -88,6 +89,8 @@ impl SyntheticMajority {
     /// be placed are errors naming their key.
     pub fn new(config: &SyntheticMajorityConfig, split: Split) -> Result<Self, DataError> {
         let c = config;
+        check_noise("dataset.synthetic_majority.noise", c.noise)?;
+        check_split_sizes("dataset.synthetic_majority.sizes", c.sizes)?;
         if c.cell == 0 || c.canvas == 0 || !c.canvas.is_multiple_of(c.cell) {
             return Err(majority_error(
                 "dataset.synthetic_majority.cell",

@@ -4,11 +4,15 @@ use std::sync::Arc;
 use rand::{Rng, RngExt, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::{Deserialize, Serialize};
 
+use crate::generated_limits::{check_count, check_split_sizes};
 use crate::{
     Canvas, DataError, IdxDigits, ImageSource, Sample, Split, Target, TaskKind, TaskSpec,
     read_idx_digits,
 };
 
+/// The most noise stamps per canvas, and noise patterns to draw them from (the benchmark uses
+/// 50 of each; each pattern is a patch-sized array).
+const MAX_NOISE: usize = 100_000;
 /// Settings of [`MegapixelMnist`] (method.md §11; the defaults are the IPS protocol).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -83,6 +87,17 @@ pub struct MegapixelMnist {
 impl MegapixelMnist {
     /// The given split, reading the digits from the files the config names.
     pub fn new(config: &MegapixelMnistConfig, split: Split) -> Result<Self, DataError> {
+        check_split_sizes("dataset.megapixel_mnist.sizes", config.sizes)?;
+        check_count(
+            "dataset.megapixel_mnist.noise_stamps",
+            config.noise_stamps,
+            MAX_NOISE,
+        )?;
+        check_count(
+            "dataset.megapixel_mnist.noise_patterns",
+            config.noise_patterns,
+            MAX_NOISE,
+        )?;
         let [train, valid, test] = Self::splits(config)?;
         Ok(match split {
             Split::Train => train,
@@ -159,6 +174,15 @@ impl MegapixelMnist {
                     config.pools
                 ),
             });
+        }
+        if split == Split::Train {
+            let absent = digits_absent(&digits.labels[range.clone()]);
+            if !absent.is_empty() {
+                tracing::warn!(
+                    digits = ?absent,
+                    "the training pool holds no digit {absent:?}: the `multi` task's label for it is never positive in training, and the other tasks never see it"
+                );
+            }
         }
         if config.noise_patterns == 0 && config.noise_stamps > 0 {
             return Err(DataError::Config {
@@ -330,8 +354,28 @@ impl ImageSource for MegapixelMnist {
     }
 }
 
+/// The digits 0–9 that no label of `labels` names.
+fn digits_absent(labels: &[u8]) -> Vec<u8> {
+    let mut seen = [false; 10];
+    for &l in labels {
+        if let Some(s) = seen.get_mut(usize::from(l)) {
+            *s = true;
+        }
+    }
+    (0..10).filter(|&d| !seen[usize::from(d)]).collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn digits_never_in_a_pool_are_found() {
+        assert_eq!(
+            digits_absent(&[0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 3]),
+            Vec::<u8>::new()
+        );
+        assert_eq!(digits_absent(&[1, 1, 9]), vec![0, 2, 3, 4, 5, 6, 7, 8]);
+    }
+
     use super::*;
 
     fn digits() -> Arc<IdxDigits> {

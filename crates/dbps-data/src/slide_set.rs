@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data_path::inside_root;
 use crate::folder::carve_validation;
+use crate::train_classes::check_train_classes;
 use crate::{
     DataError, FileInput, ImageSource, Pixels, Sample, Slide, Split, Target, TaskSpec, TissueMask,
 };
@@ -89,10 +90,13 @@ impl SlidesConfig {
 
     fn check(&self) -> Result<(), DataError> {
         let bad = |field, reason: String| Err(DataError::Config { field, reason });
-        if !(self.downsample.is_finite() && self.downsample >= 1.0) {
+        if !(self.downsample.is_finite() && (1.0..=65_536.0).contains(&self.downsample)) {
             return bad(
                 "dataset.slides.downsample",
-                format!("{} must be 1 (full resolution) or more", self.downsample),
+                format!(
+                    "{} must lie in [1, 65536] (1 = full resolution, 4 = a quarter of the width)",
+                    self.downsample
+                ),
             );
         }
         if !matches!(self.channels, 1 | 3) {
@@ -101,10 +105,13 @@ impl SlidesConfig {
                 format!("{} is neither 3 (RGB) nor 1 (gray)", self.channels),
             );
         }
-        if self.cache_mib == 0 {
+        if !(1..=1 << 20).contains(&self.cache_mib) {
             return bad(
                 "dataset.slides.cache_mib",
-                "must be at least 1 (MiB of decoded tiles per open slide)".into(),
+                format!(
+                    "{} must lie in 1..=1048576 (MiB of decoded tiles per open slide; the default is 64)",
+                    self.cache_mib
+                ),
             );
         }
         if !(0.0..1.0).contains(&self.val_fraction) {
@@ -275,6 +282,14 @@ impl SlideSet {
                 carve_validation(listed("train"), config.val_fraction, config.seed, split)
             }
         };
+        if split == Split::Train {
+            check_train_classes(
+                &config.root.join("labels.csv"),
+                &classes,
+                &chosen,
+                "list slides of at least two classes with split `train` in labels.csv",
+            )?;
+        }
         let total = chosen.iter().map(|(_, files)| files.len()).sum();
         let mut slides = Vec::with_capacity(total);
         for (class, files) in chosen {
@@ -496,7 +511,7 @@ mod tests {
         let e = error("slide,label,split\na.tif,x,train\na.tif,y,test\n");
         assert!(e.contains("listed twice"), "{e}");
         std::fs::write(root.join("not-a-slide.tif"), b"hello").unwrap();
-        let e = error("slide,label,split\nnot-a-slide.tif,x,train\n");
+        let e = error("slide,label,split\nnot-a-slide.tif,x,train\na.tif,y,train\n");
         assert!(e.contains("not-a-slide.tif"), "{e}");
         let e = SlideSet::open(
             &SlidesConfig {
@@ -522,7 +537,13 @@ mod tests {
             |_, _, side| vec![0; side * side],
         )
         .unwrap();
-        let e = error("slide,label,split\nblank.tif,x,train\n");
+        let e = error("slide,label,split\nblank.tif,x,train\na.tif,y,train\n");
         assert!(e.contains("blank.tif") && e.contains("no tissue"), "{e}");
+        // Class `y` only in test: training would see one class (before: trained on it).
+        let e = error("slide,label,split\na.tif,x,train\nblank.tif,y,test\n");
+        assert!(
+            e.contains("labels.csv") && e.contains("one class only (`x`)") && e.contains("`y`"),
+            "{e}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
+use crate::generated_limits::{check_noise, check_split_sizes};
 use crate::glyphs::{draw_clutter, draw_digit};
 use crate::{Canvas, DataError, ImageSource, Sample, Split, Target, TaskSpec};
 
@@ -54,6 +55,8 @@ pub struct SyntheticDigits {
 impl SyntheticDigits {
     /// The given split of the dataset the config describes.
     pub fn new(config: &SyntheticDigitsConfig, split: Split) -> Result<Self, DataError> {
+        check_noise("dataset.synthetic_digits.noise", config.noise)?;
+        check_split_sizes("dataset.synthetic_digits.sizes", config.sizes)?;
         let [lo, hi] = config.digit_height;
         if lo == 0 || lo >= hi || hi > config.canvas {
             return Err(DataError::Config {

@@ -93,8 +93,32 @@ fn positive(encoder: &'static str, field: &'static str, value: usize) -> Result<
     if value == 0 {
         return Err(EncoderError::Zero { encoder, field });
     }
+    let (max, why) = match field {
+        "width" => (MAX_ENCODER_WIDTH, "torchvision's ResNets have 64"),
+        "in_channels" => (MAX_IN_CHANNELS, "1 for gray images, 3 for RGB"),
+        _ => (
+            MAX_FEATURES,
+            "foundation-model features are 512 to 2,560 wide",
+        ),
+    };
+    if value > max {
+        return Err(EncoderError::TooLarge {
+            encoder,
+            field,
+            value,
+            max,
+            why,
+        });
+    }
     Ok(())
 }
+
+/// The widest a ResNet's stem may be (`width`; torchvision's is 64, a wide ResNet's 128).
+pub const MAX_ENCODER_WIDTH: usize = 1024;
+/// The most input channels an encoder may read (multispectral images have a dozen or so).
+pub const MAX_IN_CHANNELS: usize = 1024;
+/// The widest a feature vector or projector output may be.
+pub const MAX_FEATURES: usize = 65_536;
 
 impl EncoderConfig {
     /// The tag of this arm, as written in a config (`resnet18`, `tiny_cnn`, …).
@@ -143,11 +167,8 @@ impl EncoderConfig {
                 None
             }
         };
-        if projector == Some(0) {
-            return Err(EncoderError::Zero {
-                encoder: name,
-                field: "projector",
-            });
+        if let Some(width) = projector {
+            positive(name, "projector", width)?;
         }
         Ok(())
     }

@@ -21,6 +21,22 @@ pub enum EncoderError {
         /// The setting.
         field: &'static str,
     },
+    /// A width or channel count beyond the encoder's documented limit.
+    #[error(
+        "`encoder.{encoder}.{field}` is {value}, more than the {max} an encoder may have; {why}"
+    )]
+    TooLarge {
+        /// The encoder's tag.
+        encoder: &'static str,
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// The limit.
+        max: usize,
+        /// What is usual.
+        why: &'static str,
+    },
     /// Weights were given for an encoder that takes none.
     #[error(
         "a weight file was given for encoder `{0}`, which has no torchvision weights to load: drop --weights, or use a ResNet"

@@ -37,7 +37,10 @@ mod tiny_cnn;
 mod weights;
 
 pub use batchnorm::{BatchNorm2d, conv_bn};
-pub use config::{EncoderConfig, IdentityConfig, ResNetConfig, TinyCnnConfig};
+pub use config::{
+    EncoderConfig, IdentityConfig, MAX_ENCODER_WIDTH, MAX_FEATURES, MAX_IN_CHANNELS, ResNetConfig,
+    TinyCnnConfig,
+};
 pub use encoder::{Backbone, Encoder};
 pub use error::{EncoderError, NativeError};
 pub use fast_conv::conv2d;

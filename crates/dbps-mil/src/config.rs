@@ -6,6 +6,12 @@ use crate::{
     MultiHeadCrossAttentionConfig,
 };
 
+/// The most attention heads an aggregator may have.
+pub const MAX_HEADS: usize = 256;
+/// The widest an aggregator's layers may be (`d_k`, `d_v`, `d_inner`, heads · d_k): 32 times
+/// the papers' 2048, and a `d_inner × D` weight of a 2048-wide embedding still only 512 MiB.
+pub const MAX_WIDTH: usize = 65_536;
+
 /// Which aggregator sits on top of the selected patches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,6 +140,39 @@ impl AggregatorConfig {
         ] {
             if value == 0 {
                 return Err(MilError::Zero(name));
+            }
+        }
+        let a = &self.attention;
+        let limits = [
+            ("heads", a.heads, MAX_HEADS, "the papers use 8"),
+            (
+                "d_k",
+                a.d_k,
+                MAX_WIDTH,
+                "the papers use 64 (one head's width)",
+            ),
+            (
+                "d_v",
+                a.d_v,
+                MAX_WIDTH,
+                "the papers use 64 (one head's width)",
+            ),
+            ("d_inner", a.d_inner, MAX_WIDTH, "the papers use 2048"),
+            (
+                "heads",
+                a.heads.saturating_mul(a.d_k.max(a.d_v)),
+                MAX_WIDTH,
+                "heads · max(d_k, d_v) is the width of the attention projections",
+            ),
+        ];
+        for (field, value, max, why) in limits {
+            if value > max {
+                return Err(MilError::TooLarge {
+                    field,
+                    value,
+                    max,
+                    why,
+                });
             }
         }
         if self.tasks.is_empty() {

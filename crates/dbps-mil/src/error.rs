@@ -6,6 +6,19 @@ pub enum MilError {
     /// A width or count that must be positive is zero.
     #[error("`aggregator.{0}` must be at least 1")]
     Zero(&'static str),
+    /// A width or count beyond the aggregator's documented limit (its weights would be sized
+    /// by it before anything could fail).
+    #[error("`aggregator.{field}` is {value}, more than the {max} an aggregator may have; {why}")]
+    TooLarge {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: usize,
+        /// The limit.
+        max: usize,
+        /// What the limit is for.
+        why: &'static str,
+    },
     /// The embeddings to aggregate have no feature.
     #[error("the embedding width D is 0; the encoder must output at least one feature")]
     ZeroWidth,

@@ -32,7 +32,7 @@ mod positional;
 pub use aggregator::Aggregator;
 pub(crate) use aggregator::AggregatorCore;
 pub use attention::{MultiHeadCrossAttention, MultiHeadCrossAttentionConfig};
-pub use config::{AggregatorConfig, AggregatorKind, AttentionSettings};
+pub use config::{AggregatorConfig, AggregatorKind, AttentionSettings, MAX_HEADS, MAX_WIDTH};
 pub use dual::DualAttentionMil;
 pub use error::MilError;
 pub use ips::{FeedForward, IpsAggregator};

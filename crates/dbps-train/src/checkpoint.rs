@@ -229,15 +229,23 @@ pub(crate) fn unreadable_part(method_dir: &Path, epoch: usize) -> Option<(PathBu
         let path = method_dir
             .join("checkpoint")
             .join(format!("{part}-{epoch}.mpk"));
-        let reason = match std::fs::read(&path) {
-            Err(e) => format!("cannot be read ({e})"),
-            Ok(bytes) => match rmp_serde::from_slice::<serde::de::IgnoredAny>(&bytes) {
-                Ok(_) => return None,
-                Err(e) => format!("is truncated or damaged ({} bytes: {e})", bytes.len()),
-            },
-        };
-        Some((path, reason))
+        read_whole(&path).err().map(|reason| (path, reason))
     })
+}
+
+/// `Ok` when the file at `path` decodes as one whole MessagePack value; else why not, in
+/// words ("is truncated or damaged (…)").
+fn read_whole(path: &Path) -> std::result::Result<(), String> {
+    match std::fs::read(path) {
+        Err(e) => Err(format!("cannot be read ({e})")),
+        Ok(bytes) => match rmp_serde::from_slice::<serde::de::IgnoredAny>(&bytes) {
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!(
+                "is truncated or damaged ({} bytes: {e})",
+                bytes.len()
+            )),
+        },
+    }
 }
 
 /// Folder, inside a method's `checkpoint` folder, where `--resume` keeps the files of an epoch
@@ -335,6 +343,12 @@ pub fn load_weights<B: Backend>(
                 .into(),
         });
     }
+    // burn reports a file cut short as "the internal data format has changed since 0.14".
+    read_whole(path).map_err(|reason| TrainError::Checkpoint {
+        what: "weight file",
+        path: path.to_path_buf(),
+        reason: format!("{reason}; copy the run directory again, or train it again"),
+    })?;
     let expected = ParamShapes::of(&model);
     let loaded = model
         .load_file(path.with_extension(""), &CheckpointRecorder::new(), device)

@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use dbps_data::{
-    FeatureBagsConfig, ImageFolderConfig, MegapixelMnistConfig, SlidesConfig,
+    DEFAULT_MAX_PIXELS, FeatureBagsConfig, ImageFolderConfig, MegapixelMnistConfig, SlidesConfig,
     SyntheticDigitsConfig, SyntheticMajorityConfig,
 };
 use dbps_encoder::EncoderConfig;
 use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
-use dbps_select::{BufferRule, DualBuffer};
-use dbps_tiling::{PatchDrop, PatchGrid, RemainderPolicy};
+use dbps_select::{BufferRule, DualBuffer, SelectError};
+use dbps_tiling::{MAX_PATCHES, PatchDrop, PatchGrid, RemainderPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::{Result, SelectionEngine, TrainError};
@@ -189,6 +189,29 @@ pub struct MethodPlan {
     pub aggregator: AggregatorKind,
 }
 
+/// The largest patch side, in pixels.
+pub const MAX_PATCH_SIDE: usize = 4096;
+/// The most epochs a run may ask for.
+pub const MAX_EPOCHS: usize = 1_000_000;
+/// The largest batch, in images.
+pub const MAX_BATCH: usize = 4096;
+/// The most data-loading threads.
+pub const MAX_WORKERS: usize = 1024;
+
+impl DatasetConfig {
+    /// The JSON path of the setting that fixes the dataset's image size.
+    fn size_key(&self) -> &'static str {
+        match self {
+            Self::SyntheticMajority(_) => "dataset.synthetic_majority.canvas",
+            Self::SyntheticDigits(_) => "dataset.synthetic_digits.canvas",
+            Self::MegapixelMnist(_) => "dataset.megapixel_mnist.canvas",
+            Self::ImageFolder(_) => "dataset.image_folder.height/width",
+            Self::TrafficSigns(_) => "dataset.traffic_signs.height/width",
+            Self::FeatureBags(_) | Self::Slides(_) => "patch.size",
+        }
+    }
+}
+
 fn config_error(field: impl Into<String>, reason: impl Into<String>) -> TrainError {
     TrainError::Config {
         field: field.into(),
@@ -309,6 +332,7 @@ impl RunConfig {
     /// Checks every setting, so that bad input fails before any work starts.
     pub fn validate(&self) -> Result<()> {
         folder_name("name".into(), &self.name)?;
+        self.validate_geometry()?;
         let n = self.max_patches()?;
         self.encoder.validate()?;
         if let DatasetConfig::FeatureBags(bags) = &self.dataset {
@@ -340,11 +364,35 @@ impl RunConfig {
             }
         }
         let t = &self.train;
-        if t.epochs == 0 {
-            return Err(config_error("train.epochs", "must be at least 1"));
+        for (key, value, max, why) in [
+            (
+                "train.epochs",
+                t.epochs,
+                MAX_EPOCHS,
+                "the papers train for 50 to 150",
+            ),
+            (
+                "train.batch_size",
+                t.batch_size,
+                MAX_BATCH,
+                "the papers use 16",
+            ),
+        ] {
+            if !(1..=max).contains(&value) {
+                return Err(config_error(
+                    key,
+                    format!("{value} must lie in 1..={max}; {why}"),
+                ));
+            }
         }
-        if t.batch_size == 0 {
-            return Err(config_error("train.batch_size", "must be at least 1"));
+        if t.workers > MAX_WORKERS {
+            return Err(config_error(
+                "train.workers",
+                format!(
+                    "{} must lie in 0..={MAX_WORKERS}; one loader thread per core is plenty",
+                    t.workers
+                ),
+            ));
         }
         if let Some(eps) = t.loss_eps
             && !(eps.is_finite() && eps > 0.0 && eps < 1.0)
@@ -362,10 +410,13 @@ impl RunConfig {
                 "must be at least 1, or absent to read every image",
             ));
         }
-        if !(t.lr.is_finite() && t.lr > 0.0) {
+        if !(t.lr.is_finite() && t.lr > 0.0 && t.lr <= 1.0) {
             return Err(config_error(
                 "train.lr",
-                format!("{} must be a positive number", t.lr),
+                format!(
+                    "{} must lie in (0, 1]; AdamW's rate is a step size per update (the papers use 2.5e-4 to 1e-3)",
+                    t.lr
+                ),
             ));
         }
         if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0 && t.lr * t.weight_decay < 1.0) {
@@ -447,6 +498,42 @@ impl RunConfig {
         Ok(())
     }
 
+    /// Patch side, stride and image size within their limits, checked before any grid is
+    /// laid over them.
+    fn validate_geometry(&self) -> Result<()> {
+        let p = self.patch.size;
+        if p > MAX_PATCH_SIDE {
+            return Err(config_error(
+                "patch.size",
+                format!(
+                    "{p} px is more than the {MAX_PATCH_SIDE} px a patch may be; the papers cut 28 to 256 px patches"
+                ),
+            ));
+        }
+        if let Some(stride) = self.patch.stride
+            && p > 0
+            && !(1..=p).contains(&stride)
+        {
+            return Err(config_error(
+                "patch.stride",
+                format!(
+                    "{stride} must lie in 1..={p} (the patch size): a larger stride leaves pixels that no patch sees"
+                ),
+            ));
+        }
+        let [h, w] = self.image_size();
+        let pixels = (h as u64).saturating_mul(w as u64);
+        if pixels > DEFAULT_MAX_PIXELS {
+            return Err(config_error(
+                self.dataset.size_key(),
+                format!(
+                    "{h}×{w} px is more than the {DEFAULT_MAX_PIXELS} pixels an image decoded whole may have; larger images belong in tiled slides (`dataset.slides`), read patch by patch"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// The checked plan of method `i` over a grid of `n` patches.
     pub fn method_plan(&self, i: usize, n: usize) -> Result<MethodPlan> {
         let method = &self.methods[i];
@@ -466,6 +553,14 @@ impl RunConfig {
             method.l,
             "L counts patches per iteration, use 1 or more",
         )?;
+        if l > MAX_PATCHES {
+            return Err(config_error(
+                field("l"),
+                format!(
+                    "{l} is more than the {MAX_PATCHES} patches an image may have; the papers stream 16 to 1,000 patches per iteration"
+                ),
+            ));
+        }
         let m_eval = match method.m_eval {
             None => m,
             Some(value) => count(
@@ -507,7 +602,13 @@ impl RunConfig {
         let buffers = |m: usize, name: &str| {
             DualBuffer::new(m, s, l)
                 .map(|b| b.with_rule(method.selection))
-                .map_err(|e| config_error(field(&format!("{name}/l")), e.to_string()))
+                .map_err(|e| {
+                    let key = match e {
+                        SelectError::ZeroSalient => name,
+                        SelectError::ZeroChunk => "l",
+                    };
+                    config_error(field(key), format!("{e}; set it to at least 1"))
+                })
         };
         Ok(MethodPlan {
             buffer: buffers(m, "m")?,
@@ -711,6 +812,22 @@ mod tests {
         );
     }
 
+    /// M = 0 and L = 0 name their own key and nothing else (before: "set `selection.m`", a
+    /// key no config has, under the setting `methods[0].m/l`).
+    #[test]
+    fn zero_m_and_l_name_their_key() {
+        for key in ["m", "l"] {
+            let says = format!("config setting `methods[0].{key}`:");
+            let err = with(|v| v["methods"][0][key] = 0.into())
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.starts_with(&says) && !err.contains("selection."),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn m_eval_larger_than_n_is_rejected() {
         let err = with(|v| v["methods"][0]["m_eval"] = 5000.into())
@@ -748,7 +865,7 @@ mod tests {
 
     #[test]
     fn patch_larger_than_image_is_rejected() {
-        let err = with(|v| v["patch"]["size"] = 10_000.into())
+        let err = with(|v| v["patch"]["size"] = 300.into())
             .unwrap_err()
             .to_string();
         assert!(
