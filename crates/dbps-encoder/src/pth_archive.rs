@@ -9,7 +9,10 @@
 //! calls), and checks every tensor against the archive: its storage entry exists, holds the
 //! bytes its persistent id declares, and the tensor's extent lies inside it.
 //!
-//! Archives that are not zip files (the legacy format of PyTorch < 1.6) are left to the reader.
+//! Files that are not zip archives (PyTorch's legacy format, before 1.6 in 2020, and its tar
+//! format) are refused: burn-store sizes its buffers by their pickles' declared lengths before
+//! reading them (fuzzing found 2 GB allocations from a few bytes), and no torchvision weights
+//! have been published in them since 2020.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -43,13 +46,12 @@ pub(crate) struct DeclaredTensor {
     pub strides: Vec<u64>,
 }
 
-/// `Ok` when `bytes` is not a zip archive (left to the reader), or when every tensor of its
-/// state dict lies inside a storage the archive holds whole; otherwise the first problem,
-/// naming the tensor.
+/// `Ok` when the file is a zip archive every tensor of whose state dict lies inside a storage
+/// the archive holds whole; otherwise the first problem, naming the tensor.
 pub(crate) fn check_pth_archive<R: Read + Seek>(mut file: R, file_len: u64) -> Result<(), String> {
     let mut magic = [0u8; 4];
     if file.read_exact(&mut magic).is_err() || magic != *b"PK\x03\x04" {
-        return Ok(());
+        return Err("it is not a zip archive, the format torch.save has written since PyTorch 1.6 (2020); dbps reads no older format: load it with torch.load and save it again with a current PyTorch".into());
     }
     file.rewind().map_err(|e| e.to_string())?;
     let mut archive = zip::ZipArchive::new(file).map_err(|e| {
@@ -85,11 +87,19 @@ pub(crate) fn check_pth_archive<R: Read + Seek>(mut file: R, file_len: u64) -> R
                 entry.compressed_size()
             ));
         }
-        let stored = entry.compression() == zip::CompressionMethod::Stored;
-        // A compressed entry may declare any size; deflate never inflates more than 1032×.
-        if !stored && entry.size() > entry.compressed_size().saturating_mul(1032) {
+        // torch.save stores every entry uncompressed (so that storages can be mapped); a
+        // compressed entry, or one whose declared size differs from its stored bytes, is a
+        // size burn-store would allocate without reading it first.
+        if entry.compression() != zip::CompressionMethod::Stored {
             return Err(format!(
-                "entry {} declares {} bytes from {} compressed: the file is damaged",
+                "entry {} is compressed ({}), which torch.save never does: load the file with torch.load and save it again",
+                entry.name(),
+                entry.compression()
+            ));
+        }
+        if entry.size() != entry.compressed_size() {
+            return Err(format!(
+                "entry {} declares {} bytes but stores {}: the file is damaged",
                 entry.name(),
                 entry.size(),
                 entry.compressed_size()
@@ -629,8 +639,12 @@ mod tests {
                 strides: vec![2, 1],
             }]
         );
-        // Not a zip: left to the reader.
-        assert_eq!(check(b"\x80\x02legacy"), Ok(()));
+        // Not a zip (the legacy format): refused before burn-store parses it.
+        assert!(
+            check(b"\x80\x02legacy")
+                .unwrap_err()
+                .contains("not a zip archive")
+        );
     }
 
     /// Each damage burn-store's reader would have filled with zeros (or sized a buffer by).
@@ -653,6 +667,14 @@ mod tests {
             err.contains("tensor `w`") && err.contains("reaches past"),
             "{err}"
         );
+        // Compressed (torch.save never compresses; burn-store allocates the declared size).
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let deflated = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        zip.start_file("archive/data.pkl", deflated).unwrap();
+        zip.write_all(&whole).unwrap();
+        let bytes = zip.finish().unwrap().into_inner();
+        assert!(check(&bytes).unwrap_err().contains("compressed"));
         let huge = pickle(255, [255, 255], [255, 1]);
         let err = check(&archive(&huge, Some(&[0; 16]))).unwrap_err();
         assert!(err.contains("holds 16 bytes"), "{err}");
