@@ -83,7 +83,7 @@ impl FeatureFile {
             })?
             .len();
         let (shape, offset) = match path.extension().and_then(|e| e.to_str()) {
-            Some("npy") => npy_header(path, &mut file)?,
+            Some("npy") => npy_header(path, &mut file, len)?,
             Some("safetensors") => safetensors_header(path, &mut file, len)?,
             _ => {
                 return Err(bag_error(
@@ -170,7 +170,11 @@ impl FeatureFile {
 }
 
 /// `.npy` (versions 1–3): little-endian float32, C order, two dimensions.
-fn npy_header(path: &Path, file: &mut std::fs::File) -> Result<(Vec<usize>, u64), DataError> {
+fn npy_header(
+    path: &Path,
+    file: &mut std::fs::File,
+    len: u64,
+) -> Result<(Vec<usize>, u64), DataError> {
     let bad = |problem: String| bag_error(path, problem, "save it with numpy.save as float32");
     let mut magic = [0u8; 8];
     file.read_exact(&mut magic)
@@ -189,6 +193,11 @@ fn npy_header(path: &Path, file: &mut std::fs::File) -> Result<(Vec<usize>, u64)
             .map_err(|_| bad("header is cut short".into()))?;
         (u32::from_le_bytes(b) as usize, 12u64)
     };
+    if start + header_len as u64 > len {
+        return Err(bad(format!(
+            "announces a {header_len}-byte header in a {len}-byte file"
+        )));
+    }
     let mut header = vec![0u8; header_len];
     file.read_exact(&mut header)
         .map_err(|_| bad("header is cut short".into()))?;
@@ -589,6 +598,18 @@ mod tests {
             .to_string();
         assert!(
             err.contains("huge.npy") && err.contains("more bytes"),
+            "{err}"
+        );
+        // A version-2 header announcing 2 GiB of header in a 16-byte file (fuzzing: allocated).
+        let mut long = b"\x93NUMPY\x02\x00".to_vec();
+        long.extend((1u32 << 31).to_le_bytes());
+        long.extend(b"{'d");
+        std::fs::write(root.join("features/long.npy"), &long).unwrap();
+        let err = labels("long,tumor,train\nok,normal,train\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("long.npy") && err.contains("announces"),
             "{err}"
         );
         let err = labels("nan,cancer,train\n").unwrap_err().to_string();
