@@ -77,13 +77,16 @@ pub(crate) fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
 fn entropy_data_end(bytes: &[u8], from: usize) -> Option<usize> {
     let mut at = from;
     while at + 1 < bytes.len() {
-        if bytes[at] == 0xFF {
-            match bytes[at + 1] {
-                0x00 | 0xD0..=0xD7 | 0xFF => at += 1,
-                _ => return Some(at),
-            }
+        if bytes[at] != 0xFF {
+            at += 1;
+            continue;
         }
-        at += 1;
+        match bytes[at + 1] {
+            // A fill byte: the marker starts at the next FF.
+            0xFF => at += 1,
+            0x00 | 0xD0..=0xD7 => at += 2,
+            _ => return Some(at),
+        }
     }
     None
 }
@@ -130,6 +133,15 @@ mod tests {
                 .unwrap_err()
                 .contains("truncated")
         );
+    }
+
+    /// The end marker after fill bytes (`FF FF D9`) ends the scan.
+    #[test]
+    fn fill_bytes_before_the_end_marker_are_skipped() {
+        let bytes = jpeg();
+        let mut filled = bytes[..bytes.len() - 2].to_vec();
+        filled.extend([0xFF, 0xFF, EOI]);
+        assert_eq!(check_jpeg_complete(&filled), Ok(()));
     }
 
     #[test]
