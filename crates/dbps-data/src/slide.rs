@@ -997,17 +997,22 @@ mod tests {
             "{err}"
         );
 
-        // One 32 × 32 gray tile, uncompressed: its byte count (1,024, a LONG held in its IFD
-        // entry) raised past the end of the file.
-        let path = dir.join("long.tif");
-        let spec = PyramidSpec {
-            levels: vec![[32, 32]],
-            tile: 32,
-            channels: 1,
-            compression: TileCompression::None,
-            big: false,
+        // Uncompressed gray pyramids of uniform 32 px tiles, levels as given.
+        let flat = |name: &str, levels: Vec<[usize; 2]>| {
+            let path = dir.join(name);
+            let spec = PyramidSpec {
+                levels,
+                tile: 32,
+                channels: 1,
+                compression: TileCompression::None,
+                big: false,
+            };
+            write_tiled_tiff(&path, &spec, |_, _, side| vec![7; side * side]).unwrap();
+            path
         };
-        write_tiled_tiff(&path, &spec, |_, _, side| vec![7; side * side]).unwrap();
+        // One 32 × 32 tile: its byte count (1,024, a LONG held in its IFD entry) raised past
+        // the end of the file.
+        let path = flat("long.tif", vec![[32, 32]]);
         let mut bytes = std::fs::read(&path).unwrap();
         let entry = [0x45, 0x01, 4, 0, 1, 0, 0, 0, 0, 4, 0, 0];
         let at = bytes
@@ -1023,27 +1028,14 @@ mod tests {
         );
 
         // A second level half as wide as level 0 but a quarter as high.
-        let path = dir.join("shape.tif");
-        let spec = PyramidSpec {
-            levels: vec![[64, 64], [16, 32]],
-            tile: 32,
-            channels: 1,
-            compression: TileCompression::None,
-            big: false,
-        };
-        write_tiled_tiff(&path, &spec, |_, _, side| vec![7; side * side]).unwrap();
+        let path = flat("shape.tif", vec![[64, 64], [16, 32]]);
         let err = Slide::open(&path, 1 << 20).unwrap_err().to_string();
         assert!(
             err.contains("image 1") && err.contains("not a level of this pyramid"),
             "{err}"
         );
         // Rounding either way is a level: 65 × 65 over 33 × 32.
-        let path = dir.join("odd.tif");
-        let spec = PyramidSpec {
-            levels: vec![[65, 65], [33, 32]],
-            ..spec
-        };
-        write_tiled_tiff(&path, &spec, |_, _, side| vec![7; side * side]).unwrap();
+        let path = flat("odd.tif", vec![[65, 65], [33, 32]]);
         assert_eq!(Slide::open(&path, 1 << 20).unwrap().levels().len(), 2);
     }
 

@@ -57,11 +57,29 @@ pub(crate) fn check_pth_archive<R: Read + Seek>(mut file: R, file_len: u64) -> R
     let mut archive = zip::ZipArchive::new(file).map_err(|e| {
         format!("it is a zip archive (torch.save's format) that cannot be opened ({e}): the file is truncated or damaged")
     })?;
-    let pickle_name = archive
+    // burn-store reads `data.pkl`, else `archive/data.pkl`, else the first name ending so: with
+    // one such entry, the pickle checked here is the one it reads.
+    let pickles: Vec<String> = archive
         .file_names()
-        .find(|n| n.ends_with("data.pkl") && !n.contains("/data/"))
+        .filter(|n| n.ends_with("data.pkl"))
         .map(str::to_owned)
-        .ok_or("the zip archive holds no data.pkl: it is not a state dict saved with torch.save")?;
+        .collect();
+    let pickle_name = match pickles.as_slice() {
+        [one] => one.clone(),
+        [] => {
+            return Err(
+                "the zip archive holds no data.pkl: it is not a state dict saved with torch.save"
+                    .into(),
+            );
+        }
+        many => {
+            return Err(format!(
+                "the zip archive holds {} pickles ({}); torch.save writes one data.pkl",
+                many.len(),
+                many.join(", ")
+            ));
+        }
+    };
     let prefix = &pickle_name[..pickle_name.len() - "data.pkl".len()];
     let mut pickle = Vec::new();
     archive
@@ -678,6 +696,23 @@ mod tests {
         let huge = pickle(255, [255, 255], [255, 1]);
         let err = check(&archive(&huge, Some(&[0; 16]))).unwrap_err();
         assert!(err.contains("holds 16 bytes"), "{err}");
+    }
+
+    /// A second `data.pkl` (burn-store would read `data.pkl` before `archive/data.pkl`, so a
+    /// check of the other would be bypassed) is refused.
+    #[test]
+    fn two_pickles_are_refused() {
+        let mut zip = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let stored = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for name in ["archive/data.pkl", "data.pkl"] {
+            zip.start_file(name, stored).unwrap();
+            zip.write_all(&pickle(4, [2, 2], [2, 1])).unwrap();
+        }
+        zip.start_file("archive/data/0", stored).unwrap();
+        zip.write_all(&[0; 16]).unwrap();
+        let bytes = zip.finish().unwrap().into_inner();
+        assert!(check(&bytes).unwrap_err().contains("2 pickles"));
     }
 
     #[test]
