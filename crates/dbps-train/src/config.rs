@@ -607,7 +607,7 @@ impl RunConfig {
                         SelectError::ZeroSalient => name,
                         SelectError::ZeroChunk => "l",
                     };
-                    config_error(field(key), format!("{e}; set it to at least 1"))
+                    config_error(field(key), e.to_string())
                 })
         };
         Ok(MethodPlan {
