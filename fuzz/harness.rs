@@ -45,6 +45,16 @@ fn write(path: &Path, bytes: &[u8]) {
     std::fs::write(path, bytes).expect("a scratch file");
 }
 
+/// The bytes after the first written to a scratch file of `target` named `names[0]` when the
+/// first byte is even, `names[1]` when odd (one input reaches either format); `None` when
+/// there are no bytes.
+fn file_named_by_first_byte(target: &str, data: &[u8], names: [&str; 2]) -> Option<PathBuf> {
+    let (&head, rest) = data.split_first()?;
+    let path = scratch(target).join(names[usize::from(head & 1)]);
+    write(&path, rest);
+    Some(path)
+}
+
 /// A TIFF pyramid as `predict` reads it (levels, regions, thumbnail, tissue mask), and the same
 /// bytes as an ordinary image decoded whole (PNG, JPEG, BMP, TIFF).
 pub fn slide(data: &[u8]) {
@@ -83,16 +93,10 @@ pub fn idx(data: &[u8]) {
 
 /// A feature file, as `.npy` (first byte even) or `.safetensors`: header, then values.
 pub fn features(data: &[u8]) {
-    let Some((&head, rest)) = data.split_first() else {
+    let Some(path) = file_named_by_first_byte("features", data, ["bag.npy", "bag.safetensors"])
+    else {
         return;
     };
-    let dir = scratch("features");
-    let path = dir.join(if head & 1 == 0 {
-        "bag.npy"
-    } else {
-        "bag.safetensors"
-    });
-    write(&path, rest);
     if let Ok(file) = FeatureFile::open(&path) {
         let _ = file.read();
     }
@@ -127,16 +131,9 @@ pub fn labels(data: &[u8]) {
 
 /// A weight file, as `.pth` (first byte even) or `.safetensors`.
 pub fn weights(data: &[u8]) {
-    let Some((&head, rest)) = data.split_first() else {
+    let Some(path) = file_named_by_first_byte("weights", data, ["w.pth", "w.safetensors"]) else {
         return;
     };
-    let dir = scratch("weights");
-    let path = dir.join(if head & 1 == 0 {
-        "w.pth"
-    } else {
-        "w.safetensors"
-    });
-    write(&path, rest);
     let _ = dbps_encoder::TorchvisionWeights::open(&path);
 }
 
