@@ -9,9 +9,10 @@
 use std::path::{Path, PathBuf};
 
 use dbps_data::{
-    FeatureBags, FeatureBagsConfig, FeatureFile, FileInput, ImageFolderConfig, Slide, SlideSet,
-    SlidesConfig, Split, TissueMask, open_traffic_signs, read_idx_digits,
+    FeatureBags, FeatureBagsConfig, FeatureFile, FileInput, ImageFolderConfig, SlideSet,
+    SlidesConfig, Split, open_traffic_signs, read_idx_digits,
 };
+use dbps_slide::{Slide, SlideReader, TissueMask};
 
 /// What a target does with one input.
 pub type Target = fn(&[u8]);
@@ -61,7 +62,7 @@ pub fn slide(data: &[u8]) {
     let dir = scratch("slide");
     let path = dir.join("slide.tif");
     write(&path, data);
-    if let Ok(Some(slide)) = Slide::open_tiled(&path, 1 << 20) {
+    if let Ok(Some(slide)) = Slide::open_if_slide(&path, SlideReader::Builtin, 1 << 20) {
         for (i, level) in slide.levels().iter().enumerate().take(4) {
             let [h, w] = level.size;
             let _ = slide.read_region(i, [h / 3, w / 3], [h.min(48), w.min(48)]);
@@ -112,7 +113,7 @@ pub fn labels(data: &[u8]) {
     write(&dir.join("features/a.npy"), b"");
     let slides = SlidesConfig::new(&dir);
     for split in [Split::Train, Split::Valid, Split::Test] {
-        let _ = SlideSet::open(&slides, split, |_, _| {});
+        let _ = SlideSet::open(&slides, None, split, |_, _| {});
     }
     let bags = FeatureBagsConfig {
         root: dir.clone(),

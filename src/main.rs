@@ -9,9 +9,13 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dbps_app::shards::{Shard, ShardJob};
+use dbps_app::slide_check::CheckPlan;
+use dbps_slide::{Resolution, Slide, SlideReader, TissueMask};
+use dbps_train::config::DatasetConfig;
 use dbps_train::parallel::NodeSpec;
 use dbps_train::{
-    DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig, SlideOptions, TrainLaunch,
+    DeviceChoice, ExplainOptions, HeadChoice, ImagePrediction, Normalisation, PredictReport,
+    RunConfig, SlideOptions, TrainLaunch,
 };
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
@@ -158,6 +162,10 @@ enum Command {
         /// DIR/predictions.json.
         #[arg(long, value_name = "DIR")]
         merge: Option<PathBuf>,
+        /// Write each slide's picks (and tissue outline) as GeoJSON in level-0 pixels for
+        /// QuPath ("Import objects"): DIR/<file name>.geojson.
+        #[arg(long, value_name = "DIR", conflicts_with_all = ["list", "merge"])]
+        geojson: Option<PathBuf>,
         #[command(flatten)]
         slides: SlideArgs,
         /// Where to run: cpu, cuda or cuda:N.
@@ -188,11 +196,23 @@ enum Command {
         /// slides drawn on a thumbnail).
         #[arg(long, default_value_t = 512)]
         panel: u32,
+        /// For slides: also write the picks with their attention per head and mean, and the
+        /// tissue outline, as GeoJSON in level-0 pixels for QuPath ("Import objects").
+        #[arg(long, value_name = "FILE.geojson")]
+        geojson: Option<PathBuf>,
+        /// With --geojson: every scored patch with its attention, not only the picks.
+        #[arg(long, requires = "geojson")]
+        geojson_all: bool,
         #[command(flatten)]
         slides: SlideArgs,
         /// Where to run: cpu, cuda or cuda:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+    },
+    /// Whole-slide images before a run.
+    Slides {
+        #[command(subcommand)]
+        command: SlidesCommand,
     },
     /// Evaluate the best checkpoints of a finished run (or one method folder) on its test split.
     Eval {
@@ -205,13 +225,58 @@ enum Command {
     },
 }
 
-/// How tiled (Big)TIFF slides are read.
+#[derive(Subcommand)]
+enum SlidesCommand {
+    /// Check every slide of a list as a run would read it: per slide a thumbnail with the
+    /// tissue mask and the patch grid (OUT/<name>.png) and a row of OUT/slides-check.csv; the
+    /// exit status is non-zero when any slide would fail the run.
+    Check {
+        /// A labels.csv (`slide,label[,split]`) or a text file of slide paths, one per line.
+        #[arg(value_name = "LIST")]
+        list: PathBuf,
+        /// The folder for the thumbnails and the CSV.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// A run config with `dataset.slides`: its patch size, stride, resolution, tissue mask
+        /// and reader (the options below override them).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Patch side in pixels as the model sees them.
+        #[arg(long, required_unless_present = "config")]
+        patch: Option<usize>,
+        /// Distance between patch origins (the patch side by default).
+        #[arg(long)]
+        stride: Option<usize>,
+        /// Read the level closest to this downsample of full resolution, not coarser.
+        #[arg(long, conflicts_with = "mpp")]
+        downsample: Option<f64>,
+        /// Read patches at this many µm per pixel (the slides must state their resolution).
+        #[arg(long)]
+        mpp: Option<f64>,
+        /// Which reader opens slides: auto, builtin or openslide.
+        #[arg(long)]
+        reader: Option<SlideReader>,
+        /// Count every patch, not only those on tissue.
+        #[arg(long)]
+        no_tissue_mask: bool,
+        /// Headers, thumbnails and masks only: skip decoding the tiles under the patches.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+/// How slides are read.
 #[derive(clap::Args)]
 struct SlideArgs {
-    /// For tiled TIFF slides: read the pyramid level closest to this downsample of full
-    /// resolution without being coarser (1 = full resolution).
-    #[arg(long, default_value_t = 1.0)]
-    downsample: f64,
+    /// For slides: read the pyramid level closest to this downsample of full resolution
+    /// without being coarser (1 = full resolution); by default, the resolution the model was
+    /// trained at (`patch.mpp` or `dataset.slides.downsample`; full resolution otherwise).
+    #[arg(long)]
+    downsample: Option<f64>,
+    /// Which reader opens slides: auto (the built-in tiled-TIFF reader; OpenSlide, when built
+    /// in, for formats it does not support), builtin, or openslide.
+    #[arg(long, default_value = "auto")]
+    reader: SlideReader,
     /// For tiled TIFF slides: encode only patches on tissue (Otsu threshold on a thumbnail);
     /// the background patches skipped are reported.
     #[arg(long)]
@@ -227,15 +292,17 @@ struct SlideArgs {
 
 impl SlideArgs {
     fn options(&self) -> Result<SlideOptions> {
-        if !(self.downsample.is_finite() && self.downsample >= 1.0) {
+        if let Some(d) = self.downsample
+            && !(d.is_finite() && (1.0..=65_536.0).contains(&d))
+        {
             anyhow::bail!(
-                "--downsample {} must be at least 1 (1 = full resolution, 4 = a quarter of the width)",
-                self.downsample
+                "--downsample {d} must lie in [1, 65536] (1 = full resolution, 4 = a quarter of the width)"
             );
         }
         Ok(SlideOptions {
             max_pixels: self.max_pixels,
             downsample: self.downsample,
+            reader: self.reader,
             tissue_mask: self.tissue_mask,
             cache_bytes: self.tile_cache_mib.max(1) << 20,
         })
@@ -373,11 +440,16 @@ fn run(cli: Cli) -> Result<()> {
             images,
             checkpoint: Some(checkpoint),
             json,
+            geojson,
             slides,
             device: choice,
             ..
         } => {
-            let report = device(&choice)?.predict(&checkpoint, &images, &slides.options()?)?;
+            let options = slides.options()?;
+            let report = device(&choice)?.predict(&checkpoint, &images, &options)?;
+            if let Some(dir) = &geojson {
+                write_prediction_geojson(dir, &report, &options)?;
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
@@ -396,6 +468,8 @@ fn run(cli: Cli) -> Result<()> {
             head,
             norm,
             panel,
+            geojson,
+            geojson_all,
             slides,
             device: choice,
         } => {
@@ -405,7 +479,24 @@ fn run(cli: Cli) -> Result<()> {
                 panel,
                 slides: slides.options()?,
             };
+            if let Some(file) = &geojson
+                && file.extension().and_then(|e| e.to_str()) != Some("geojson")
+            {
+                anyhow::bail!("--geojson {} must name a .geojson file", file.display());
+            }
             let explanation = device(&choice)?.explain(&checkpoint, &image, &out, &options)?;
+            if let Some(file) = &geojson {
+                let slide = Slide::open_with(&image, options.slides.reader, 16 << 20)?;
+                let tissue =
+                    dbps_app::geojson::tissue_feature(&slide, &TissueMask::of_slide(&slide)?);
+                let collection = dbps_app::geojson::explanation_geojson(
+                    &explanation,
+                    geojson_all,
+                    Some(tissue),
+                )?;
+                dbps_app::geojson::write_geojson(file, &collection)?;
+                println!("geojson: {}", file.display());
+            }
             for m in &explanation.methods {
                 println!(
                     "{}: {} salient, {} sub-salient of {} patches",
@@ -418,6 +509,62 @@ fn run(cli: Cli) -> Result<()> {
             println!("figure: {}", out.display());
             println!("geometry: {}", out.with_extension("json").display());
         }
+        Command::Slides {
+            command:
+                SlidesCommand::Check {
+                    list,
+                    out,
+                    config,
+                    patch,
+                    stride,
+                    downsample,
+                    mpp,
+                    reader,
+                    no_tissue_mask,
+                    quick,
+                },
+        } => {
+            let base = config.as_deref().map(RunConfig::from_file).transpose()?;
+            let slides = match base.as_ref().map(|c| &c.dataset) {
+                Some(DatasetConfig::Slides(slides)) => Some(slides.clone()),
+                Some(_) => anyhow::bail!(
+                    "--config {}: its dataset is not `slides`; give a slides config, or --patch",
+                    config
+                        .as_deref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                ),
+                None => None,
+            };
+            let patch = patch
+                .or(base.as_ref().map(|c| c.patch.size))
+                .unwrap_or_default();
+            let mpp = mpp.or(base.as_ref().and_then(|c| c.patch.mpp));
+            let resolution = match (downsample, mpp, &slides) {
+                (Some(d), _, _) => Resolution::Downsample(d),
+                (None, _, Some(slides)) => slides.resolution(mpp),
+                (None, Some(m), None) => Resolution::MicronsPerPixel(m),
+                (None, None, None) => Resolution::Downsample(1.0),
+            };
+            let plan = CheckPlan {
+                patch,
+                stride: stride
+                    .or(base.as_ref().and_then(|c| c.patch.stride))
+                    .unwrap_or(patch),
+                resolution,
+                tissue_mask: !no_tissue_mask && slides.as_ref().is_none_or(|s| s.tissue_mask),
+                reader: reader
+                    .or(slides.as_ref().map(|s| s.reader))
+                    .unwrap_or_default(),
+                decode_tiles: !quick,
+            };
+            let checks = dbps_app::slide_check::check_slides(&list, &out, &plan)?;
+            println!(
+                "{} slides ready: {}",
+                checks.len(),
+                out.join(dbps_app::slide_check::CHECK_CSV).display()
+            );
+        }
         Command::Eval {
             checkpoint,
             device: choice,
@@ -426,6 +573,49 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", report.table());
             println!("results: {}", checkpoint.join("eval.json").display());
         }
+    }
+    Ok(())
+}
+
+/// Writes DIR/<file name>.geojson for each slide of `report`: every method's picks and the
+/// tissue outline (ordinary images have no level-0 coordinates and are skipped, with a
+/// warning).
+fn write_prediction_geojson(
+    dir: &std::path::Path,
+    report: &PredictReport,
+    options: &SlideOptions,
+) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("--geojson {}: cannot create it ({e})", dir.display()))?;
+    let mut by_image: std::collections::BTreeMap<&std::path::Path, Vec<&ImagePrediction>> =
+        std::collections::BTreeMap::new();
+    for p in &report.predictions {
+        by_image.entry(p.image.as_path()).or_default().push(p);
+    }
+    let mut written = std::collections::BTreeMap::new();
+    for (image, predictions) in by_image {
+        if predictions.iter().any(|p| p.slide.is_none()) {
+            tracing::warn!(image = %image.display(), "not a slide: no GeoJSON written (it holds level-0 slide coordinates)");
+            continue;
+        }
+        let name = format!(
+            "{}.geojson",
+            image.file_name().unwrap_or_default().to_string_lossy()
+        );
+        if let Some(other) = written.insert(name.clone(), image) {
+            anyhow::bail!(
+                "--geojson {}: {} and {} would both be written to {name}; predict them into separate folders",
+                dir.display(),
+                other.display(),
+                image.display()
+            );
+        }
+        let slide = Slide::open_with(image, options.reader, 16 << 20)?;
+        let tissue = dbps_app::geojson::tissue_feature(&slide, &TissueMask::of_slide(&slide)?);
+        let collection = dbps_app::geojson::predictions_geojson(&predictions, Some(tissue))?;
+        let path = dir.join(&name);
+        dbps_app::geojson::write_geojson(&path, &collection)?;
+        println!("geojson: {}", path.display());
     }
     Ok(())
 }

@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use common::{dbps, stderr};
-use dbps_data::{
-    ImageSource, Pixels, PyramidSpec, Split, SyntheticMajority, SyntheticMajorityConfig,
-    TileCompression, write_tiled_tiff,
-};
+use dbps_data::{ImageSource, Pixels, Split, SyntheticMajority, SyntheticMajorityConfig};
+use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
 use serde_json::Value;
 
 fn scratch(name: &str) -> PathBuf {
@@ -156,6 +154,8 @@ fn write_slide(
         channels: 1,
         compression,
         big: levels[0][0] * levels[0][1] > 1 << 30,
+        description: None,
+        mpp: None,
     };
     let full = levels[0];
     write_tiled_tiff(path, &spec, |level, [y0, x0], side| {

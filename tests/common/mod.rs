@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use dbps_data::{PyramidSpec, TileCompression, write_tiled_tiff};
+use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
 use serde_json::{Value, json};
 
 /// Runs `dbps args…` (logs at `warn`).
@@ -54,6 +54,8 @@ pub fn write_slide_of(path: &Path, side: usize, tumor: bool, seed: usize) {
         channels: 3,
         compression: TileCompression::Deflate,
         big: seed.is_multiple_of(2),
+        description: None,
+        mpp: None,
     };
     let band = side / 4..side * 3 / 4;
     write_tiled_tiff(path, &spec, |level, [y0, x0], tile_side| {

@@ -10,6 +10,20 @@ pub enum AppError {
     /// The training engine failed (its error names the input).
     #[error(transparent)]
     Train(#[from] dbps_train::TrainError),
+    /// Some slides of `dbps slides check` would stop a run.
+    #[error(
+        "{failed} of {total} slides would fail a run; the first: {first}; every slide's row is in {csv}: fix or drop those slides"
+    )]
+    Check {
+        /// Slides that would fail.
+        failed: usize,
+        /// Slides checked.
+        total: usize,
+        /// The first failing slide and why.
+        first: String,
+        /// The report written.
+        csv: PathBuf,
+    },
     /// A command-line option is unusable.
     #[error("option `{option}`: {reason}")]
     Option {

@@ -4,14 +4,20 @@
 //!   (burn-collective's global orchestrator).
 //! - [`shards`]: `dbps predict --list LIST --shard K/N --out DIR` and `dbps predict --merge DIR`,
 //!   slide lists predicted in shards (a Slurm array), one result file per slide.
+//! - [`geojson`]: `dbps predict … --geojson DIR` and `dbps explain … --geojson FILE`, picks,
+//!   attention and the tissue outline in level-0 coordinates for QuPath.
+//! - [`slide_check`]: `dbps slides check LIST --out DIR`, a thumbnail, mask and patch grid per
+//!   slide and a CSV of what would go wrong, before a run.
 //! - [`import`]: `dbps import-ips CHECKPOINT.pth --config CONFIG --out RUN_DIR`, a model trained
 //!   with the official IPS code as a dbps run directory.
 
 #![warn(missing_docs)]
 
 mod error;
+pub mod geojson;
 pub mod import;
 pub mod orchestrator;
 pub mod shards;
+pub mod slide_check;
 
 pub use error::{AppError, Result};

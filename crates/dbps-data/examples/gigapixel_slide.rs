@@ -2,10 +2,8 @@
 //! tiles — that is black except for three embedded-default canvases (test split, seed 12345),
 //! at level-0 pixels (4096, 4096), (20000, 12000) and (30000, 30500): the input of the
 //! gigapixel measurement in docs/performance.md. Usage: `gigapixel_slide OUT.tif`.
-use dbps_data::{
-    ImageSource, Pixels, PyramidSpec, Split, SyntheticMajority, SyntheticMajorityConfig,
-    TileCompression, write_tiled_tiff,
-};
+use dbps_data::{ImageSource, Pixels, Split, SyntheticMajority, SyntheticMajorityConfig};
+use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::env::args()
@@ -33,6 +31,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         channels: 1,
         compression: TileCompression::Deflate,
         big: true,
+        description: None,
+        mpp: None,
     };
     let written = write_tiled_tiff(
         std::path::Path::new(&out),

@@ -8,10 +8,8 @@
 //! Usage: `slide_dataset OUT_DIR [COUNT = 40] [SIDE = 8192]`.
 use std::path::PathBuf;
 
-use dbps_data::{
-    ImageSource, Pixels, PyramidSpec, Split, SyntheticMajority, SyntheticMajorityConfig, Target,
-    TileCompression, write_tiled_tiff,
-};
+use dbps_data::{ImageSource, Pixels, Split, SyntheticMajority, SyntheticMajorityConfig, Target};
+use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -84,6 +82,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             channels: 1,
             compression: TileCompression::Deflate,
             big: true,
+            description: None,
+            mpp: None,
         };
         let path = out.join(format!("slides/slide_{i:03}.tif"));
         write_tiled_tiff(&path, &spec, |level, [y0, x0], tile_side| {

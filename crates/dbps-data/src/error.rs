@@ -63,6 +63,9 @@ pub enum DataError {
         /// Samples in the split.
         len: usize,
     },
+    /// A slide could not be opened or read.
+    #[error(transparent)]
+    Slide(#[from] dbps_slide::SlideError),
     /// A split, class folder or image of an image-folder dataset is unusable.
     #[error("{path}: {problem}; {fix}")]
     Folder {

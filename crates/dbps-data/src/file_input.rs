@@ -8,8 +8,8 @@ use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbImage};
 use std::io::Cursor;
 
 use crate::folder::IMAGE_EXTENSIONS;
-use crate::jpeg_end::check_jpeg_complete;
 use crate::{DataError, Pixels, Sample};
+use dbps_slide::jpeg_end::check_jpeg_complete;
 
 /// How a model's training data turned files into pixels, so that a new file is fed the same
 /// way.

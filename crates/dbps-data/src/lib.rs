@@ -4,8 +4,8 @@
 //!   drawn digits is in the majority among 2–4 × M digits and clutter strokes, one per cell.
 //! - [`SyntheticDigits`]: copies of one procedurally drawn digit (random stroke jitter,
 //!   thickness, slant, scale) on a large canvas of noise and clutter strokes.
-//! - [`SlideSet`]: whole-slide images (tiled TIFF/BigTIFF pyramids) listed in a `labels.csv`,
-//!   read patch by patch at a chosen level, background skipped by a tissue mask.
+//! - [`SlideSet`]: whole-slide images listed in a `labels.csv`, read patch by patch (through
+//!   [`dbps_slide`]) at a chosen level or resolution, background skipped by a tissue mask.
 //! - [`FeatureBags`]: precomputed patch features, one `[N_i, D]` file per slide (CAMELYON16).
 //! - [`MegapixelMnist`]: the IPS benchmark (method.md §11) built from IDX digit files, with the
 //!   majority / max / top / multi tasks and disjoint digit pools per split.
@@ -37,13 +37,10 @@ mod folder;
 mod generated_limits;
 mod glyphs;
 mod idx;
-mod jpeg_end;
 mod majority;
 mod mnist;
 mod sample;
-mod slide;
 mod slide_set;
-mod slide_writer;
 mod source;
 mod synthetic;
 mod traffic;
@@ -62,11 +59,7 @@ pub use idx::{IdxDigits, read_idx_digits};
 pub use majority::{SyntheticMajority, SyntheticMajorityConfig};
 pub use mnist::{MegapixelMnist, MegapixelMnistConfig};
 pub use sample::{Pixels, Sample, Split, Target, TaskKind, TaskSpec};
-pub use slide::{
-    MASK_THUMBNAIL, Slide, SlideLevel, TileCache, TissueMask, is_tiff, otsu_threshold,
-};
 pub use slide_set::{SlideImage, SlideSet, SlidesConfig};
-pub use slide_writer::{PyramidSpec, TileCompression, WrittenSlide, write_tiled_tiff};
 pub use source::ImageSource;
 pub use synthetic::{SyntheticDigits, SyntheticDigitsConfig};
 pub use traffic::{SIGN_CLASSES, open_traffic_signs};

@@ -1,5 +1,5 @@
-//! Whole-slide images as a training dataset: tiled (Big)TIFF pyramids listed in a
-//! `labels.csv`. A sample is a handle on one open slide, not its pixels: the model reads the
+//! Whole-slide images as a training dataset: slides (tiled (Big)TIFF pyramids, or any format
+//! OpenSlide reads when dbps-slide has it) listed in a `labels.csv`. A sample is a handle on one open slide, not its pixels: the model reads the
 //! patches it needs through the slide's tile cache, so a batch of slides costs the caches and
 //! one chunk of patches, never a decoded slide.
 
@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 use crate::data_path::inside_root;
 use crate::folder::carve_validation;
 use crate::train_classes::check_train_classes;
-use crate::{
-    DataError, FileInput, ImageSource, Pixels, Sample, Slide, Split, Target, TaskSpec, TissueMask,
-};
+use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
+
+use crate::{DataError, FileInput, ImageSource, Pixels, Sample, Split, Target, TaskSpec};
 
 /// Settings of a slide dataset (`dataset.slides` in a run config).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,9 +23,14 @@ pub struct SlidesConfig {
     /// The folder holding `labels.csv`; slide paths in it are relative to this folder.
     pub root: PathBuf,
     /// Requested downsample of level 0: each slide is read at its most reduced pyramid level
-    /// that is not coarser than this (1 = full resolution).
-    #[serde(default = "one")]
-    pub downsample: f64,
+    /// that is not coarser than this (1 = full resolution, the default). A resolution in
+    /// µm/px (`patch.mpp`) replaces it; given both, this one wins, with a warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downsample: Option<f64>,
+    /// Which reader opens the slides: `auto` (the built-in one; OpenSlide, when built in, for
+    /// what it does not support), `builtin` or `openslide`.
+    #[serde(default, skip_serializing_if = "is_auto")]
+    pub reader: SlideReader,
     /// Encode only patches on tissue (Otsu threshold on a thumbnail, computed once per slide
     /// when the dataset opens).
     #[serde(default = "yes")]
@@ -45,8 +50,8 @@ pub struct SlidesConfig {
     pub seed: u64,
 }
 
-fn one() -> f64 {
-    1.0
+fn is_auto(reader: &SlideReader) -> bool {
+    *reader == SlideReader::Auto
 }
 
 fn yes() -> bool {
@@ -70,7 +75,8 @@ impl SlidesConfig {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
-            downsample: one(),
+            downsample: None,
+            reader: SlideReader::Auto,
             tissue_mask: yes(),
             channels: three(),
             cache_mib: default_cache_mib(),
@@ -88,14 +94,32 @@ impl SlidesConfig {
         }
     }
 
+    /// Where patches come from: `mpp` µm per pixel (from `patch.mpp`) unless a downsample is
+    /// given too (which then wins, with a warning), else the downsample (1 when absent).
+    pub fn resolution(&self, mpp: Option<f64>) -> Resolution {
+        match (self.downsample, mpp) {
+            (Some(d), Some(mpp)) => {
+                tracing::warn!(
+                    downsample = d,
+                    mpp,
+                    "dataset.slides.downsample overrides patch.mpp: slides are read at the downsample, not at {mpp} µm/px"
+                );
+                Resolution::Downsample(d)
+            }
+            (None, Some(mpp)) => Resolution::MicronsPerPixel(mpp),
+            (d, None) => Resolution::Downsample(d.unwrap_or(1.0)),
+        }
+    }
+
     fn check(&self) -> Result<(), DataError> {
         let bad = |field, reason: String| Err(DataError::Config { field, reason });
-        if !(self.downsample.is_finite() && (1.0..=65_536.0).contains(&self.downsample)) {
+        if let Some(d) = self.downsample
+            && !(d.is_finite() && (1.0..=65_536.0).contains(&d))
+        {
             return bad(
                 "dataset.slides.downsample",
                 format!(
-                    "{} must lie in [1, 65536] (1 = full resolution, 4 = a quarter of the width)",
-                    self.downsample
+                    "{d} must lie in [1, 65536] (1 = full resolution, 4 = a quarter of the width)"
                 ),
             );
         }
@@ -124,14 +148,13 @@ impl SlidesConfig {
     }
 }
 
-/// One slide of a dataset as a sample carries it: the open file, the pyramid level read, how
-/// pixels become model input, and the tissue mask (if any) that decides which patches exist.
+/// One slide of a dataset as a sample carries it: the open file at the level (and scale) read,
+/// how pixels become model input, and the tissue mask (if any) that decides which patches
+/// exist.
 #[derive(Debug)]
 pub struct SlideImage {
-    /// The open slide, with its tile cache.
-    pub slide: Arc<Slide>,
-    /// Pyramid level read (0 = full resolution).
-    pub level: usize,
+    /// The open slide, with its tile cache, at the level and scale read.
+    pub view: SlideView,
     /// How pixels become model input.
     pub input: FileInput,
     /// Background patches are never encoded when set.
@@ -139,17 +162,18 @@ pub struct SlideImage {
 }
 
 impl SlideImage {
-    /// `[height, width]` of the level read.
+    /// `[height, width]` of the view read.
     pub fn size(&self) -> [usize; 2] {
-        self.slide.levels()[self.level].size
+        self.view.size()
     }
 }
 
 impl PartialEq for SlideImage {
     /// The same file, level, input and mask: the same sample.
     fn eq(&self, other: &Self) -> bool {
-        self.slide.path() == other.slide.path()
-            && self.level == other.level
+        self.view.slide().path() == other.view.slide().path()
+            && self.view.level() == other.view.level()
+            && self.view.scale() == other.view.scale()
             && self.input == other.input
             && self.tissue == other.tissue
     }
@@ -160,7 +184,6 @@ impl PartialEq for SlideImage {
 struct SlideEntry {
     path: PathBuf,
     class: usize,
-    level: usize,
     size: [usize; 2],
     tissue: Option<Arc<TissueMask>>,
 }
@@ -178,6 +201,8 @@ pub struct SlideSet {
     classes: Vec<String>,
     input: FileInput,
     cache_bytes: usize,
+    reader: SlideReader,
+    resolution: Resolution,
 }
 
 /// The lines of `labels.csv`: `(slide path, label, split)`, checked.
@@ -247,14 +272,17 @@ fn read_labels(config: &SlidesConfig) -> Result<Vec<(PathBuf, String, String)>, 
 }
 
 impl SlideSet {
-    /// Opens `split`, calling `prepared(done, total)` after each slide's header (and tissue
-    /// mask) has been read, so that a caller can show progress.
+    /// Opens `split` with patches at `mpp` µm per pixel when given (see
+    /// [`SlidesConfig::resolution`]), calling `prepared(done, total)` after each slide's header
+    /// (and tissue mask) has been read, so that a caller can show progress.
     pub fn open(
         config: &SlidesConfig,
+        mpp: Option<f64>,
         split: Split,
         mut prepared: impl FnMut(usize, usize),
     ) -> Result<Self, DataError> {
         config.check()?;
+        let resolution = config.resolution(mpp);
         let rows = read_labels(config)?;
         let classes: Vec<String> = rows
             .iter()
@@ -295,9 +323,8 @@ impl SlideSet {
         for (class, files) in chosen {
             for path in files {
                 // Headers and the thumbnail only: a small cache is enough.
-                let slide = Slide::open(&path, 8 << 20)?;
-                let level = slide.level_for(config.downsample);
-                let size = slide.levels()[level].size;
+                let slide = Arc::new(Slide::open_with(&path, config.reader, 8 << 20)?);
+                let size = SlideView::new(Arc::clone(&slide), resolution)?.size();
                 let tissue = if config.tissue_mask {
                     let mask = TissueMask::of_slide(&slide)?;
                     if !mask.any() {
@@ -317,7 +344,6 @@ impl SlideSet {
                 slides.push(SlideEntry {
                     path,
                     class,
-                    level,
                     size,
                     tissue,
                 });
@@ -330,6 +356,8 @@ impl SlideSet {
             classes,
             input: config.input(),
             cache_bytes: config.cache_mib.saturating_mul(1 << 20),
+            reader: config.reader,
+            resolution,
         })
     }
 
@@ -362,8 +390,9 @@ impl ImageSource for SlideSet {
             index,
             len: self.slides.len(),
         })?;
-        let slide = Slide::open(&entry.path, self.cache_bytes)?;
-        if slide.levels().get(entry.level).map(|l| l.size) != Some(entry.size) {
+        let slide = Slide::open_with(&entry.path, self.reader, self.cache_bytes)?;
+        let view = SlideView::new(Arc::new(slide), self.resolution)?;
+        if view.size() != entry.size {
             return Err(DataError::Folder {
                 path: entry.path.clone(),
                 problem: "its pyramid changed since the dataset was opened".into(),
@@ -372,8 +401,7 @@ impl ImageSource for SlideSet {
             });
         }
         let image = SlideImage {
-            slide: Arc::new(slide),
-            level: entry.level,
+            view,
             input: self.input,
             tissue: entry.tissue.clone(),
         };
@@ -397,7 +425,7 @@ impl ImageSource for SlideSet {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PyramidSpec, TileCompression, write_tiled_tiff};
+    use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("dbps-slideset-{name}-{}", std::process::id()));
@@ -409,11 +437,8 @@ mod tests {
     /// A 128 × 192 gray slide with a half-size level, black but for a bright square.
     fn slide(path: &Path) {
         let spec = PyramidSpec {
-            levels: vec![[128, 192], [64, 96]],
-            tile: 32,
-            channels: 1,
-            compression: TileCompression::Deflate,
-            big: false,
+            mpp: Some(0.5),
+            ..PyramidSpec::new(vec![[128, 192], [64, 96]], 32, 1, TileCompression::Deflate)
         };
         write_tiled_tiff(path, &spec, |level, [y, x], side| {
             let d = 1 << level;
@@ -453,12 +478,13 @@ mod tests {
             ],
         );
         let config = SlidesConfig {
-            downsample: 2.0,
+            downsample: Some(2.0),
             channels: 1,
             ..SlidesConfig::new(&root)
         };
         let mut progress = Vec::new();
-        let train = SlideSet::open(&config, Split::Train, |d, t| progress.push((d, t))).unwrap();
+        let train =
+            SlideSet::open(&config, None, Split::Train, |d, t| progress.push((d, t))).unwrap();
         assert_eq!(progress, [(1, 2), (2, 2)]);
         assert_eq!(train.classes(), ["normal", "tumor"]);
         assert_eq!(train.len(), 2);
@@ -468,15 +494,33 @@ mod tests {
         let Pixels::Slide(image) = &a.image else {
             panic!("a slide sample holds a slide handle")
         };
-        assert_eq!((image.level, image.size()), (1, [64, 96]));
+        assert_eq!((image.view.level(), image.size()), (1, [64, 96]));
         let mask = image.tissue.as_ref().expect("tissue_mask defaults to true");
         // The bright square covers level-1 pixels [16, 32) × [32, 48).
         assert!(mask.covers([64, 96], [20, 36], [4, 4]));
         assert!(!mask.covers([64, 96], [50, 2], [8, 8]));
-        let valid = SlideSet::open(&config, Split::Valid, |_, _| {}).unwrap();
+        let valid = SlideSet::open(&config, None, Split::Valid, |_, _| {}).unwrap();
         assert_eq!(valid.slides[0].path, root.join("c.tif"));
-        let test = SlideSet::open(&config, Split::Test, |_, _| {}).unwrap();
+        let test = SlideSet::open(&config, None, Split::Test, |_, _| {}).unwrap();
         assert_eq!(test.sample(0).unwrap().targets, [Target::Class(0)]);
+
+        // In µm: 1.0 µm/px is level 1 of these 0.5 µm/px slides, as it is; 0.75 µm/px is
+        // level 0 shrunk by 1.5. A downsample given too wins.
+        let microns = SlidesConfig {
+            downsample: None,
+            ..config.clone()
+        };
+        let view_at = |mpp: f64| {
+            let set = SlideSet::open(&microns, Some(mpp), Split::Test, |_, _| {}).unwrap();
+            let Pixels::Slide(image) = set.sample(0).unwrap().image else {
+                panic!("a slide")
+            };
+            (image.view.level(), image.view.scale(), image.size())
+        };
+        assert_eq!(view_at(1.0), (1, 1.0, [64, 96]));
+        assert_eq!(view_at(0.75), (0, 1.5, [85, 128]));
+        let set = SlideSet::open(&config, Some(0.75), Split::Test, |_, _| {}).unwrap();
+        assert_eq!(set.image_size(), [1, 64, 96], "downsample 2 wins");
     }
 
     #[test]
@@ -486,7 +530,7 @@ mod tests {
         let config = SlidesConfig::new(&root);
         let error = |text: &str| {
             std::fs::write(root.join("labels.csv"), text).unwrap();
-            SlideSet::open(&config, Split::Train, |_, _| {})
+            SlideSet::open(&config, None, Split::Train, |_, _| {})
                 .unwrap_err()
                 .to_string()
         };
@@ -515,9 +559,10 @@ mod tests {
         assert!(e.contains("not-a-slide.tif"), "{e}");
         let e = SlideSet::open(
             &SlidesConfig {
-                downsample: 0.5,
+                downsample: Some(0.5),
                 ..config.clone()
             },
+            None,
             Split::Train,
             |_, _| {},
         )
@@ -527,16 +572,22 @@ mod tests {
         // A blank slide has no tissue to find.
         write_tiled_tiff(
             &root.join("blank.tif"),
-            &PyramidSpec {
-                levels: vec![[64, 64]],
-                tile: 32,
-                channels: 1,
-                compression: TileCompression::None,
-                big: false,
-            },
+            &PyramidSpec::new(vec![[64, 64]], 32, 1, TileCompression::None),
             |_, _, side| vec![0; side * side],
         )
         .unwrap();
+        // µm asked of a slide that states no resolution.
+        std::fs::write(
+            root.join("labels.csv"),
+            "slide,label,split\na.tif,x,train\nblank.tif,y,train\n",
+        )
+        .unwrap();
+        let e = SlideSet::open(&config, Some(0.5), Split::Train, |_, _| {});
+        let e = e.unwrap_err().to_string();
+        assert!(
+            e.contains("blank.tif") && e.contains("states no resolution"),
+            "{e}"
+        );
         let e = error("slide,label,split\nblank.tif,x,train\na.tif,y,train\n");
         assert!(e.contains("blank.tif") && e.contains("no tissue"), "{e}");
         // Class `y` only in test: training would see one class (before: trained on it).

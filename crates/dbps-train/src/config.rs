@@ -73,6 +73,11 @@ pub struct PatchConfig {
     /// What to do with pixels past the last whole patch.
     #[serde(default)]
     pub remainder: RemainderPolicy,
+    /// Slides only: the µm per pixel of the patches (`size` px of this resolution), so that one
+    /// config serves slides scanned at 20× and 40×; each slide is read at the level closest
+    /// from the finer side and resampled exactly. Slides that state no resolution are an error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpp: Option<f64>,
 }
 
 /// One method to train: IPS (s = 0, ips aggregator) or DBPS (s > 0, dual attention).
@@ -520,6 +525,22 @@ impl RunConfig {
                     "{stride} must lie in 1..={p} (the patch size): a larger stride leaves pixels that no patch sees"
                 ),
             ));
+        }
+        if let Some(mpp) = self.patch.mpp {
+            if !matches!(self.dataset, DatasetConfig::Slides(_)) {
+                return Err(config_error(
+                    "patch.mpp",
+                    "a resolution in µm per pixel applies to slides (`dataset.slides`) only; drop it",
+                ));
+            }
+            if !(mpp.is_finite() && mpp > 0.0 && mpp <= 100.0) {
+                return Err(config_error(
+                    "patch.mpp",
+                    format!(
+                        "{mpp} µm per pixel must lie in (0, 100] (0.25 is a 40× scan, 0.5 a 20× scan)"
+                    ),
+                ));
+            }
         }
         let [h, w] = self.image_size();
         let pixels = (h as u64).saturating_mul(w as u64);

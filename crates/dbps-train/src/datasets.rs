@@ -151,8 +151,9 @@ pub struct Splits {
 }
 
 impl DatasetConfig {
-    /// Opens the train, valid and test splits: the only place that knows which datasets exist.
-    pub fn open(&self) -> Result<[Arc<dyn ImageSource>; 3]> {
+    /// Opens the train, valid and test splits, slides at `mpp` µm per pixel when given
+    /// (`patch.mpp`): the only place that knows which datasets exist.
+    pub fn open(&self, mpp: Option<f64>) -> Result<[Arc<dyn ImageSource>; 3]> {
         fn each<S: ImageSource + 'static>(
             open: impl Fn(Split) -> std::result::Result<S, DataError>,
         ) -> Result<[Arc<dyn ImageSource>; 3]> {
@@ -180,7 +181,7 @@ impl DatasetConfig {
             Self::FeatureBags(c) => each(|s| dbps_data::FeatureBags::open(c, s)),
             Self::Slides(c) => each(|s| {
                 preparing(s, "slides", |progress| {
-                    dbps_data::SlideSet::open(c, s, progress)
+                    dbps_data::SlideSet::open(c, mpp, s, progress)
                 })
             }),
         }
@@ -227,7 +228,7 @@ impl Splits {
     pub fn open(config: &RunConfig) -> Result<Self> {
         let failure = Arc::new(Mutex::new(Failure::default()));
         let patch = config.patch.size;
-        let [train, valid, test] = config.dataset.open()?.map(|source| {
+        let [train, valid, test] = config.dataset.open(config.patch.mpp)?.map(|source| {
             let [_, h, w] = source.image_size();
             let blank_size = if source.variable_size() {
                 [h.min(patch), w.min(patch)]

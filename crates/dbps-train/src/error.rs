@@ -46,6 +46,9 @@ pub enum TrainError {
     /// The dataset could not be opened.
     #[error(transparent)]
     Data(#[from] dbps_data::DataError),
+    /// A slide could not be opened or read.
+    #[error(transparent)]
+    Slide(#[from] dbps_slide::SlideError),
     /// Training diverged.
     #[error(
         "training of {method} stopped: the loss became {value} at epoch {epoch}; lower `train.lr` or raise `train.warmup_epochs` (checkpoints of earlier epochs are kept)"

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::host_images;
 use crate::checkpoint::method_dirs;
 use crate::figure::{Framebuffer, heat_color};
-use crate::predict::{SlideOptions, TaskPrediction, TrainedMethod, open_slide};
+use crate::predict::{GridGeometry, SlideOptions, TaskPrediction, TrainedMethod, open_slide};
 use crate::report::write_json_atomic;
 use crate::{HostCandidates, Mode, Result, TrainError};
 
@@ -193,6 +193,14 @@ impl PatchAttention {
         self.patches
     }
 
+    /// Every head's weights, `[H][N]`.
+    pub fn per_head(&self) -> Vec<Vec<f32>> {
+        self.weights
+            .chunks(self.patches.max(1))
+            .map(<[f32]>::to_vec)
+            .collect()
+    }
+
     /// The map `choice` picks: one head's weights, or their mean over heads.
     pub fn map(&self, choice: HeadChoice) -> Result<Vec<f32>> {
         let n = self.patches;
@@ -277,25 +285,16 @@ pub struct MethodExplanation {
     /// The grid index of each weight: every patch in grid order for an image; the patches on
     /// tissue, in reading order, for a masked slide (the others were never encoded).
     pub candidates: Vec<usize>,
+    /// Every head's weights over `candidates` (`[H][K]`), for exports such as GeoJSON; not
+    /// written to the sidecar.
+    #[serde(skip)]
+    pub head_weights: Vec<Vec<f32>>,
     /// The weights that map to the darkest and brightest colour.
     pub range: [f32; 2],
     /// Top-left pixel `[x, y]` of the image panel (outlines).
     pub image_panel: [u32; 2],
     /// Top-left pixel `[x, y]` of the heatmap panel.
     pub heatmap_panel: [u32; 2],
-}
-
-/// The patch grid in image pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GridGeometry {
-    /// Patch rows.
-    pub rows: usize,
-    /// Patch columns.
-    pub cols: usize,
-    /// Patch side p.
-    pub patch: usize,
-    /// Distance between patch origins.
-    pub stride: usize,
 }
 
 /// The sidecar of an explanation figure (`FILE.json` beside `FILE.png`).
@@ -326,6 +325,9 @@ pub struct Explanation {
     pub sub_salient_color: [u8; 3],
     /// One row of panels per method.
     pub methods: Vec<MethodExplanation>,
+    /// How a slide was read (absent for an ordinary image).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slide: Option<crate::SlideReading>,
 }
 
 /// The display rectangle `[x0, y0, x1, y1)` of patch `index`, relative to its panel.
@@ -511,7 +513,7 @@ pub fn explain<B: Backend>(
                     attention.map(options.head)?,
                     candidates,
                     grid,
-                    attention.heads(),
+                    attention.per_head(),
                 )
             }
             None => {
@@ -544,12 +546,12 @@ pub fn explain<B: Backend>(
                     attention.map(options.head)?,
                     candidates,
                     grid,
-                    attention.heads(),
+                    attention.per_head(),
                 )
             }
         };
-        tracing::info!(method = %prediction.method, patches = grid.len(), scored = candidates.len(), heads, "attention over the candidates");
-        rows.push((prediction, weights, candidates));
+        tracing::info!(method = %prediction.method, patches = grid.len(), scored = candidates.len(), heads = heads.len(), "attention over the candidates");
+        rows.push((prediction, weights, candidates, heads));
     }
     let Some((grid, backdrop, heads)) = layout else {
         return Err(TrainError::Checkpoint {
@@ -569,10 +571,10 @@ pub fn explain<B: Backend>(
     let base = resampled(&backdrop.rgb, backdrop.size, panel, backdrop_scale);
     let rows: Vec<_> = rows
         .into_iter()
-        .map(|(prediction, weights, candidates)| {
+        .map(|(prediction, weights, candidates, heads)| {
             let (levels, range) = normalise(&weights, options.normalisation);
             let title = row_title(&prediction, range);
-            (prediction, weights, candidates, levels, range, title)
+            (prediction, weights, candidates, heads, levels, range, title)
         })
         .collect();
     let caption = format!(
@@ -582,7 +584,7 @@ pub fn explain<B: Backend>(
     // The fonts are 9 (titles) and 7 (legend) pixels wide per character.
     let title_w = rows
         .iter()
-        .map(|r| 9 * r.5.chars().count() as u32)
+        .map(|r| 9 * r.6.chars().count() as u32)
         .max()
         .unwrap_or(0);
     let row_h = TITLE + panel[1] + MARGIN;
@@ -595,8 +597,11 @@ pub fn explain<B: Backend>(
     let bold = MonoTextStyle::new(&FONT_9X15_BOLD, Rgb888::BLACK);
 
     let mut explained = Vec::with_capacity(rows.len());
-    for (r, (prediction, weights, candidates, levels, range, title)) in rows.into_iter().enumerate()
+    let mut reading = None;
+    for (r, (prediction, weights, candidates, head_weights, levels, range, title)) in
+        rows.into_iter().enumerate()
     {
+        reading = reading.or(prediction.slide.clone());
         let top = MARGIN + r as u32 * row_h;
         let left = [MARGIN, top + TITLE];
         let right = [2 * MARGIN + panel[0], top + TITLE];
@@ -643,6 +648,7 @@ pub fn explain<B: Backend>(
             sub_salient: prediction.sub_salient,
             attention: weights,
             candidates,
+            head_weights,
             range,
             image_panel: left,
             heatmap_panel: right,
@@ -678,12 +684,7 @@ pub fn explain<B: Backend>(
         image: image.to_path_buf(),
         figure: out.to_path_buf(),
         size,
-        grid: GridGeometry {
-            rows: grid.rows(),
-            cols: grid.cols(),
-            patch: grid.patch(),
-            stride: grid.stride(),
-        },
+        grid: GridGeometry::of(&grid),
         scale,
         panel,
         normalisation: options.normalisation,
@@ -692,6 +693,7 @@ pub fn explain<B: Backend>(
         salient_color: SALIENT_COLOR,
         sub_salient_color: SUB_SALIENT_COLOR,
         methods: explained,
+        slide: reading,
     };
     write_json_atomic(&out.with_extension("json"), &explanation)?;
     Ok(explanation)

@@ -60,8 +60,8 @@ pub use epoch_order::{EpochOrder, epoch_seed};
 pub use error::{Result, TrainError};
 pub use eval::{CheckpointEval, EvalReport, eval_checkpoints, evaluate};
 pub use explain::{
-    ExplainOptions, Explanation, GridGeometry, HeadChoice, MethodExplanation, Normalisation,
-    PatchAttention, SALIENT_COLOR, SUB_SALIENT_COLOR, explain, normalise,
+    ExplainOptions, Explanation, HeadChoice, MethodExplanation, Normalisation, PatchAttention,
+    SALIENT_COLOR, SUB_SALIENT_COLOR, explain, normalise,
 };
 pub use figure::{Framebuffer, heat_color};
 pub use heap::retain_freed_memory;
@@ -79,8 +79,8 @@ pub use named_weights::{
 };
 pub use official_ips::{OfficialImportError, from_official_ips};
 pub use predict::{
-    ImagePrediction, PredictReport, Predictor, SlideOptions, SlideReading, TaskPrediction,
-    TrainedMethod, peak_resident_mib, predict,
+    GridGeometry, ImagePrediction, PredictReport, Predictor, SlideOptions, SlideReading,
+    TaskPrediction, TrainedMethod, peak_resident_mib, predict,
 };
 pub use renderer::{ProgressRenderer, hide_progress_bars, progress_bar, suspend_bars};
 pub use report::{

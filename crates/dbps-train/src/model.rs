@@ -388,13 +388,13 @@ fn slide_pool(slide: &SlideImage, grid: &PatchGrid) -> Result<Option<Vec<i64>>, 
     let pool = tissue_patches(grid, slide.size(), mask);
     if pool.is_empty() {
         return Err(TrainError::Input {
-            path: slide.slide.path().to_path_buf(),
+            path: slide.view.slide().path().to_path_buf(),
             reason: format!(
                 "the tissue mask (Otsu threshold {}) keeps no whole patch of the {}×{} px level {}; set dataset.slides.tissue_mask to false, or use smaller patches",
                 mask.threshold,
                 slide.size()[0],
                 slide.size()[1],
-                slide.level
+                slide.view.level()
             ),
         });
     }
@@ -427,7 +427,7 @@ fn each_size<B: Backend, Out: Backend>(
                 .map(|(index, image)| {
                     let plan = plan.for_image(image.size()).map_err(|e| match image {
                         SingleImage::Slide(slide) => TrainError::Input {
-                            path: slide.slide.path().to_path_buf(),
+                            path: slide.view.slide().path().to_path_buf(),
                             reason: e.to_string(),
                         },
                         SingleImage::Host(_) => e.into(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use burn::tensor::activation::{sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use dbps_data::{FileInput, Sample, Slide, TaskKind, TaskSpec, TissueMask, image_files, is_tiff};
+use dbps_data::{FileInput, Sample, TaskKind, TaskSpec, image_files};
+use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
 use dbps_tiling::{HostImages, PatchGrid};
 use serde::{Deserialize, Serialize};
 
@@ -137,7 +138,29 @@ impl<B: Backend> TrainedMethod<B> {
         prediction
     }
 
-    /// The classifier fitted to the slide level `options` picks, its candidates, and what
+    /// Where this model reads a slide's patches: an explicit `--downsample` (over the
+    /// training config's µm/px, with a warning), else the training config's resolution
+    /// (`patch.mpp`, or `dataset.slides.downsample`), else full resolution.
+    pub fn resolution(&self, options: &SlideOptions) -> Resolution {
+        let config = &self.manifest.config;
+        let trained = match &config.dataset {
+            crate::config::DatasetConfig::Slides(slides) => {
+                Some(slides.resolution(config.patch.mpp))
+            }
+            _ => None,
+        };
+        match (options.downsample, trained) {
+            (Some(d), Some(Resolution::MicronsPerPixel(mpp))) => {
+                tracing::warn!(downsample = d, mpp, method = %self.manifest.name(), "--downsample overrides the {mpp} µm/px the model was trained at");
+                Resolution::Downsample(d)
+            }
+            (Some(d), _) => Resolution::Downsample(d),
+            (None, Some(trained)) => trained,
+            (None, None) => Resolution::Downsample(1.0),
+        }
+    }
+
+    /// The classifier fitted to the slide view `options` picks, its candidates, and what
     /// was read (`tiles_read` counts once the candidates have been read).
     fn slide_source(
         &self,
@@ -146,20 +169,22 @@ impl<B: Backend> TrainedMethod<B> {
         device: &B::Device,
     ) -> Result<(PatchClassifier<B>, SlideCandidates<B>, SlideReading)> {
         let path = slide.path();
-        let level = slide.level_for(options.downsample);
+        let view = SlideView::new(Arc::clone(slide), self.resolution(options))?;
+        let level = view.level();
         let l = slide.levels()[level];
+        let size = view.size();
         let patch = self.model.plan().grid.patch();
-        let model = self.model.for_image_size(l.size).map_err(|e| TrainError::Input {
+        let model = self.model.for_image_size(size).map_err(|e| TrainError::Input {
             path: path.to_path_buf(),
             reason: format!(
-                "level {level} ({}×{} px, downsample {:.1}): {e}; the model cuts {patch} px patches, so ask for a level at least that large with a smaller --downsample",
-                l.size[0], l.size[1], l.downsample
+                "level {level} ({}×{} px as read, downsample {:.1}): {e}; the model cuts {patch} px patches, so ask for a level at least that large with a smaller --downsample",
+                size[0], size[1], view.level0_per_pixel()
             ),
         })?;
         let grid = model.plan().grid;
         let (order, threshold) = if options.tissue_mask {
             let mask = TissueMask::of_slide(slide)?;
-            let pool = tissue_patches(&grid, l.size, &mask);
+            let pool = tissue_patches(&grid, size, &mask);
             (
                 model.plan().candidates_among(&pool, Mode::Eval),
                 Some(mask.threshold),
@@ -181,20 +206,18 @@ impl<B: Backend> TrainedMethod<B> {
         let reading = SlideReading {
             level,
             downsample: l.downsample,
+            scale: view.scale(),
+            level0_per_pixel: view.level0_per_pixel(),
+            mpp: view.mpp(),
+            reader: slide.reader_name().to_string(),
+            grid: GridGeometry::of(&grid),
             patches_skipped: grid.len() - indices.len(),
             tissue_threshold: threshold,
             tiles: l.tile_count(),
             tiles_read: 0,
         };
-        let source = SlideCandidates::new(
-            Arc::clone(slide),
-            level,
-            grid,
-            indices,
-            self.file_input()?,
-            device.clone(),
-        )
-        .with_progress();
+        let source = SlideCandidates::new(view, grid, indices, self.file_input()?, device.clone())
+            .with_progress();
         Ok((model, source, reading))
     }
 
@@ -343,14 +366,17 @@ pub struct ImagePrediction {
     pub slide: Option<SlideReading>,
 }
 
-/// How `dbps predict` and `dbps explain` read their inputs: whole-slide images (tiled TIFF and
-/// BigTIFF) streamed tile by tile, and the pixel budget of ordinary images decoded whole.
+/// How `dbps predict` and `dbps explain` read their inputs: whole-slide images streamed tile
+/// by tile, and the pixel budget of ordinary images decoded whole.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SlideOptions {
     /// The most pixels an ordinary image may declare (see [`dbps_data::DEFAULT_MAX_PIXELS`]).
     pub max_pixels: u64,
     /// Requested downsample of level 0: the most reduced level not coarser than this is read.
-    pub downsample: f64,
+    /// `None`: the resolution the model was trained at (see [`TrainedMethod::resolution`]).
+    pub downsample: Option<f64>,
+    /// Which reader opens slides.
+    pub reader: SlideReader,
     /// Encode only patches on tissue (Otsu threshold on a thumbnail).
     pub tissue_mask: bool,
     /// Bytes of decoded tiles kept in memory.
@@ -361,20 +387,71 @@ impl Default for SlideOptions {
     fn default() -> Self {
         Self {
             max_pixels: dbps_data::DEFAULT_MAX_PIXELS,
-            downsample: 1.0,
+            downsample: None,
+            reader: SlideReader::Auto,
             tissue_mask: false,
             cache_bytes: 64 << 20,
         }
     }
 }
 
+/// The patch grid in the pixels the model saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct GridGeometry {
+    /// Patch rows.
+    pub rows: usize,
+    /// Patch columns.
+    pub cols: usize,
+    /// Patch side p.
+    pub patch: usize,
+    /// Distance between patch origins.
+    pub stride: usize,
+}
+
+impl GridGeometry {
+    /// The geometry of `grid`.
+    pub fn of(grid: &PatchGrid) -> Self {
+        Self {
+            rows: grid.rows(),
+            cols: grid.cols(),
+            patch: grid.patch(),
+            stride: grid.stride(),
+        }
+    }
+
+    /// `[y, x]` of patch `index`'s top-left pixel.
+    pub fn origin(&self, index: usize) -> [usize; 2] {
+        [
+            index / self.cols.max(1) * self.stride,
+            index % self.cols.max(1) * self.stride,
+        ]
+    }
+}
+
 /// How one slide was read.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SlideReading {
     /// Pyramid level read (0 = full resolution).
     pub level: usize,
     /// Its downsample of level 0.
     pub downsample: f64,
+    /// Level pixels per pixel the model saw (1: the level as it is; above 1 when a µm/px
+    /// resolution fell between levels).
+    #[serde(default = "one")]
+    pub scale: f64,
+    /// Level-0 pixels per pixel the model saw: grid coordinates times this are level-0
+    /// coordinates (QuPath's).
+    #[serde(default)]
+    pub level0_per_pixel: f64,
+    /// µm per pixel the model saw, when the slide states its resolution.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mpp: Option<f64>,
+    /// The reader: `builtin` or `openslide`.
+    #[serde(default)]
+    pub reader: String,
+    /// The patch grid over the pixels the model saw.
+    #[serde(default)]
+    pub grid: GridGeometry,
     /// Grid patches the tissue mask left out as background (never read or encoded).
     pub patches_skipped: usize,
     /// The mask's Otsu threshold, when a mask was used.
@@ -384,6 +461,10 @@ pub struct SlideReading {
     /// Distinct tiles of the level its patches lay on (tiles under skipped patches only are
     /// never read).
     pub tiles_read: usize,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// Everything `dbps predict` found.
@@ -444,7 +525,7 @@ impl PredictReport {
             }
         }
         for p in &self.predictions {
-            if let Some(r) = p.slide {
+            if let Some(r) = &p.slide {
                 out += &format!(
                     "{} ({}): level {} (downsample {:.1}, {}×{} px), {} of {} patches skipped as background, {} of {} tiles read\n",
                     name(&p.image),
@@ -506,7 +587,7 @@ impl<B: Backend> Predictor<B> {
                 None => method.predict(file, self.slides.max_pixels, &self.device),
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(reading) = predictions.last().and_then(|p| p.slide) {
+        if let Some(reading) = predictions.last().and_then(|p| p.slide.as_ref()) {
             tracing::info!(slide = %file.display(), skipped = reading.patches_skipped, tiles_read = reading.tiles_read, tiles = reading.tiles, "slide read");
         }
         Ok(predictions)
@@ -539,12 +620,10 @@ pub fn predict<B: Backend>(
     })
 }
 
-/// The file as a slide when it is a TIFF with tiled images; `None` for any other image.
+/// The file as a slide when a reader takes it as one (a tiled TIFF; with OpenSlide, any
+/// format it recognises); `None` for an ordinary image.
 pub(crate) fn open_slide(path: &Path, options: &SlideOptions) -> Result<Option<Arc<Slide>>> {
-    if !is_tiff(path) {
-        return Ok(None);
-    }
-    Ok(Slide::open_tiled(path, options.cache_bytes)?.map(Arc::new))
+    Ok(Slide::open_if_slide(path, options.reader, options.cache_bytes)?.map(Arc::new))
 }
 
 /// The process's peak resident set in MiB (`VmHWM` in `/proc/self/status`; Linux only).

@@ -3,12 +3,13 @@
 //! slide.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
-use dbps_data::{DataError, FileInput, Slide, SlideImage, TissueMask};
+use dbps_data::{DataError, FileInput, SlideImage};
 use dbps_select::CandidateChunks;
+use dbps_slide::{SlideView, TissueMask};
 use dbps_tiling::PatchGrid;
 use indicatif::ProgressBar;
 
@@ -57,12 +58,11 @@ impl SlidePixels {
     }
 }
 
-/// The patches of one slide level on a patch grid, restricted to `indices` (all of them, or
-/// those a [`TissueMask`] keeps), as selection candidates.
+/// The patches of one slide view (a level, at a scale) on a patch grid, restricted to
+/// `indices` (all of them, or those a [`TissueMask`] keeps), as selection candidates.
 #[derive(Debug)]
 pub struct SlideCandidates<B: Backend> {
-    slide: Arc<Slide>,
-    level: usize,
+    view: SlideView,
     grid: PatchGrid,
     indices: Vec<i64>,
     pixels: SlidePixels,
@@ -72,19 +72,17 @@ pub struct SlideCandidates<B: Backend> {
 }
 
 impl<B: Backend> SlideCandidates<B> {
-    /// Candidates `indices` of `grid` over level `level` of `slide`, read as `input` reads a
-    /// file, uploaded to `device`.
+    /// Candidates `indices` of `grid` over `view`, read as `input` reads a file, uploaded to
+    /// `device`.
     pub fn new(
-        slide: Arc<Slide>,
-        level: usize,
+        view: SlideView,
         grid: PatchGrid,
         indices: Vec<i64>,
         input: FileInput,
         device: B::Device,
     ) -> Self {
         Self {
-            slide,
-            level,
+            view,
             grid,
             pixels: SlidePixels::new(input),
             device,
@@ -94,21 +92,14 @@ impl<B: Backend> SlideCandidates<B> {
         }
     }
 
-    /// Candidates `indices` of `grid` over a dataset's slide, at its level and input.
+    /// Candidates `indices` of `grid` over a dataset's slide, at its view and input.
     pub fn of_image(
         image: &SlideImage,
         grid: PatchGrid,
         indices: Vec<i64>,
         device: B::Device,
     ) -> Self {
-        Self::new(
-            Arc::clone(&image.slide),
-            image.level,
-            grid,
-            indices,
-            image.input,
-            device,
-        )
+        Self::new(image.view.clone(), grid, indices, image.input, device)
     }
 
     /// The same candidates, showing a progress bar as chunks are read (one slide read for
@@ -170,21 +161,22 @@ impl<B: Backend> CandidateChunks<B> for SlideCandidates<B> {
         let mut values = Vec::with_capacity((end - start) * c * p * p);
         for &index in &self.indices[start..end] {
             let origin = self.grid.origin(index as usize);
-            let level = self.slide.levels()[self.level];
+            let level = self.view.slide().levels()[self.view.level()];
             let [th, tw] = level.tile;
+            let [[y0, x0], [y1, x1]] = self.view.level_span(origin, [p, p]);
             let mut touched = self.touched.lock().unwrap_or_else(PoisonError::into_inner);
-            let last = |v: usize, full: usize, t: usize| {
-                (v + p).min(full).max(v + 1).saturating_sub(1) / t
+            let last = |v0: usize, v1: usize, full: usize, t: usize| {
+                v1.min(full).max(v0 + 1).saturating_sub(1) / t
             };
-            for ty in origin[0] / th..=last(origin[0], level.size[0], th) {
-                for tx in origin[1] / tw..=last(origin[1], level.size[1], tw) {
+            for ty in y0 / th..=last(y0, y1, level.size[0], th) {
+                for tx in x0 / tw..=last(x0, x1, level.size[1], tw) {
                     touched.insert(ty * level.tiles_across() + tx);
                 }
             }
             drop(touched);
-            let region = self.slide.read_region(self.level, origin, [p, p])?;
+            let region = self.view.read_region(origin, [p, p])?;
             self.pixels
-                .planar(&region, self.slide.channels(), &mut values);
+                .planar(&region, self.view.slide().channels(), &mut values);
         }
         // Selection and the attention map each read every chunk once, from 0.
         if let Some(bar) = &self.bar {

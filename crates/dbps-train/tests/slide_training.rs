@@ -10,7 +10,7 @@ use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor};
-use dbps_data::{PyramidSpec, TileCompression, write_tiled_tiff};
+use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
 use dbps_train::{
     BatchImages, ImageBatch, ImageBatcher, RunConfig, Splits, build_classifier, loss_and_hits,
 };
@@ -35,6 +35,8 @@ fn write_slide(path: &Path, shade: u8) {
         channels: 3,
         compression: TileCompression::Deflate,
         big: false,
+        description: None,
+        mpp: None,
     };
     write_tiled_tiff(path, &spec, |level, [y0, x0], side| {
         let d = 1 << level;

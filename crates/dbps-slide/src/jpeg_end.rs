@@ -15,7 +15,7 @@ const SOS: u8 = 0xDA;
 
 /// `Ok` when `bytes` is a JPEG stream (SOI first) whose segments and scans lead to an EOI
 /// marker; otherwise what is missing, in words. Bytes after EOI (camera trailers) are allowed.
-pub(crate) fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
+pub fn check_jpeg_complete(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 2 || bytes[0] != 0xFF || bytes[1] != SOI {
         return Err("does not start with a JPEG start-of-image marker".into());
     }

@@ -10,7 +10,7 @@ use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::Path;
 
-use crate::DataError;
+use crate::SlideError;
 
 /// How the writer compresses tiles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +40,7 @@ impl TileCompression {
 }
 
 /// The geometry of a pyramid to write.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PyramidSpec {
     /// `[height, width]` per level, largest first.
     pub levels: Vec<[usize; 2]>,
@@ -52,6 +52,32 @@ pub struct PyramidSpec {
     pub compression: TileCompression,
     /// BigTIFF (64-bit offsets) instead of classic TIFF.
     pub big: bool,
+    /// ImageDescription of level 0 (an Aperio SVS starts it with "Aperio Image Library").
+    pub description: Option<String>,
+    /// µm per level-0 pixel, written as resolution tags (pixels per centimetre) on every
+    /// level, scaled by its downsample.
+    pub mpp: Option<f64>,
+}
+
+impl PyramidSpec {
+    /// A classic TIFF of `levels` (`[height, width]`, largest first) in `tile` px tiles, with
+    /// no description and no resolution.
+    pub fn new(
+        levels: Vec<[usize; 2]>,
+        tile: usize,
+        channels: usize,
+        compression: TileCompression,
+    ) -> Self {
+        Self {
+            levels,
+            tile,
+            channels,
+            compression,
+            big: false,
+            description: None,
+            mpp: None,
+        }
+    }
 }
 
 /// What the writer stored.
@@ -65,8 +91,10 @@ pub struct WrittenSlide {
     pub bytes: u64,
 }
 
+const ASCII: u16 = 2;
 const SHORT: u16 = 3;
 const LONG: u16 = 4;
+const RATIONAL: u16 = 5;
 const LONG8: u16 = 16;
 
 /// One IFD entry before layout: tag, type and values.
@@ -84,6 +112,12 @@ impl Entry {
     fn value_bytes(&self, le: &mut Vec<u8>) {
         for &v in &self.values {
             match self.kind {
+                ASCII => le.push(v as u8),
+                // Numerator in the high half, denominator in the low half.
+                RATIONAL => {
+                    le.extend_from_slice(&((v >> 32) as u32).to_le_bytes());
+                    le.extend_from_slice(&(v as u32).to_le_bytes());
+                }
                 SHORT => le.extend_from_slice(&(v as u16).to_le_bytes()),
                 LONG => le.extend_from_slice(&(v as u32).to_le_bytes()),
                 _ => le.extend_from_slice(&v.to_le_bytes()),
@@ -203,8 +237,8 @@ pub fn write_tiled_tiff(
     path: &Path,
     spec: &PyramidSpec,
     mut tile: impl FnMut(usize, [usize; 2], usize) -> Vec<u8>,
-) -> Result<WrittenSlide, DataError> {
-    let io = |source| DataError::Io {
+) -> Result<WrittenSlide, SlideError> {
+    let io = |source| SlideError::Io {
         path: path.to_path_buf(),
         source,
     };
@@ -257,7 +291,7 @@ pub fn write_tiled_tiff(
         }
         let array = if spec.big { LONG8 } else { LONG };
         let c = spec.channels as u64;
-        let entries = vec![
+        let mut entries = vec![
             Entry::new(254, LONG, vec![u64::from(level > 0)]),
             Entry::new(256, LONG, vec![w as u64]),
             Entry::new(257, LONG, vec![h as u64]),
@@ -271,6 +305,19 @@ pub fn write_tiled_tiff(
             Entry::new(324, array, offsets),
             Entry::new(325, array, counts),
         ];
+        if let (0, Some(text)) = (level, &spec.description) {
+            let bytes = text.bytes().chain([0]).map(u64::from).collect();
+            entries.push(Entry::new(270, ASCII, bytes));
+        }
+        if let Some(mpp) = spec.mpp {
+            // Pixels per centimetre of this level, as a fraction over 1,000.
+            let downsample = spec.levels[0][1] as f64 / w as f64;
+            let per_cm = (10_000.0 / (mpp * downsample) * 1_000.0).round() as u64;
+            let rational = (per_cm << 32) | 1_000;
+            entries.push(Entry::new(282, RATIONAL, vec![rational]));
+            entries.push(Entry::new(283, RATIONAL, vec![rational]));
+            entries.push(Entry::new(296, SHORT, vec![3]));
+        }
         let (start, next) = tf.ifd(entries).map_err(io)?;
         tf.patch(pointer, start).map_err(io)?;
         pointer = next;
