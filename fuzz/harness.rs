@@ -12,7 +12,7 @@ use dbps_data::{
     FeatureBags, FeatureBagsConfig, FeatureFile, FileInput, ImageFolderConfig, SlideSet,
     SlidesConfig, Split, open_traffic_signs, read_idx_digits,
 };
-use dbps_slide::{Slide, SlideReader, TissueMask};
+use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
 
 /// What a target does with one input.
 pub type Target = fn(&[u8]);
@@ -56,8 +56,9 @@ fn file_named_by_first_byte(target: &str, data: &[u8], names: [&str; 2]) -> Opti
     Some(path)
 }
 
-/// A TIFF pyramid as `predict` reads it (levels, regions, thumbnail, tissue mask), and the same
-/// bytes as an ordinary image decoded whole (PNG, JPEG, BMP, TIFF).
+/// A TIFF pyramid as `predict` reads it (levels, regions, thumbnail, tissue mask and its
+/// outline, a view resampled to a resolution between levels), and the same bytes as an
+/// ordinary image decoded whole (PNG, JPEG, BMP, TIFF).
 pub fn slide(data: &[u8]) {
     let dir = scratch("slide");
     let path = dir.join("slide.tif");
@@ -67,7 +68,15 @@ pub fn slide(data: &[u8]) {
             let [h, w] = level.size;
             let _ = slide.read_region(i, [h / 3, w / 3], [h.min(48), w.min(48)]);
         }
-        let _ = TissueMask::of_slide(&slide);
+        if let Ok(mask) = TissueMask::of_slide(&slide) {
+            let _ = mask.contours();
+        }
+        let slide = std::sync::Arc::new(slide);
+        let between = slide.mpp().unwrap_or(1.0) * 1.5;
+        if let Ok(view) = SlideView::new(slide, Resolution::MicronsPerPixel(between)) {
+            let [h, w] = view.size();
+            let _ = view.read_region([h / 3, w / 3], [h.min(32), w.min(32)]);
+        }
     }
     let _ = FileInput::Rgb.read(&path, 1 << 22);
     let _ = FileInput::Gray.read(&path, 1 << 22);

@@ -615,7 +615,8 @@ fn write_prediction_geojson(
         let collection = dbps_app::geojson::predictions_geojson(&predictions, Some(tissue))?;
         let path = dir.join(&name);
         dbps_app::geojson::write_geojson(&path, &collection)?;
-        println!("geojson: {}", path.display());
+        // stdout may be --json's: the files written go to the log.
+        tracing::info!(geojson = %path.display(), "written");
     }
     Ok(())
 }

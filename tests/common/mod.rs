@@ -48,14 +48,33 @@ pub fn write_slide(path: &Path, tumor: bool, seed: usize) {
 
 /// [`write_slide`] at `side` × `side` pixels, the tissue band over the middle half.
 pub fn write_slide_of(path: &Path, side: usize, tumor: bool, seed: usize) {
+    write_slide_at(path, side, tumor, seed, None);
+}
+
+/// [`write_slide_of`] stating `mpp` µm per level-0 pixel in its resolution tags.
+pub fn write_slide_at(path: &Path, side: usize, tumor: bool, seed: usize, mpp: Option<f64>) {
+    write_slide_with(path, side, tumor, seed, TileCompression::Deflate, None, mpp);
+}
+
+/// [`write_slide_at`] with tiles compressed as `compression` and level 0's ImageDescription
+/// set to `description` (an Aperio SVS starts it with "Aperio Image Library").
+pub fn write_slide_with(
+    path: &Path,
+    side: usize,
+    tumor: bool,
+    seed: usize,
+    compression: TileCompression,
+    description: Option<String>,
+    mpp: Option<f64>,
+) {
     let spec = PyramidSpec {
         levels: vec![[side, side], [side / 2, side / 2]],
         tile: 64,
         channels: 3,
-        compression: TileCompression::Deflate,
+        compression,
         big: seed.is_multiple_of(2),
-        description: None,
-        mpp: None,
+        description,
+        mpp,
     };
     let band = side / 4..side * 3 / 4;
     write_tiled_tiff(path, &spec, |level, [y0, x0], tile_side| {

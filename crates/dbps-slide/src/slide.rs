@@ -74,7 +74,7 @@ const BUILD_WITH_OPENSLIDE: &str = "build dbps with `--features openslide` (need
 enum Reader {
     Tiff(TiffPyramid),
     #[cfg(feature = "openslide")]
-    OpenSlide(crate::openslide_reader::OpenSlideReader),
+    OpenSlide(Box<crate::openslide_reader::OpenSlideReader>),
 }
 
 /// A whole-slide image read a region at a time, never whole.
@@ -320,7 +320,8 @@ fn openslide_recognises(_: &Path) -> bool {
 
 #[cfg(feature = "openslide")]
 fn open_openslide(path: &Path, context: String) -> Result<Reader, SlideError> {
-    crate::openslide_reader::OpenSlideReader::open(path, context).map(Reader::OpenSlide)
+    crate::openslide_reader::OpenSlideReader::open(path, context)
+        .map(|r| Reader::OpenSlide(Box::new(r)))
 }
 
 #[cfg(not(feature = "openslide"))]

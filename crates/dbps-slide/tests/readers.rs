@@ -13,10 +13,10 @@ use dbps_slide::{
 
 /// The largest difference allowed between two JPEG decoders (zune-jpeg in the built-in
 /// reader, libjpeg under OpenSlide) on one 8-bit sample: their IDCT and upsampling round
-/// differently.
-const JPEG_TOLERANCE: u8 = 8;
+/// differently (measured on this file: at most 1, mean 0.0006).
+const JPEG_TOLERANCE: u8 = 4;
 /// The largest mean absolute difference allowed over a JPEG region.
-const JPEG_MEAN_TOLERANCE: f64 = 1.0;
+const JPEG_MEAN_TOLERANCE: f64 = 0.05;
 
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dbps-readers-{name}-{}", std::process::id()));
@@ -146,6 +146,10 @@ fn an_aperio_svs_reads_alike_within_the_jpeg_tolerance() {
     );
     let (builtin, openslide) = both(&path);
     let (worst, mean) = compare_levels(&builtin, &openslide);
+    // The figure docs/slides.md quotes.
+    eprintln!(
+        "Aperio JPEG tiles, built-in vs OpenSlide: largest difference {worst}, mean {mean:.4}"
+    );
     assert!(
         worst <= JPEG_TOLERANCE && mean <= JPEG_MEAN_TOLERANCE,
         "largest difference {worst}, mean {mean:.3}"

@@ -526,14 +526,20 @@ impl PredictReport {
         }
         for p in &self.predictions {
             if let Some(r) = &p.slide {
+                let resolution = r.mpp.map_or(String::new(), |m| format!(", {m:.3} µm/px"));
                 out += &format!(
-                    "{} ({}): level {} (downsample {:.1}, {}×{} px), {} of {} patches skipped as background, {} of {} tiles read\n",
+                    "{} ({}): level {} (downsample {:.1}{resolution}, {}×{} px read by the {} reader), {} of {} patches skipped as background, {} of {} tiles read\n",
                     name(&p.image),
                     p.method,
                     r.level,
                     r.downsample,
                     p.size[0],
                     p.size[1],
+                    if r.reader.is_empty() {
+                        "built-in"
+                    } else {
+                        &r.reader
+                    },
                     r.patches_skipped,
                     p.patches,
                     r.tiles_read,
