@@ -484,16 +484,27 @@ fn run(cli: Cli) -> Result<()> {
             {
                 anyhow::bail!("--geojson {} must name a .geojson file", file.display());
             }
+            // GeoJSON holds level-0 slide coordinates: an ordinary image is refused before
+            // any work.
+            let slide = match &geojson {
+                Some(_) => Some(
+                    Slide::open_if_slide(&image, options.slides.reader, 16 << 20)?.ok_or_else(
+                        || {
+                            anyhow::anyhow!(
+                                "--geojson: {} is an ordinary image, not a slide; GeoJSON holds level-0 slide coordinates, so drop --geojson for it",
+                                image.display()
+                            )
+                        },
+                    )?,
+                ),
+                None => None,
+            };
             let explanation = device(&choice)?.explain(&checkpoint, &image, &out, &options)?;
-            if let Some(file) = &geojson {
-                let slide = Slide::open_with(&image, options.slides.reader, 16 << 20)?;
+            if let (Some(file), Some(slide)) = (&geojson, &slide) {
                 let tissue =
-                    dbps_app::geojson::tissue_feature(&slide, &TissueMask::of_slide(&slide)?);
-                let collection = dbps_app::geojson::explanation_geojson(
-                    &explanation,
-                    geojson_all,
-                    Some(tissue),
-                )?;
+                    dbps_app::geojson::tissue_feature(slide, &TissueMask::of_slide(slide)?);
+                let collection =
+                    dbps_app::geojson::explanation_geojson(&explanation, geojson_all, tissue)?;
                 dbps_app::geojson::write_geojson(file, &collection)?;
                 println!("geojson: {}", file.display());
             }
@@ -558,6 +569,24 @@ fn run(cli: Cli) -> Result<()> {
                     .unwrap_or_default(),
                 decode_tiles: !quick,
             };
+            if plan.patch == 0 || plan.stride == 0 {
+                anyhow::bail!(
+                    "--patch {} / --stride {}: both must be at least 1 px",
+                    plan.patch,
+                    plan.stride
+                );
+            }
+            match plan.resolution {
+                Resolution::Downsample(d) if !(d.is_finite() && (1.0..=65_536.0).contains(&d)) => {
+                    anyhow::bail!("--downsample {d} must lie in [1, 65536] (1 = full resolution)")
+                }
+                Resolution::MicronsPerPixel(m) if !(m.is_finite() && m > 0.0 && m <= 100.0) => {
+                    anyhow::bail!(
+                        "--mpp {m} must lie in (0, 100] µm per pixel (0.25 is a 40× scan, 0.5 a 20× scan)"
+                    )
+                }
+                _ => {}
+            }
             let checks = dbps_app::slide_check::check_slides(&list, &out, &plan)?;
             println!(
                 "{} slides ready: {}",
@@ -612,7 +641,7 @@ fn write_prediction_geojson(
         }
         let slide = Slide::open_with(image, options.reader, 16 << 20)?;
         let tissue = dbps_app::geojson::tissue_feature(&slide, &TissueMask::of_slide(&slide)?);
-        let collection = dbps_app::geojson::predictions_geojson(&predictions, Some(tissue))?;
+        let collection = dbps_app::geojson::predictions_geojson(&predictions, tissue)?;
         let path = dir.join(&name);
         dbps_app::geojson::write_geojson(&path, &collection)?;
         // stdout may be --json's: the files written go to the log.

@@ -361,7 +361,29 @@ fn slides_check_reports_every_slide_and_fails_on_those_a_run_would_stop_at() {
         (128, 128),
         "the thumbnail of the 128 px level"
     );
-    // In µm, a slide without a resolution fails; the good one alone passes.
+    // In µm: the good slide passes, read at its level 1 as it is (1 µm/px); a slide that
+    // states no resolution fails with `level missing`.
+    write_slide_at(&dir.join("data/slides/plain.tif"), 256, true, 1, None);
+    std::fs::write(&list, "slides/good.tif\nslides/plain.tif\n").unwrap();
+    let out = dbps(&[
+        "slides",
+        "check",
+        list.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--patch",
+        "16",
+        "--mpp",
+        "1.0",
+    ]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let csv = std::fs::read_to_string(out_dir.join("slides-check.csv")).unwrap();
+    assert!(
+        csv.contains("plain.tif")
+            && csv.contains("level missing")
+            && csv.contains("states no resolution"),
+        "{csv}"
+    );
     std::fs::write(&list, "slides/good.tif\n").unwrap();
     let out = dbps(&[
         "slides",
@@ -380,6 +402,59 @@ fn slides_check_reports_every_slide_and_fails_on_those_a_run_would_stop_at() {
         csv.contains(",1,2.000,") && csv.contains(",32,ok,"),
         "level 1 read as it is: {csv}"
     );
+
+    // A JPEG tile under tissue cut short: the slide opens, its thumbnail reads (level 1), but
+    // the tiles under its patches do not decode. Level 0's stored tiles are the blank one
+    // (tile 0, reused by every blank tile) and then tile 4, the first on the tissue band.
+    let cut = dir.join("data/slides/cut.tif");
+    common::write_slide_with(
+        &cut,
+        256,
+        true,
+        1,
+        dbps_slide::TileCompression::Jpeg { quality: 90 },
+        None,
+        None,
+    );
+    let mut bytes = std::fs::read(&cut).unwrap();
+    let starts: Vec<usize> = bytes
+        .windows(3)
+        .enumerate()
+        .filter(|(_, w)| *w == [0xFF, 0xD8, 0xFF])
+        .map(|(i, _)| i)
+        .collect();
+    let end = starts[1]
+        + bytes[starts[1]..]
+            .windows(2)
+            .position(|w| w == [0xFF, 0xD9])
+            .unwrap();
+    bytes[end..end + 2].fill(0);
+    std::fs::write(&cut, &bytes).unwrap();
+    std::fs::write(&list, "slides/cut.tif\n").unwrap();
+    let check = |quick: bool| {
+        let mut args = vec![
+            "slides",
+            "check",
+            list.to_str().unwrap(),
+            "--out",
+            out_dir.to_str().unwrap(),
+            "--patch",
+            "16",
+        ];
+        if quick {
+            args.push("--quick");
+        }
+        let out = dbps(&args);
+        let csv = std::fs::read_to_string(out_dir.join("slides-check.csv")).unwrap();
+        (out.status.success(), csv)
+    };
+    let (ok, csv) = check(false);
+    assert!(
+        !ok && csv.contains("unreadable tiles") && csv.contains("tile 4 of level 0"),
+        "{csv}"
+    );
+    let (ok, csv) = check(true);
+    assert!(ok && csv.contains(",ok,"), "--quick decodes no tile: {csv}");
 }
 
 /// Both readers predict a lossless (deflate) slide to the same probabilities and picks, and
@@ -392,6 +467,17 @@ fn both_readers_predict_a_slide_alike() {
     slides(&root);
     let out = train(&dir, &config(&root));
     assert!(out.status.success(), "train failed: {}", stderr(&out));
+    // Training through OpenSlide reads the same pixels: the same run, to the last figure.
+    let other = dir.join("through-openslide");
+    std::fs::create_dir_all(&other).unwrap();
+    let mut through = config(&root);
+    through["dataset"]["slides"]["reader"] = json!("openslide");
+    let out = train(&other, &through);
+    assert!(out.status.success(), "train failed: {}", stderr(&out));
+    assert_eq!(
+        common::outcome(&common::metrics(&other)),
+        common::outcome(&common::metrics(&dir))
+    );
     let svs = root.join("slides/s6.svs");
     common::write_slide_with(
         &svs,

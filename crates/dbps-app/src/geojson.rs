@@ -95,8 +95,9 @@ fn patch_feature(
     })
 }
 
-/// The tissue mask's outline in level-0 pixels, as one annotation (a MultiPolygon).
-pub fn tissue_feature(slide: &Slide, mask: &TissueMask) -> Value {
+/// The tissue mask's outline in level-0 pixels, as one annotation (a MultiPolygon); `None`
+/// when the mask holds no tissue.
+pub fn tissue_feature(slide: &Slide, mask: &TissueMask) -> Option<Value> {
     let [h0, w0] = slide.levels()[0].size;
     let [mh, mw] = mask.size;
     let (sx, sy) = (w0 as f64 / mw as f64, h0 as f64 / mh as f64);
@@ -114,8 +115,11 @@ pub fn tissue_feature(slide: &Slide, mask: &TissueMask) -> Value {
                 .collect()
         })
         .collect();
+    if polygons.is_empty() {
+        return None;
+    }
     let [r, g, b] = TISSUE;
-    json!({
+    Some(json!({
         "type": "Feature",
         "geometry": { "type": "MultiPolygon", "coordinates": polygons },
         "properties": {
@@ -124,7 +128,7 @@ pub fn tissue_feature(slide: &Slide, mask: &TissueMask) -> Value {
             "classification": { "name": "Tissue", "color": [r, g, b] },
             "isLocked": true,
         }
-    })
+    }))
 }
 
 /// The picks of every method's prediction of one slide (`predict` has no attention), plus

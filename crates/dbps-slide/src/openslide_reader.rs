@@ -18,6 +18,14 @@ use crate::{SlideError, SlideLevel};
 /// count the tiles a read touched).
 const DEFAULT_TILE: usize = 256;
 
+/// The longest side a level may have: 2^24 px (a row of it, which a thumbnail reads, takes
+/// 64 MiB of ARGB), far beyond any scanner's 200,000 px.
+const MAX_SIDE: usize = 1 << 24;
+
+/// The largest tile side believed from OpenSlide's properties: tiles are only counted and, by
+/// `slides check`, read one at a time.
+const MAX_TILE: usize = 8192;
+
 /// The fix for a region OpenSlide cannot decode.
 const DAMAGED: &str = "the file is truncated or damaged; copy or export it again";
 
@@ -63,12 +71,15 @@ impl OpenSlideReader {
                     .filter(|&v| v > 0)
                     .unwrap_or(DEFAULT_TILE)
             };
-            if size.w == 0 || size.h == 0 {
-                return Err(failed(format!("level {level} is {}×{} px", size.w, size.h)));
+            if size.w == 0 || size.h == 0 || size.w.max(size.h) as usize > MAX_SIDE {
+                return Err(failed(format!(
+                    "level {level} is {}×{} px; a level's sides must lie in 1..={MAX_SIDE}",
+                    size.w, size.h
+                )));
             }
             levels.push(SlideLevel {
                 size: [size.h as usize, size.w as usize],
-                tile: [tile("height"), tile("width")],
+                tile: [tile("height").min(MAX_TILE), tile("width").min(MAX_TILE)],
                 downsample,
                 compression: 0,
             });
