@@ -10,12 +10,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dbps_app::shards::{Shard, ShardJob};
 use dbps_app::slide_check::CheckPlan;
-use dbps_slide::{Resolution, Slide, SlideReader, TissueMask};
+use dbps_slide::{Resolution, Slide, SlideReader};
 use dbps_train::config::DatasetConfig;
 use dbps_train::parallel::NodeSpec;
 use dbps_train::{
-    DeviceChoice, ExplainOptions, HeadChoice, ImagePrediction, Normalisation, PredictReport,
-    RunConfig, SlideOptions, TrainLaunch,
+    DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig, SlideOptions, TrainLaunch,
 };
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
@@ -448,7 +447,10 @@ fn run(cli: Cli) -> Result<()> {
             let options = slides.options()?;
             let report = device(&choice)?.predict(&checkpoint, &images, &options)?;
             if let Some(dir) = &geojson {
-                write_prediction_geojson(dir, &report, &options)?;
+                // stdout may be --json's: the files written go to the log.
+                for path in dbps_app::geojson::write_predictions(dir, &report, options.reader)? {
+                    tracing::info!(geojson = %path.display(), "written");
+                }
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
@@ -501,11 +503,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             let explanation = device(&choice)?.explain(&checkpoint, &image, &out, &options)?;
             if let (Some(file), Some(slide)) = (&geojson, &slide) {
-                let tissue =
-                    dbps_app::geojson::tissue_feature(slide, &TissueMask::of_slide(slide)?);
-                let collection =
-                    dbps_app::geojson::explanation_geojson(&explanation, geojson_all, tissue)?;
-                dbps_app::geojson::write_geojson(file, &collection)?;
+                dbps_app::geojson::write_explanation(file, &explanation, slide, geojson_all)?;
                 println!("geojson: {}", file.display());
             }
             for m in &explanation.methods {
@@ -602,50 +600,6 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", report.table());
             println!("results: {}", checkpoint.join("eval.json").display());
         }
-    }
-    Ok(())
-}
-
-/// Writes DIR/<file name>.geojson for each slide of `report`: every method's picks and the
-/// tissue outline (ordinary images have no level-0 coordinates and are skipped, with a
-/// warning).
-fn write_prediction_geojson(
-    dir: &std::path::Path,
-    report: &PredictReport,
-    options: &SlideOptions,
-) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| anyhow::anyhow!("--geojson {}: cannot create it ({e})", dir.display()))?;
-    let mut by_image: std::collections::BTreeMap<&std::path::Path, Vec<&ImagePrediction>> =
-        std::collections::BTreeMap::new();
-    for p in &report.predictions {
-        by_image.entry(p.image.as_path()).or_default().push(p);
-    }
-    let mut written = std::collections::BTreeMap::new();
-    for (image, predictions) in by_image {
-        if predictions.iter().any(|p| p.slide.is_none()) {
-            tracing::warn!(image = %image.display(), "not a slide: no GeoJSON written (it holds level-0 slide coordinates)");
-            continue;
-        }
-        let name = format!(
-            "{}.geojson",
-            image.file_name().unwrap_or_default().to_string_lossy()
-        );
-        if let Some(other) = written.insert(name.clone(), image) {
-            anyhow::bail!(
-                "--geojson {}: {} and {} would both be written to {name}; predict them into separate folders",
-                dir.display(),
-                other.display(),
-                image.display()
-            );
-        }
-        let slide = Slide::open_with(image, options.reader, 16 << 20)?;
-        let tissue = dbps_app::geojson::tissue_feature(&slide, &TissueMask::of_slide(&slide)?);
-        let collection = dbps_app::geojson::predictions_geojson(&predictions, tissue)?;
-        let path = dir.join(&name);
-        dbps_app::geojson::write_geojson(&path, &collection)?;
-        // stdout may be --json's: the files written go to the log.
-        tracing::info!(geojson = %path.display(), "written");
     }
     Ok(())
 }

@@ -115,6 +115,15 @@ fn check_picks(geo: &FeatureCollection, predictions: &[Value], cols: usize, leve
     }
 }
 
+/// `dbps predict FILES… --checkpoint RUN EXTRA…`.
+fn predict(files: &[&Path], run: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["predict"];
+    args.extend(files.iter().map(|f| f.to_str().unwrap()));
+    args.extend(["--checkpoint", run.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    dbps(&args)
+}
+
 #[test]
 fn a_micron_config_trains_and_its_picks_open_in_qupath() {
     let dir = scratch("microns");
@@ -127,15 +136,8 @@ fn a_micron_config_trains_and_its_picks_open_in_qupath() {
     let geo_dir = dir.join("geojson");
 
     // At the trained resolution: 0.75 µm/px is level 0 shrunk by 1.5 (170 px, 10 patches a row).
-    let out = dbps(&[
-        "predict",
-        slide.to_str().unwrap(),
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--json",
-        "--geojson",
-        geo_dir.to_str().unwrap(),
-    ]);
+    let geojson = ["--json", "--geojson", geo_dir.to_str().unwrap()];
+    let out = predict(&[&slide], &run, &geojson);
     assert!(out.status.success(), "predict failed: {}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let predictions = report["predictions"].as_array().unwrap();
@@ -163,17 +165,11 @@ fn a_micron_config_trains_and_its_picks_open_in_qupath() {
 
     // An explicit --downsample 2 overrides the µm (level 1, 128 px, 8 patches a row, level-0
     // coordinates twice the grid's).
-    let out = dbps(&[
-        "predict",
-        slide.to_str().unwrap(),
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--json",
-        "--downsample",
-        "2",
-        "--geojson",
-        geo_dir.to_str().unwrap(),
-    ]);
+    let out = predict(
+        &[&slide],
+        &run,
+        &[&geojson[..], &["--downsample", "2"]].concat(),
+    );
     assert!(out.status.success(), "predict failed: {}", stderr(&out));
     assert!(stderr(&out).contains("overrides"), "{}", stderr(&out));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -250,28 +246,15 @@ fn a_micron_config_trains_and_its_picks_open_in_qupath() {
         .save(&png)
         .unwrap();
     let crowded = dir.join("crowded");
-    let out = dbps(&[
-        "predict",
-        slide.to_str().unwrap(),
-        twin.join("s7.tif").to_str().unwrap(),
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--geojson",
-        crowded.to_str().unwrap(),
-    ]);
+    let into_crowded = ["--geojson", crowded.to_str().unwrap()];
+    let out = predict(&[&slide, &twin.join("s7.tif")], &run, &into_crowded);
     let e = stderr(&out);
     assert!(
         !out.status.success() && e.contains("would both be written to s7.tif.geojson"),
         "{e}"
     );
-    let out = dbps(&[
-        "predict",
-        png.to_str().unwrap(),
-        "--checkpoint",
-        run.to_str().unwrap(),
-        "--geojson",
-        crowded.to_str().unwrap(),
-    ]);
+    assert!(!crowded.exists(), "nothing is written");
+    let out = predict(&[&png], &run, &into_crowded);
     let e = stderr(&out);
     assert!(
         out.status.success() && e.contains("photo.png") && e.contains("not a slide"),
@@ -282,12 +265,7 @@ fn a_micron_config_trains_and_its_picks_open_in_qupath() {
     // A slide without a stated resolution cannot be read in µm.
     let plain = dir.join("plain.tif");
     write_slide_at(&plain, 256, false, 0, None);
-    let out = dbps(&[
-        "predict",
-        plain.to_str().unwrap(),
-        "--checkpoint",
-        run.to_str().unwrap(),
-    ]);
+    let out = predict(&[&plain], &run, &[]);
     let e = stderr(&out);
     assert!(
         !out.status.success() && e.contains("plain.tif") && e.contains("states no resolution"),
@@ -295,109 +273,84 @@ fn a_micron_config_trains_and_its_picks_open_in_qupath() {
     );
 }
 
-#[test]
-fn slides_check_reports_every_slide_and_fails_on_those_a_run_would_stop_at() {
-    let dir = scratch("check");
-    let good = dir.join("data/slides/good.tif");
-    write_slide_at(&good, 256, true, 1, Some(0.5));
-    let blank = dir.join("data/slides/blank.tif");
-    dbps_slide::write_tiled_tiff(
-        &blank,
-        &dbps_slide::PyramidSpec::new(vec![[128, 128]], 64, 3, dbps_slide::TileCompression::None),
-        |_, _, side| vec![240; side * side * 3],
-    )
-    .unwrap();
-    let junk = dir.join("data/slides/junk.svs");
-    std::fs::write(&junk, b"not a slide").unwrap();
-    let list = dir.join("list.txt");
-    std::fs::write(
-        &list,
-        "slides/good.tif\nslides/blank.tif\nslides/junk.svs\n",
-    )
-    .unwrap();
-    std::fs::rename(&list, dir.join("data/list.txt")).unwrap();
-    let list = dir.join("data/list.txt");
-    let out_dir = dir.join("qc");
-    let out = dbps(&[
+/// `dbps slides check LIST --out OUT --patch 16 EXTRA…`: whether it succeeded, its stderr and
+/// the CSV it wrote.
+fn slides_check(list: &Path, out: &Path, extra: &[&str]) -> (bool, String, String) {
+    let mut args = vec![
         "slides",
         "check",
         list.to_str().unwrap(),
         "--out",
-        out_dir.to_str().unwrap(),
+        out.to_str().unwrap(),
         "--patch",
         "16",
-    ]);
-    let e = stderr(&out);
-    assert!(
-        !out.status.success() && e.contains("2 of 3 slides would fail"),
-        "{e}"
-    );
-    let csv = std::fs::read_to_string(out_dir.join("slides-check.csv")).unwrap();
+    ];
+    args.extend_from_slice(extra);
+    let run = dbps(&args);
+    let csv = std::fs::read_to_string(out.join("slides-check.csv")).unwrap_or_default();
+    (run.status.success(), stderr(&run), csv)
+}
+
+#[test]
+fn slides_check_reports_every_slide_and_fails_on_those_a_run_would_stop_at() {
+    let dir = scratch("check");
+    let slides = dir.join("data/slides");
+    write_slide_at(&slides.join("good.tif"), 256, true, 1, Some(0.5));
+    dbps_slide::write_tiled_tiff(
+        &slides.join("blank.tif"),
+        &dbps_slide::PyramidSpec::new(vec![[128, 128]], 64, 3, dbps_slide::TileCompression::None),
+        |_, _, side| vec![240; side * side * 3],
+    )
+    .unwrap();
+    std::fs::write(slides.join("junk.svs"), b"not a slide").unwrap();
+    let list = dir.join("data/list.txt");
+    let listing = |names: &[&str]| {
+        let lines: Vec<String> = names.iter().map(|n| format!("slides/{n}\n")).collect();
+        std::fs::write(&list, lines.concat()).unwrap();
+    };
+    let qc = dir.join("qc");
+
+    listing(&["good.tif", "blank.tif", "junk.svs"]);
+    let (ok, e, csv) = slides_check(&list, &qc, &[]);
+    assert!(!ok && e.contains("2 of 3 slides would fail"), "{e}");
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(rows.len(), 4, "{csv}");
     assert!(rows[0].starts_with("file,reader,levels"), "{csv}");
     // 16 px patches at full resolution: the band's 8 of 16 patch rows, 16 patches each.
-    assert!(
-        rows[1].contains("good.tif")
-            && rows[1].contains(",builtin,2,256,256,0.5000,0,1.000,")
-            && rows[1].contains(",128,ok,"),
-        "{csv}"
-    );
-    assert!(
-        rows[2].contains("blank.tif")
-            && rows[2].contains(",fail,")
-            && rows[2].contains("no tissue"),
-        "{csv}"
-    );
-    assert!(
-        rows[3].contains("junk.svs")
-            && rows[3].contains(",fail,")
-            && rows[3].contains("unreadable"),
-        "{csv}"
-    );
-    let png = image::open(out_dir.join("good.png")).unwrap().to_rgb8();
+    for (row, file, says) in [
+        (1, "good.tif", ",builtin,2,256,256,0.5000,0,1.000,"),
+        (1, "good.tif", ",128,ok,"),
+        (2, "blank.tif", ",fail,"),
+        (2, "blank.tif", "no tissue"),
+        (3, "junk.svs", ",fail,"),
+        (3, "junk.svs", "unreadable"),
+    ] {
+        assert!(
+            rows[row].contains(file) && rows[row].contains(says),
+            "{says}: {csv}"
+        );
+    }
+    let png = image::open(qc.join("good.png")).unwrap().to_rgb8();
     assert_eq!(
         png.dimensions(),
         (128, 128),
         "the thumbnail of the 128 px level"
     );
+
     // In µm: the good slide passes, read at its level 1 as it is (1 µm/px); a slide that
     // states no resolution fails with `level missing`.
-    write_slide_at(&dir.join("data/slides/plain.tif"), 256, true, 1, None);
-    std::fs::write(&list, "slides/good.tif\nslides/plain.tif\n").unwrap();
-    let out = dbps(&[
-        "slides",
-        "check",
-        list.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--patch",
-        "16",
-        "--mpp",
-        "1.0",
-    ]);
-    assert!(!out.status.success(), "{}", stderr(&out));
-    let csv = std::fs::read_to_string(out_dir.join("slides-check.csv")).unwrap();
+    write_slide_at(&slides.join("plain.tif"), 256, true, 1, None);
+    listing(&["good.tif", "plain.tif"]);
+    let (ok, _, csv) = slides_check(&list, &qc, &["--mpp", "1.0"]);
     assert!(
-        csv.contains("plain.tif")
+        !ok && csv.contains("plain.tif")
             && csv.contains("level missing")
             && csv.contains("states no resolution"),
         "{csv}"
     );
-    std::fs::write(&list, "slides/good.tif\n").unwrap();
-    let out = dbps(&[
-        "slides",
-        "check",
-        list.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--patch",
-        "16",
-        "--mpp",
-        "1.0",
-    ]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    let csv = std::fs::read_to_string(out_dir.join("slides-check.csv")).unwrap();
+    listing(&["good.tif"]);
+    let (ok, e, csv) = slides_check(&list, &qc, &["--mpp", "1.0"]);
+    assert!(ok, "{e}");
     assert!(
         csv.contains(",1,2.000,") && csv.contains(",32,ok,"),
         "level 1 read as it is: {csv}"
@@ -406,7 +359,7 @@ fn slides_check_reports_every_slide_and_fails_on_those_a_run_would_stop_at() {
     // A JPEG tile under tissue cut short: the slide opens, its thumbnail reads (level 1), but
     // the tiles under its patches do not decode. Level 0's stored tiles are the blank one
     // (tile 0, reused by every blank tile) and then tile 4, the first on the tissue band.
-    let cut = dir.join("data/slides/cut.tif");
+    let cut = slides.join("cut.tif");
     common::write_slide_with(
         &cut,
         256,
@@ -417,43 +370,27 @@ fn slides_check_reports_every_slide_and_fails_on_those_a_run_would_stop_at() {
         None,
     );
     let mut bytes = std::fs::read(&cut).unwrap();
-    let starts: Vec<usize> = bytes
+    let second = bytes
         .windows(3)
         .enumerate()
         .filter(|(_, w)| *w == [0xFF, 0xD8, 0xFF])
-        .map(|(i, _)| i)
-        .collect();
-    let end = starts[1]
-        + bytes[starts[1]..]
+        .nth(1)
+        .unwrap()
+        .0;
+    let end = second
+        + bytes[second..]
             .windows(2)
             .position(|w| w == [0xFF, 0xD9])
             .unwrap();
     bytes[end..end + 2].fill(0);
     std::fs::write(&cut, &bytes).unwrap();
-    std::fs::write(&list, "slides/cut.tif\n").unwrap();
-    let check = |quick: bool| {
-        let mut args = vec![
-            "slides",
-            "check",
-            list.to_str().unwrap(),
-            "--out",
-            out_dir.to_str().unwrap(),
-            "--patch",
-            "16",
-        ];
-        if quick {
-            args.push("--quick");
-        }
-        let out = dbps(&args);
-        let csv = std::fs::read_to_string(out_dir.join("slides-check.csv")).unwrap();
-        (out.status.success(), csv)
-    };
-    let (ok, csv) = check(false);
+    listing(&["cut.tif"]);
+    let (ok, _, csv) = slides_check(&list, &qc, &[]);
     assert!(
         !ok && csv.contains("unreadable tiles") && csv.contains("tile 4 of level 0"),
         "{csv}"
     );
-    let (ok, csv) = check(true);
+    let (ok, _, csv) = slides_check(&list, &qc, &["--quick"]);
     assert!(ok && csv.contains(",ok,"), "--quick decodes no tile: {csv}");
 }
 
@@ -491,22 +428,18 @@ fn both_readers_predict_a_slide_alike() {
         ),
         None,
     );
-    let predict = |slide: &Path, reader: &str| -> Value {
-        let out = dbps(&[
-            "predict",
-            slide.to_str().unwrap(),
-            "--checkpoint",
-            dir.join("run").to_str().unwrap(),
-            "--json",
-            "--tissue-mask",
-            "--reader",
-            reader,
-        ]);
+    let run = dir.join("run");
+    let through = |slide: &Path, reader: &str| -> Value {
+        let out = predict(
+            &[slide],
+            &run,
+            &["--json", "--tissue-mask", "--reader", reader],
+        );
         assert!(out.status.success(), "{reader}: {}", stderr(&out));
         serde_json::from_slice(&out.stdout).unwrap()
     };
     let slide = root.join("slides/s6.tif");
-    let (a, b) = (predict(&slide, "builtin"), predict(&slide, "openslide"));
+    let (a, b) = (through(&slide, "builtin"), through(&slide, "openslide"));
     for (p, q) in a["predictions"]
         .as_array()
         .unwrap()
@@ -527,7 +460,7 @@ fn both_readers_predict_a_slide_alike() {
             .map(|x| x.as_f64().unwrap())
             .collect()
     };
-    let (a, b) = (predict(&svs, "builtin"), predict(&svs, "openslide"));
+    let (a, b) = (through(&svs, "builtin"), through(&svs, "openslide"));
     for (p, q) in a["predictions"]
         .as_array()
         .unwrap()

@@ -9,10 +9,13 @@
 //! as QuPath measurements); `explain --geojson-all` adds every scored patch; the tissue mask's
 //! outline is one annotation.
 
-use std::path::Path;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use dbps_slide::{Slide, TissueMask, TissuePolygon};
-use dbps_train::{Explanation, GridGeometry, ImagePrediction, SlideReading};
+use dbps_slide::{Slide, SlideReader, TissueMask, TissuePolygon};
+use dbps_train::{
+    Explanation, GridGeometry, ImagePrediction, PredictReport, SlideReading, TrainError,
+};
 use serde_json::{Map, Value, json};
 
 use crate::{AppError, Result};
@@ -232,4 +235,76 @@ pub fn write_geojson(path: &Path, collection: &Value) -> Result<()> {
         reason: e.to_string(),
     })?;
     Ok(dbps_train::write_atomic(path, text.as_bytes())?)
+}
+
+/// `dbps predict --geojson DIR`: writes `DIR/<file name>.geojson` for each slide of `report`
+/// (every method's picks and the slide's tissue outline, the slide reopened with `reader` for
+/// its mask) and returns the files written. Ordinary images have no level-0 coordinates and
+/// are skipped with a warning; two slides of one file name are refused before anything is
+/// written.
+pub fn write_predictions(
+    dir: &Path,
+    report: &PredictReport,
+    reader: SlideReader,
+) -> Result<Vec<PathBuf>> {
+    let mut by_image: BTreeMap<&Path, Vec<&ImagePrediction>> = BTreeMap::new();
+    for p in &report.predictions {
+        by_image.entry(p.image.as_path()).or_default().push(p);
+    }
+    let mut named: BTreeMap<String, (&Path, Vec<&ImagePrediction>)> = BTreeMap::new();
+    for (image, predictions) in by_image {
+        if predictions.iter().any(|p| p.slide.is_none()) {
+            tracing::warn!(image = %image.display(), "not a slide: no GeoJSON written (it holds level-0 slide coordinates)");
+            continue;
+        }
+        let name = format!(
+            "{}.geojson",
+            image.file_name().unwrap_or_default().to_string_lossy()
+        );
+        if let Some((other, _)) = named.get(&name) {
+            return Err(AppError::Option {
+                option: "--geojson",
+                reason: format!(
+                    "{} and {} would both be written to {name} in {}; predict them into separate folders",
+                    other.display(),
+                    image.display(),
+                    dir.display()
+                ),
+            });
+        }
+        named.insert(name, (image, predictions));
+    }
+    if named.is_empty() {
+        return Ok(Vec::new());
+    }
+    std::fs::create_dir_all(dir).map_err(|e| AppError::Option {
+        option: "--geojson",
+        reason: format!(
+            "{} cannot be created ({e}); give a writable folder",
+            dir.display()
+        ),
+    })?;
+    let mut written = Vec::with_capacity(named.len());
+    for (name, (image, predictions)) in named {
+        let slide = Slide::open_with(image, reader, 16 << 20).map_err(TrainError::from)?;
+        let mask = TissueMask::of_slide(&slide).map_err(TrainError::from)?;
+        let collection = predictions_geojson(&predictions, tissue_feature(&slide, &mask))?;
+        let path = dir.join(name);
+        write_geojson(&path, &collection)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// `dbps explain --geojson FILE`: the explanation of `slide` (every scored patch when `all`)
+/// with its tissue outline, written to `file`.
+pub fn write_explanation(
+    file: &Path,
+    explanation: &Explanation,
+    slide: &Slide,
+    all: bool,
+) -> Result<()> {
+    let mask = TissueMask::of_slide(slide).map_err(TrainError::from)?;
+    let collection = explanation_geojson(explanation, all, tissue_feature(slide, &mask))?;
+    write_geojson(file, &collection)
 }

@@ -535,10 +535,9 @@ impl PredictReport {
                     r.downsample,
                     p.size[0],
                     p.size[1],
-                    if r.reader.is_empty() {
-                        "built-in"
-                    } else {
-                        &r.reader
+                    match r.reader.as_str() {
+                        "openslide" => "OpenSlide",
+                        _ => "built-in",
                     },
                     r.patches_skipped,
                     p.patches,
