@@ -40,6 +40,9 @@ impl SlidePixels {
             out.extend((0..pixels).map(|i| {
                 let px = &interleaved[i * slide_channels..(i + 1) * slide_channels];
                 let v = match (slide_channels, self.channels) {
+                    // A gray pixel is its own luminance: a gray slide that a reader hands over
+                    // as RGB (OpenSlide always does) reads as the gray values themselves.
+                    (3, 1) if px[0] == px[1] && px[1] == px[2] => f32::from(px[0]),
                     (3, 1) => {
                         0.299 * f32::from(px[0])
                             + 0.587 * f32::from(px[1])
@@ -206,9 +209,14 @@ mod tests {
         gray.planar(&[255, 0, 0, 51], 1, &mut out);
         assert_eq!(out, vec![1.0, 0.0, 0.0, 0.2]);
         out.clear();
-        // RGB slide, gray model: luminance.
-        gray.planar(&[255, 255, 255, 255, 0, 0], 3, &mut out);
+        // RGB slide, gray model: luminance; a gray pixel in RGB is its gray value exactly.
+        gray.planar(&[255, 255, 255, 255, 0, 0, 93, 93, 93], 3, &mut out);
         assert!((out[0] - 1.0).abs() < 1e-6 && (out[1] - 0.299).abs() < 1e-6);
+        assert_eq!(
+            out[2],
+            93.0 / 255.0,
+            "not 0.299·93 + 0.587·93 + 0.114·93, one ulp off"
+        );
         out.clear();
         let photo = SlidePixels::new(FileInput::Photo {
             height: 8,
