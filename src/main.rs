@@ -162,8 +162,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         merge: Option<PathBuf>,
         /// Write each slide's picks (and tissue outline) as GeoJSON in level-0 pixels for
-        /// QuPath ("Import objects"): DIR/<file name>.geojson.
-        #[arg(long, value_name = "DIR", conflicts_with_all = ["list", "merge"])]
+        /// QuPath ("Import objects"): DIR/<file name>.geojson (with --list: DIR/<name>.geojson,
+        /// named as the slide's result file).
+        #[arg(long, value_name = "DIR", conflicts_with = "merge")]
         geojson: Option<PathBuf>,
         #[command(flatten)]
         slides: SlideArgs,
@@ -417,6 +418,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint: Some(checkpoint),
             shard,
             out: Some(out),
+            geojson,
             slides,
             device: choice,
             ..
@@ -430,6 +432,7 @@ fn run(cli: Cli) -> Result<()> {
                 },
                 out: &out,
                 slides: slides.options()?,
+                geojson: geojson.as_deref(),
             };
             let summary = job.run(device(&choice)?)?;
             println!("{summary}");

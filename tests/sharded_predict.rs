@@ -204,6 +204,54 @@ fn shards_killed_and_rerun_merge_into_the_unsharded_table() {
         "{csv}"
     );
 
+    // GeoJSON per slide of a shard (2/3: p1, p4, p7), what `predict --geojson` writes for the
+    // slide alone: from the kept result files, and from a slide predicted now.
+    let geo = dir.join("geojson");
+    let with_geojson = || {
+        let mut c = shard(&list, &run_dir, 2, &out);
+        c.args(["--geojson", geo.to_str().unwrap()]);
+        c
+    };
+    run(with_geojson());
+    let alone = dir.join("alone");
+    let p1 = dir.join("data/slides/p1.tif");
+    run(predict(&[
+        p1.to_str().unwrap(),
+        "--checkpoint",
+        run_dir.to_str().unwrap(),
+        "--tissue-mask",
+        "--geojson",
+        alone.to_str().unwrap(),
+    ]));
+    let parsed = |path: PathBuf| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let mut files: Vec<String> = std::fs::read_dir(&geo)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files, ["p1.geojson", "p4.geojson", "p7.geojson"]);
+    let single = parsed(alone.join("p1.tif.geojson"));
+    assert_eq!(
+        parsed(geo.join("p1.geojson")),
+        single,
+        "from the kept result"
+    );
+    std::fs::remove_file(out.join("p1.json")).unwrap();
+    std::fs::remove_file(geo.join("p1.geojson")).unwrap();
+    let again = run(with_geojson());
+    assert!(
+        summary(&again).contains("1 predicted, 2 already done"),
+        "{}",
+        summary(&again)
+    );
+    assert_eq!(
+        parsed(geo.join("p1.geojson")),
+        single,
+        "from the slide predicted again"
+    );
+
     // A result from another checkpoint is predicted again, not kept.
     let name = before.keys().next().unwrap();
     let path = out.join(name);

@@ -286,14 +286,25 @@ pub fn write_predictions(
     })?;
     let mut written = Vec::with_capacity(named.len());
     for (name, (image, predictions)) in named {
-        let slide = Slide::open_with(image, reader, 16 << 20).map_err(TrainError::from)?;
-        let mask = TissueMask::of_slide(&slide).map_err(TrainError::from)?;
-        let collection = predictions_geojson(&predictions, tissue_feature(&slide, &mask))?;
         let path = dir.join(name);
-        write_geojson(&path, &collection)?;
+        write_slide(&path, image, &predictions, reader)?;
         written.push(path);
     }
     Ok(written)
+}
+
+/// One slide's predictions (every method's picks) and its tissue outline, the slide reopened
+/// with `reader` for its mask, written to `path`.
+pub fn write_slide(
+    path: &Path,
+    slide: &Path,
+    predictions: &[&ImagePrediction],
+    reader: SlideReader,
+) -> Result<()> {
+    let opened = Slide::open_with(slide, reader, 16 << 20).map_err(TrainError::from)?;
+    let mask = TissueMask::of_slide(&opened).map_err(TrainError::from)?;
+    let collection = predictions_geojson(predictions, tissue_feature(&opened, &mask))?;
+    write_geojson(path, &collection)
 }
 
 /// `dbps explain --geojson FILE`: the explanation of `slide` (every scored patch when `all`)

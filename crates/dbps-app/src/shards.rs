@@ -259,16 +259,21 @@ pub struct ShardJob<'a> {
     pub out: &'a Path,
     /// How slides are read.
     pub slides: SlideOptions,
+    /// Where to write each slide's picks as GeoJSON (`<name>.geojson`, the result file's name),
+    /// if anywhere.
+    pub geojson: Option<&'a Path>,
 }
 
 impl ShardJob<'_> {
     /// Runs the shard on `device`.
     pub fn run(&self, device: DeviceChoice) -> Result<ShardSummary> {
         let listed = read_list(self.list)?;
-        std::fs::create_dir_all(self.out).map_err(|e| AppError::Results {
-            path: self.out.to_path_buf(),
-            reason: format!("cannot be created ({e}); check --out"),
-        })?;
+        for dir in std::iter::once(self.out).chain(self.geojson) {
+            std::fs::create_dir_all(dir).map_err(|e| AppError::Results {
+                path: dir.to_path_buf(),
+                reason: format!("cannot be created ({e}); check --out and --geojson"),
+            })?;
+        }
         device.dispatch(RunShard { job: self, listed })
     }
 }
@@ -301,9 +306,20 @@ impl OnBackend for RunShard<'_, '_> {
         let mut failures = Vec::new();
         for slide in mine {
             let file = job.out.join(format!("{}.json", slide.name));
+            let geojson = job
+                .geojson
+                .map(|dir| dir.join(format!("{}.geojson", slide.name)));
             match read_result(&file) {
                 Some(done) if done.slide == *slide && done.checkpoint == id => {
                     tracing::info!(slide = %slide.entry, result = %file.display(), "already predicted with this checkpoint; kept");
+                    if let Some(path) = geojson.as_ref().filter(|p| !p.exists()) {
+                        // A result written without its GeoJSON (asked for now, or killed in
+                        // between): the picks are in the result file.
+                        if let Err(error) = write_slide_geojson(path, slide, &done.predictions, job)
+                        {
+                            failures.push(format!("{}: {error}", slide.entry));
+                        }
+                    }
                     summary.kept += 1;
                     bar.inc(1);
                     continue;
@@ -325,6 +341,12 @@ impl OnBackend for RunShard<'_, '_> {
                     write_json_atomic(&file, &result)?;
                     tracing::info!(slide = %slide.entry, result = %file.display(), "predicted");
                     summary.predicted += 1;
+                    if let Some(path) = &geojson
+                        && let Err(error) =
+                            write_slide_geojson(path, slide, &result.predictions, job)
+                    {
+                        failures.push(format!("{}: {error}", slide.entry));
+                    }
                 }
                 Err(error) => {
                     tracing::error!(slide = %slide.entry, %error, "slide failed");
@@ -344,6 +366,27 @@ impl OnBackend for RunShard<'_, '_> {
         }
         Ok(summary)
     }
+}
+
+/// A slide's picks as GeoJSON; a prediction without slide geometry (an ordinary image in the
+/// list, or a result written before dbps recorded it) is an error naming the slide.
+fn write_slide_geojson(
+    path: &Path,
+    slide: &ListedSlide,
+    predictions: &[ImagePrediction],
+    job: &ShardJob<'_>,
+) -> Result<()> {
+    if predictions
+        .iter()
+        .any(|p| p.slide.as_ref().is_none_or(|r| r.level0_per_pixel <= 0.0))
+    {
+        return Err(AppError::Results {
+            path: slide.path.clone(),
+            reason: "has no slide geometry to write as GeoJSON (an ordinary image, or a result file from an older dbps: delete it to predict the slide again)".into(),
+        });
+    }
+    let predictions: Vec<&ImagePrediction> = predictions.iter().collect();
+    crate::geojson::write_slide(path, &slide.path, &predictions, job.slides.reader)
 }
 
 /// The checkpoint identity of the predictor's weights.

@@ -35,6 +35,7 @@ pub(crate) struct OpenSlideReader {
     levels: Vec<SlideLevel>,
     mpp: Option<f64>,
     background: [u8; 3],
+    vendor: Option<String>,
 }
 
 /// Whether OpenSlide recognises the file's format (a quick look at its header).
@@ -102,11 +103,13 @@ impl OpenSlideReader {
                 Some([(v >> 16) as u8, (v >> 8) as u8, v as u8])
             })
             .unwrap_or([255; 3]);
+        let vendor = property("openslide.vendor");
         Ok(Self {
             slide,
             levels,
             mpp,
             background,
+            vendor,
         })
     }
 
@@ -116,6 +119,10 @@ impl OpenSlideReader {
 
     pub(crate) fn mpp(&self) -> Option<f64> {
         self.mpp
+    }
+
+    pub(crate) fn vendor(&self) -> Option<&str> {
+        self.vendor.as_deref()
     }
 
     /// RGB pixels `[h, w, 3]` of `level` from `[y, x]` (level pixels), 0 past the level's edge.

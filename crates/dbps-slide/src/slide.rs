@@ -226,6 +226,16 @@ impl Slide {
         }
     }
 
+    /// The format OpenSlide detected (`openslide.vendor`: `aperio`, `hamamatsu`, `mirax`,
+    /// `generic-tiff`, …); `None` for the built-in reader, which reads one format.
+    pub fn vendor(&self) -> Option<&str> {
+        match &self.reader {
+            Reader::Tiff(_) => None,
+            #[cfg(feature = "openslide")]
+            Reader::OpenSlide(o) => o.vendor(),
+        }
+    }
+
     /// Tiles the built-in reader decoded so far (cache misses; 0 under OpenSlide, whose
     /// cache is its own).
     pub fn tiles_decoded(&self) -> u64 {

@@ -113,6 +113,7 @@ fn a_generic_tiled_tiff_reads_the_same_to_the_byte() {
         let path = dir.join(name);
         write(&path, compression, None, big);
         let (builtin, openslide) = both(&path);
+        assert_eq!(openslide.vendor(), Some("generic-tiff"), "{name}");
         assert_eq!(compare_levels(&builtin, &openslide), (0, 0.0), "{name}");
         assert_eq!(builtin.mpp(), Some(0.25), "{name}: resolution tags");
         let os_mpp = openslide.mpp().unwrap();
@@ -145,6 +146,11 @@ fn an_aperio_svs_reads_alike_within_the_jpeg_tolerance() {
         false,
     );
     let (builtin, openslide) = both(&path);
+    assert_eq!(
+        openslide.vendor(),
+        Some("aperio"),
+        "OpenSlide's own format detection"
+    );
     let (worst, mean) = compare_levels(&builtin, &openslide);
     // The figure docs/slides.md quotes.
     eprintln!(
