@@ -28,6 +28,8 @@
 //! assert!(values.iter().all(|v| (0.0..=1.0).contains(v)));
 //! ```
 
+#![warn(missing_docs)]
+
 mod canvas;
 mod data_path;
 mod error;

@@ -201,6 +201,17 @@ impl EncoderConfig {
         }
     }
 
+    /// The same encoder without a torchvision file to start from: how a trained model is
+    /// rebuilt, its checkpoint holding every weight (the file may have moved since).
+    pub fn without_weights(self) -> Self {
+        match self {
+            Self::Resnet18(c) => Self::Resnet18(ResNetConfig { weights: None, ..c }),
+            Self::Resnet34(c) => Self::Resnet34(ResNetConfig { weights: None, ..c }),
+            Self::Resnet50(c) => Self::Resnet50(ResNetConfig { weights: None, ..c }),
+            other => other,
+        }
+    }
+
     /// Channels C of the patches `[n, C, p, p]` the encoder takes.
     pub fn in_channels(&self) -> usize {
         match self {

@@ -18,6 +18,8 @@
 //! assert_eq!(encoder.embed(patches).dims(), [3, encoder.embed_dim()]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod batchnorm;
 mod config;
 mod encoder;

@@ -26,6 +26,8 @@
 //! assert_eq!(out.data[0], 2.0 * 4.0 + 0.5); // a corner sees 4
 //! ```
 
+#![warn(missing_docs)]
+
 mod batch_norm;
 mod conv;
 mod error;

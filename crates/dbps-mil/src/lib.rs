@@ -21,6 +21,8 @@
 //! assert_eq!(logits[0].dims(), [2, 10]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod aggregator;
 mod attention;
 mod config;

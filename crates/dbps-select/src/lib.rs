@@ -33,6 +33,8 @@
 //! assert_eq!(sub.indices.into_data().iter::<i64>().collect::<Vec<_>>(), vec![3, 2, 1]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod buffer;
 mod error;
 

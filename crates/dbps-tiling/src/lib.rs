@@ -14,6 +14,8 @@
 //! assert_eq!(grid.origin(12), [100, 200]);
 //! ```
 
+#![warn(missing_docs)]
+
 mod cut;
 mod drop;
 mod error;

@@ -115,7 +115,9 @@ impl MethodManifest {
             path: path.clone(),
             reason: format!("is damaged ({e}); re-run `dbps train` to rewrite it"),
         })?;
-        manifest.config.validate()?;
+        // The checkpoints hold every weight: the torchvision file the run started from is not
+        // needed (nor read) to use them, and may have moved.
+        manifest.trained_config().validate()?;
         if manifest.method >= manifest.config.methods.len() {
             return Err(TrainError::Checkpoint {
                 what: "manifest",
@@ -128,6 +130,14 @@ impl MethodManifest {
             });
         }
         Ok(manifest)
+    }
+
+    /// The config as a trained model is rebuilt from it: the run's, without the torchvision
+    /// file the encoder started from (the checkpoints replace those weights).
+    pub fn trained_config(&self) -> RunConfig {
+        let mut config = self.config.clone();
+        config.encoder = config.encoder.without_weights();
+        config
     }
 
     /// The method's name in its config.

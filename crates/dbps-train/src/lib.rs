@@ -14,6 +14,8 @@
 //! assert_eq!(config.methods.len(), 2);
 //! ```
 
+#![warn(missing_docs)]
+
 mod backend;
 mod batch;
 mod build;

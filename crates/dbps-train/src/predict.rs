@@ -43,7 +43,8 @@ impl<B: Backend> TrainedMethod<B> {
         } else {
             manifest.tasks.clone()
         };
-        let classifier = build_classifier::<B>(&manifest.config, manifest.method, &tasks, device)?;
+        let classifier =
+            build_classifier::<B>(&manifest.trained_config(), manifest.method, &tasks, device)?;
         let model = load_weights(
             TrainedClassifier::new(classifier, TrainingMonitor::default()),
             &manifest.best_checkpoint(method_dir)?,
