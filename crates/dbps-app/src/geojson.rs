@@ -20,7 +20,8 @@ use serde_json::{Map, Value, json};
 
 use crate::{AppError, Result};
 
-/// QuPath colours (packed RGB) of the roles, as `explain` draws them.
+/// Colours (RGB) of the classifications QuPath shows: the roles as `explain` draws them, grey
+/// for scored patches, green for tissue.
 const SALIENT: [u8; 3] = dbps_train::SALIENT_COLOR;
 const SUB_SALIENT: [u8; 3] = dbps_train::SUB_SALIENT_COLOR;
 const SCORED: [u8; 3] = [128, 128, 128];
