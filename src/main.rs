@@ -8,14 +8,14 @@ use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use dbps_app::explain::{ExplainOptions, HeadChoice, Normalisation, explain_on};
+use dbps_app::predict::{SlideOptions, predict_on};
 use dbps_app::shards::{Shard, ShardJob};
 use dbps_app::slide_check::CheckPlan;
 use dbps_slide::{Resolution, Slide, SlideReader};
 use dbps_train::config::DatasetConfig;
 use dbps_train::parallel::NodeSpec;
-use dbps_train::{
-    DeviceChoice, ExplainOptions, HeadChoice, Normalisation, RunConfig, SlideOptions, TrainLaunch,
-};
+use dbps_train::{DeviceChoice, RunConfig, TrainLaunch};
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
 #[global_allocator]
@@ -448,7 +448,7 @@ fn run(cli: Cli) -> Result<()> {
             ..
         } => {
             let options = slides.options()?;
-            let report = device(&choice)?.predict(&checkpoint, &images, &options)?;
+            let report = predict_on(device(&choice)?, &checkpoint, &images, &options)?;
             if let Some(dir) = &geojson {
                 // stdout may be --json's: the files written go to the log.
                 for path in dbps_app::geojson::write_predictions(dir, &report, options.reader)? {
@@ -504,7 +504,7 @@ fn run(cli: Cli) -> Result<()> {
                 ),
                 None => None,
             };
-            let explanation = device(&choice)?.explain(&checkpoint, &image, &out, &options)?;
+            let explanation = explain_on(device(&choice)?, &checkpoint, &image, &out, &options)?;
             if let (Some(file), Some(slide)) = (&geojson, &slide) {
                 dbps_app::geojson::write_explanation(file, &explanation, slide, geojson_all)?;
                 println!("geojson: {}", file.display());

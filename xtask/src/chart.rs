@@ -1,10 +1,10 @@
 //! PNG bar charts drawn with embedded-graphics' built-in bitmap font (no font files, nothing
-//! fetched) into dbps-train's [`Framebuffer`]: the bench's and the reproduction's charts.
+//! fetched) into dbps-app's [`Framebuffer`]: the bench's and the reproduction's charts.
 
 use std::path::Path;
 
 use anyhow::Result;
-use dbps_train::Framebuffer;
+use dbps_app::figure::Framebuffer;
 use embedded_graphics::mono_font::{MonoTextStyle, ascii::FONT_7X13, ascii::FONT_9X15_BOLD};
 use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;

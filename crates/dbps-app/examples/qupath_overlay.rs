@@ -4,8 +4,8 @@
 //! looked. Usage: `qupath_overlay SLIDE FILE.geojson OUT.png [SIDE = 768]`.
 use std::path::PathBuf;
 
+use dbps_app::figure::Framebuffer;
 use dbps_slide::{Slide, SlideReader};
-use dbps_train::Framebuffer;
 use serde_json::Value;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

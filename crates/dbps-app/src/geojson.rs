@@ -13,17 +13,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use dbps_slide::{Slide, SlideReader, TissueMask, TissuePolygon};
-use dbps_train::{
-    Explanation, GridGeometry, ImagePrediction, PredictReport, SlideReading, TrainError,
-};
+use dbps_train::TrainError;
+
+use crate::explain::{Explanation, SALIENT_COLOR, SUB_SALIENT_COLOR};
+use crate::predict::{GridGeometry, ImagePrediction, PredictReport, SlideReading};
 use serde_json::{Map, Value, json};
 
 use crate::{AppError, Result};
 
 /// Colours (RGB) of the classifications QuPath shows: the roles as `explain` draws them, grey
 /// for scored patches, green for tissue.
-const SALIENT: [u8; 3] = dbps_train::SALIENT_COLOR;
-const SUB_SALIENT: [u8; 3] = dbps_train::SUB_SALIENT_COLOR;
+const SALIENT: [u8; 3] = SALIENT_COLOR;
+const SUB_SALIENT: [u8; 3] = SUB_SALIENT_COLOR;
 const SCORED: [u8; 3] = [128, 128, 128];
 const TISSUE: [u8; 3] = [0, 160, 0];
 

@@ -12,10 +12,9 @@ use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
-use dbps_train::{
-    DeviceChoice, ImagePrediction, OnBackend, PredictReport, Predictor, SlideOptions, progress_bar,
-    write_json_atomic,
-};
+use dbps_train::{DeviceChoice, OnBackend, progress_bar, write_json_atomic};
+
+use crate::predict::{ImagePrediction, PredictReport, Predictor, SlideOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::{AppError, Result};

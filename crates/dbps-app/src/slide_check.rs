@@ -12,7 +12,9 @@ use std::sync::Arc;
 
 use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
 use dbps_tiling::{PatchGrid, RemainderPolicy};
-use dbps_train::{Framebuffer, tissue_patches};
+use dbps_train::tissue_patches;
+
+use crate::figure::Framebuffer;
 
 use crate::shards::read_list;
 use crate::{AppError, Result};

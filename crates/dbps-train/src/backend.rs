@@ -3,8 +3,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::eval::{EvalReport, eval_checkpoints};
-use crate::explain::{ExplainOptions, Explanation, explain};
-use crate::predict::{PredictReport, SlideOptions, predict};
 use crate::report::RunReport;
 use crate::{Result, RunConfig, TrainError, runner};
 
@@ -148,45 +146,6 @@ impl DeviceChoice {
             Self::Cpu => code.run::<CpuBackend>(Default::default(), &self.name()),
             #[cfg(feature = "cuda")]
             Self::Cuda(n) => code.run::<CudaBackend>(burn_cuda::CudaDevice::new(*n), &self.name()),
-        }
-    }
-
-    /// Predicts the images of `inputs` with the best checkpoints under `dir`.
-    pub fn predict(
-        &self,
-        dir: &Path,
-        inputs: &[PathBuf],
-        slides: &SlideOptions,
-    ) -> Result<PredictReport> {
-        match self {
-            Self::Cpu => {
-                predict::<CpuBackend>(dir, inputs, slides, &Default::default(), &self.name())
-            }
-            #[cfg(feature = "cuda")]
-            Self::Cuda(n) => predict::<CudaBackend>(
-                dir,
-                inputs,
-                slides,
-                &burn_cuda::CudaDevice::new(*n),
-                &self.name(),
-            ),
-        }
-    }
-
-    /// Explains `image` with the best checkpoints under `dir`, drawing the figure to `out`.
-    pub fn explain(
-        &self,
-        dir: &Path,
-        image: &Path,
-        out: &Path,
-        options: &ExplainOptions,
-    ) -> Result<Explanation> {
-        match self {
-            Self::Cpu => explain::<CpuBackend>(dir, image, out, options, &Default::default()),
-            #[cfg(feature = "cuda")]
-            Self::Cuda(n) => {
-                explain::<CudaBackend>(dir, image, out, options, &burn_cuda::CudaDevice::new(*n))
-            }
         }
     }
 

@@ -184,7 +184,7 @@ impl BatchKey {
 
 /// The samples' pixels as one host batch: 8-bit photographs stay 8-bit (normalised with the
 /// ImageNet statistics as patches are cut), everything else is f32.
-pub(crate) fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingError> {
+pub fn host_images(items: &[Sample], dims: [usize; 4]) -> Result<HostImages, TilingError> {
     // A slide's pixels stay on disk (read patch by patch): none of its values are here.
     if items.iter().any(|s| matches!(s.image, Pixels::Slide(_))) {
         return Err(TilingError::PixelCount { dims, got: 0 });

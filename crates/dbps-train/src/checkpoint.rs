@@ -166,7 +166,7 @@ impl MethodManifest {
 
 /// Method directories under `dir`: `dir` itself if it holds a manifest, else its sub-folders
 /// that do, in name order.
-pub(crate) fn method_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn method_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
     if dir.join(MANIFEST).is_file() {
         return Ok(vec![dir.to_path_buf()]);
     }

@@ -14,9 +14,9 @@ use crate::checkpoint::method_dirs;
 use crate::datasets::{ImageDataset, Splits};
 use crate::metrics::binary_auc;
 use crate::parallel::CollectiveSession;
-use crate::predict::TrainedMethod;
 use crate::renderer::progress_bar;
 use crate::report::{EvalFigures, TaskAccuracy, write_json_atomic};
+use crate::trained::TrainedMethod;
 use crate::{ImageBatcher, Result, StepStats, TrainedClassifier, TrainingMonitor};
 
 /// A split's evaluation figures as sums, so that parts evaluated apart (by the ranks of a

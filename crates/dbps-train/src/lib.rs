@@ -26,8 +26,6 @@ mod datasets;
 mod epoch_order;
 mod error;
 mod eval;
-mod explain;
-mod figure;
 mod heap;
 mod loss;
 pub mod meter;
@@ -36,7 +34,6 @@ mod model;
 mod named_weights;
 mod official_ips;
 pub mod parallel;
-mod predict;
 mod renderer;
 mod report;
 mod run_dir;
@@ -45,27 +42,25 @@ mod schedule;
 mod slide_source;
 mod step;
 mod trace;
+mod trained;
 
 pub use backend::{CpuBackend, CpuTrainBackend, DeviceChoice, OnBackend, TrainLaunch, pool_probe};
 #[cfg(feature = "cuda")]
 pub use backend::{CudaBackend, CudaTrainBackend};
-pub use batch::{BatchImages, BatchKey, ImageBatch, ImageBatcher, SingleImage, TaskTargets};
+pub use batch::{
+    BatchImages, BatchKey, ImageBatch, ImageBatcher, SingleImage, TaskTargets, host_images,
+};
 pub use build::build_classifier;
 pub use candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 pub use checkpoint::{
     CheckpointRecorder, HISTORY, MANIFEST, MethodManifest, checkpoint_path, initial_weights_path,
-    load_weights,
+    load_weights, method_dirs,
 };
 pub use config::{MethodPlan, RunConfig};
 pub use datasets::{ImageDataset, Splits};
 pub use epoch_order::{EpochOrder, epoch_seed};
 pub use error::{Result, TrainError};
 pub use eval::{CheckpointEval, EvalReport, eval_checkpoints, evaluate};
-pub use explain::{
-    ExplainOptions, Explanation, HeadChoice, MethodExplanation, Normalisation, PatchAttention,
-    SALIENT_COLOR, SUB_SALIENT_COLOR, explain, normalise,
-};
-pub use figure::{Framebuffer, heat_color};
 pub use heap::retain_freed_memory;
 pub use loss::{LossForm, loss_and_hits, task_hits, task_loss};
 pub use meter::{
@@ -80,10 +75,6 @@ pub use named_weights::{
     CHECKPOINT_PREFIX, NamedTensor, NamedWeightsError, load_named, named_tensors,
 };
 pub use official_ips::{OfficialImportError, from_official_ips};
-pub use predict::{
-    GridGeometry, ImagePrediction, PredictReport, Predictor, SlideOptions, SlideReading,
-    TaskPrediction, TrainedMethod, peak_resident_mib, predict,
-};
 pub use renderer::{ProgressRenderer, hide_progress_bars, progress_bar, suspend_bars};
 pub use report::{
     EpochFigures, EvalFigures, MethodReport, RunReport, SelectionFigures, TaskAccuracy,
@@ -97,3 +88,4 @@ pub use step::{
     EpochTally, StepOutput, StepStats, TrainedClassifier, TrainingMonitor, TrainingPass,
 };
 pub use trace::{GradientTrace, MethodTrace, TRACE_INDEX, TracedParam};
+pub use trained::TrainedMethod;

@@ -7,8 +7,7 @@ use std::path::Path;
 use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
 
-use crate::report::write_atomic;
-use crate::{Result, TrainError};
+use dbps_train::{Result, TrainError, write_atomic};
 
 /// An RGB image, 8 bits per channel, row-major, white when created.
 #[derive(Debug, Clone, PartialEq, Eq)]

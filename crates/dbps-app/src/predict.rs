@@ -1,4 +1,6 @@
-//! `dbps predict`: class probabilities of new images from the best checkpoints of a run.
+//! `dbps predict`: class probabilities of new images from the best checkpoints of a run. The
+//! engine rebuilds each method ([`TrainedMethod`]); this module reads images and slides into
+//! it ([`Predict`]) and reports.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,75 +13,65 @@ use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
 use dbps_tiling::{HostImages, PatchGrid};
 use serde::{Deserialize, Serialize};
 
-use crate::batch::host_images;
-use crate::build::build_classifier;
-use crate::checkpoint::{MethodManifest, load_weights, method_dirs};
-use crate::datasets::Splits;
-use crate::renderer::progress_bar;
-use crate::slide_source::{SlideCandidates, tissue_patches};
-use crate::{
-    BatchImages, Mode, PatchClassifier, Result, TrainError, TrainedClassifier, TrainingMonitor,
+use dbps_train::{
+    BatchImages, DeviceChoice, ForwardOutput, Mode, OnBackend, PatchClassifier, Result,
+    SlideCandidates, TrainError, TrainedMethod, host_images, method_dirs, progress_bar,
+    tissue_patches,
 };
 
-/// A method's best-on-validation weights, rebuilt from its directory.
-#[derive(Debug)]
-pub struct TrainedMethod<B: Backend> {
-    /// The method directory.
-    pub dir: PathBuf,
-    /// Its manifest.
-    pub manifest: MethodManifest,
-    /// The dataset's tasks, in logit order.
-    pub tasks: Vec<TaskSpec>,
-    /// The classifier with the best epoch's weights.
-    pub model: PatchClassifier<B>,
-}
-
-impl<B: Backend> TrainedMethod<B> {
-    /// Loads the best checkpoint of a method directory.
-    pub fn open(method_dir: &Path, device: &B::Device) -> Result<Self> {
-        let manifest = MethodManifest::read(method_dir)?;
-        let tasks = if manifest.tasks.is_empty() {
-            Splits::open(&manifest.config)?.tasks
-        } else {
-            manifest.tasks.clone()
-        };
-        let classifier =
-            build_classifier::<B>(&manifest.trained_config(), manifest.method, &tasks, device)?;
-        let model = load_weights(
-            TrainedClassifier::new(classifier, TrainingMonitor::default()),
-            &manifest.best_checkpoint(method_dir)?,
-            device,
-        )?;
-        Ok(Self {
-            dir: method_dir.to_path_buf(),
-            manifest,
-            tasks,
-            model: model.classifier,
-        })
-    }
-
-    /// How this model reads an image file.
-    fn file_input(&self) -> Result<FileInput> {
-        self.manifest
-            .config
-            .dataset
-            .file_input()
-            .ok_or_else(|| TrainError::Checkpoint {
-                what: "model",
-                path: self.dir.clone(),
-                reason: "was trained on feature bags (`feature_bags`), which are not images; score feature files with `dbps eval`".into(),
-            })
-    }
-
+/// What a trained method does with new images: read them as its training data was read,
+/// predict them, and (for `explain`) score every candidate.
+pub trait Predict<B: Backend> {
     /// Reads an image file as this model's training data was read; a file declaring more than
     /// `max_pixels` is refused from its header.
-    pub fn read(&self, path: &Path, max_pixels: u64) -> Result<Sample> {
-        Ok(self.file_input()?.read(path, max_pixels)?)
-    }
+    fn read(&self, path: &Path, max_pixels: u64) -> Result<Sample>;
 
     /// The classifier with its patch grid fitted to a `sample`, naming `path` when the image
     /// is too small for one patch.
-    pub fn fitted(&self, path: &Path, sample: &Sample) -> Result<PatchClassifier<B>> {
+    fn fitted(&self, path: &Path, sample: &Sample) -> Result<PatchClassifier<B>>;
+
+    /// Class probabilities of a whole-slide image, its patches streamed from disk at the view
+    /// `options` asks for (and, with the tissue mask, only patches on tissue).
+    fn predict_slide(
+        &self,
+        slide: &Arc<Slide>,
+        options: &SlideOptions,
+        device: &B::Device,
+    ) -> Result<ImagePrediction>;
+
+    /// [`Predict::predict_slide`], with the attention logits `[1, H, T, K]` over the K
+    /// candidates (from the same embeddings), their grid indices and the grid (`explain`).
+    fn explain_slide(
+        &self,
+        slide: &Arc<Slide>,
+        options: &SlideOptions,
+        device: &B::Device,
+    ) -> Result<(ImagePrediction, Tensor<B, 4>, Vec<usize>, PatchGrid)>;
+
+    /// Where this model reads a slide's patches: an explicit `--downsample` (over the
+    /// training config's µm/px, with a warning), else the training config's resolution
+    /// (`patch.mpp`, or `dataset.slides.downsample`), else full resolution.
+    fn resolution(&self, options: &SlideOptions) -> Resolution;
+
+    /// Class probabilities of one image file, with the patches the model looked at; a file
+    /// declaring more than `max_pixels` is refused from its header.
+    fn predict(&self, path: &Path, max_pixels: u64, device: &B::Device) -> Result<ImagePrediction>;
+
+    /// The prediction record of `out`, a forward pass of `model` over the image at `path`.
+    fn prediction(
+        &self,
+        path: &Path,
+        model: &PatchClassifier<B>,
+        out: ForwardOutput<B>,
+    ) -> ImagePrediction;
+}
+
+impl<B: Backend> Predict<B> for TrainedMethod<B> {
+    fn read(&self, path: &Path, max_pixels: u64) -> Result<Sample> {
+        Ok(file_input(self)?.read(path, max_pixels)?)
+    }
+
+    fn fitted(&self, path: &Path, sample: &Sample) -> Result<PatchClassifier<B>> {
         let size = [sample.height, sample.width];
         if self.manifest.config.aggregator.positional && size != self.manifest.config.image_size() {
             tracing::warn!(image = %path.display(), "the model adds patch positions and was trained on {:?} images: positions of a {}×{} image mean other places", self.manifest.config.image_size(), size[0], size[1]);
@@ -95,57 +87,34 @@ impl<B: Backend> TrainedMethod<B> {
             })
     }
 
-    /// Class probabilities of a whole-slide image, its patches streamed from disk at the level
-    /// `options` asks for (and, with the tissue mask, only patches on tissue).
-    pub fn predict_slide(
+    fn predict_slide(
         &self,
         slide: &Arc<Slide>,
         options: &SlideOptions,
         device: &B::Device,
     ) -> Result<ImagePrediction> {
-        let (model, source, reading) = self.slide_source(slide, options, device)?;
+        let (model, source, reading) = slide_source(self, slide, options, device)?;
         let out = model.forward_eval_from(&source)?;
-        Ok(self.slide_result(slide, &model, &source, reading, out))
+        Ok(slide_result(self, slide, &model, &source, reading, out))
     }
 
-    /// [`TrainedMethod::predict_slide`], with the attention logits `[1, H, T, K]` over the K
-    /// candidates (from the same embeddings), their grid indices and the grid (`explain`).
-    pub(crate) fn explain_slide(
+    fn explain_slide(
         &self,
         slide: &Arc<Slide>,
         options: &SlideOptions,
         device: &B::Device,
     ) -> Result<(ImagePrediction, Tensor<B, 4>, Vec<usize>, PatchGrid)> {
-        let (model, source, reading) = self.slide_source(slide, options, device)?;
+        let (model, source, reading) = slide_source(self, slide, options, device)?;
         let (out, logits) = model.forward_eval_with_attention(&source)?;
-        let prediction = self.slide_result(slide, &model, &source, reading, out);
+        let prediction = slide_result(self, slide, &model, &source, reading, out);
         let candidates = source.grid_indices().iter().map(|&i| i as usize).collect();
         Ok((prediction, logits, candidates, model.plan().grid))
     }
 
-    fn slide_result(
-        &self,
-        slide: &Slide,
-        model: &PatchClassifier<B>,
-        source: &SlideCandidates<B>,
-        reading: SlideReading,
-        out: crate::ForwardOutput<B>,
-    ) -> ImagePrediction {
-        let mut prediction = self.prediction(slide.path(), model, out);
-        prediction.slide = Some(SlideReading {
-            tiles_read: source.tiles_read(),
-            ..reading
-        });
-        prediction
-    }
-
-    /// Where this model reads a slide's patches: an explicit `--downsample` (over the
-    /// training config's µm/px, with a warning), else the training config's resolution
-    /// (`patch.mpp`, or `dataset.slides.downsample`), else full resolution.
-    pub fn resolution(&self, options: &SlideOptions) -> Resolution {
+    fn resolution(&self, options: &SlideOptions) -> Resolution {
         let config = &self.manifest.config;
         let trained = match &config.dataset {
-            crate::config::DatasetConfig::Slides(slides) => {
+            dbps_train::config::DatasetConfig::Slides(slides) => {
                 Some(slides.resolution(config.patch.mpp))
             }
             _ => None,
@@ -161,106 +130,21 @@ impl<B: Backend> TrainedMethod<B> {
         }
     }
 
-    /// The classifier fitted to the slide view `options` picks, its candidates, and what
-    /// was read (`tiles_read` counts once the candidates have been read).
-    fn slide_source(
-        &self,
-        slide: &Arc<Slide>,
-        options: &SlideOptions,
-        device: &B::Device,
-    ) -> Result<(PatchClassifier<B>, SlideCandidates<B>, SlideReading)> {
-        let path = slide.path();
-        let view = SlideView::new(Arc::clone(slide), self.resolution(options))?;
-        let level = view.level();
-        let l = slide.levels()[level];
-        let size = view.size();
-        let patch = self.model.plan().grid.patch();
-        let model = self.model.for_image_size(size).map_err(|e| TrainError::Input {
-            path: path.to_path_buf(),
-            reason: format!(
-                "level {level} ({}×{} px as read, downsample {:.1}): {e}; the model cuts {patch} px patches, so ask for a level at least that large with a smaller --downsample",
-                size[0], size[1], view.level0_per_pixel()
-            ),
-        })?;
-        let grid = model.plan().grid;
-        let (order, threshold) = if options.tissue_mask {
-            let mask = TissueMask::of_slide(slide)?;
-            let pool = tissue_patches(&grid, size, &mask);
-            (
-                model.plan().candidates_among(&pool, Mode::Eval),
-                Some(mask.threshold),
-            )
-        } else {
-            (model.plan().candidates(1, Mode::Eval), None)
-        };
-        let indices = order.indices;
-        if indices.is_empty() {
-            return Err(TrainError::Input {
-                path: path.to_path_buf(),
-                reason: format!(
-                    "the tissue mask (Otsu threshold {}) keeps no patch; run without --tissue-mask",
-                    threshold.unwrap_or(0)
-                ),
-            });
-        }
-        tracing::info!(slide = %path.display(), level, patches = grid.len(), kept = indices.len(), "reading slide patches");
-        let reading = SlideReading {
-            level,
-            downsample: l.downsample,
-            scale: view.scale(),
-            level0_per_pixel: view.level0_per_pixel(),
-            mpp: view.mpp(),
-            reader: slide.reader_name().to_string(),
-            grid: GridGeometry::of(&grid),
-            patches_skipped: grid.len() - indices.len(),
-            tissue_threshold: threshold,
-            tiles: l.tile_count(),
-            tiles_read: 0,
-        };
-        let source = SlideCandidates::new(view, grid, indices, self.file_input()?, device.clone())
-            .with_progress();
-        Ok((model, source, reading))
-    }
-
-    /// Class probabilities of one image file, with the patches the model looked at; a file
-    /// declaring more than `max_pixels` is refused from its header.
-    pub fn predict(
-        &self,
-        path: &Path,
-        max_pixels: u64,
-        device: &B::Device,
-    ) -> Result<ImagePrediction> {
+    fn predict(&self, path: &Path, max_pixels: u64, device: &B::Device) -> Result<ImagePrediction> {
         let sample = self.read(path, max_pixels)?;
         let model = self.fitted(path, &sample)?;
         let images = Arc::new(host_images(
             std::slice::from_ref(&sample),
             [1, sample.channels, sample.height, sample.width],
         )?);
-        self.predict_fitted(path, &model, &images, device)
+        predict_fitted(self, path, &model, &images, device)
     }
 
-    /// [`TrainedMethod::predict`] of an image already read into `images` (`[1, C, H, W]`)
-    /// with the classifier [`TrainedMethod::fitted`] to it.
-    pub(crate) fn predict_fitted(
+    fn prediction(
         &self,
         path: &Path,
         model: &PatchClassifier<B>,
-        images: &Arc<HostImages>,
-        device: &B::Device,
-    ) -> Result<ImagePrediction> {
-        let out = model.forward_eval(&BatchImages::Host {
-            images: Arc::clone(images),
-            device: device.clone(),
-        })?;
-        Ok(self.prediction(path, model, out))
-    }
-
-    /// The prediction record of `out`, a forward pass of `model` over the image at `path`.
-    pub(crate) fn prediction(
-        &self,
-        path: &Path,
-        model: &PatchClassifier<B>,
-        out: crate::ForwardOutput<B>,
+        out: ForwardOutput<B>,
     ) -> ImagePrediction {
         let tasks = self
             .tasks
@@ -280,6 +164,111 @@ impl<B: Backend> TrainedMethod<B> {
             slide: None,
         }
     }
+}
+
+fn file_input<B: Backend>(method: &TrainedMethod<B>) -> Result<FileInput> {
+    method.manifest
+        .config
+        .dataset
+        .file_input()
+        .ok_or_else(|| TrainError::Checkpoint {
+            what: "model",
+            path: method.dir.clone(),
+            reason: "was trained on feature bags (`feature_bags`), which are not images; score feature files with `dbps eval`".into(),
+        })
+}
+
+fn slide_result<B: Backend>(
+    method: &TrainedMethod<B>,
+    slide: &Slide,
+    model: &PatchClassifier<B>,
+    source: &SlideCandidates<B>,
+    reading: SlideReading,
+    out: ForwardOutput<B>,
+) -> ImagePrediction {
+    let mut prediction = method.prediction(slide.path(), model, out);
+    prediction.slide = Some(SlideReading {
+        tiles_read: source.tiles_read(),
+        ..reading
+    });
+    prediction
+}
+
+/// The classifier fitted to the slide view `options` picks, its candidates, and what
+/// was read (`tiles_read` counts once the candidates have been read).
+fn slide_source<B: Backend>(
+    method: &TrainedMethod<B>,
+    slide: &Arc<Slide>,
+    options: &SlideOptions,
+    device: &B::Device,
+) -> Result<(PatchClassifier<B>, SlideCandidates<B>, SlideReading)> {
+    let path = slide.path();
+    let view = SlideView::new(Arc::clone(slide), method.resolution(options))?;
+    let level = view.level();
+    let l = slide.levels()[level];
+    let size = view.size();
+    let patch = method.model.plan().grid.patch();
+    let model = method.model.for_image_size(size).map_err(|e| TrainError::Input {
+        path: path.to_path_buf(),
+        reason: format!(
+            "level {level} ({}×{} px as read, downsample {:.1}): {e}; the model cuts {patch} px patches, so ask for a level at least that large with a smaller --downsample",
+            size[0], size[1], view.level0_per_pixel()
+        ),
+    })?;
+    let grid = model.plan().grid;
+    let (order, threshold) = if options.tissue_mask {
+        let mask = TissueMask::of_slide(slide)?;
+        let pool = tissue_patches(&grid, size, &mask);
+        (
+            model.plan().candidates_among(&pool, Mode::Eval),
+            Some(mask.threshold),
+        )
+    } else {
+        (model.plan().candidates(1, Mode::Eval), None)
+    };
+    let indices = order.indices;
+    if indices.is_empty() {
+        return Err(TrainError::Input {
+            path: path.to_path_buf(),
+            reason: format!(
+                "the tissue mask (Otsu threshold {}) keeps no patch; run without --tissue-mask",
+                threshold.unwrap_or(0)
+            ),
+        });
+    }
+    tracing::info!(slide = %path.display(), level, patches = grid.len(), kept = indices.len(), "reading slide patches");
+    let reading = SlideReading {
+        level,
+        downsample: l.downsample,
+        scale: view.scale(),
+        level0_per_pixel: view.level0_per_pixel(),
+        mpp: view.mpp(),
+        reader: slide.reader_name().to_string(),
+        grid: GridGeometry::of(&grid),
+        patches_skipped: grid.len() - indices.len(),
+        tissue_threshold: threshold,
+        tiles: l.tile_count(),
+        tiles_read: 0,
+    };
+    let source = SlideCandidates::new(view, grid, indices, file_input(method)?, device.clone())
+        .with_progress();
+    Ok((model, source, reading))
+}
+
+/// [`Predict::predict`] of an image already read into `images` (`[1, C, H, W]`)
+/// with the classifier [`Predict::fitted`] to it.
+fn predict_fitted<B: Backend>(
+    method: &TrainedMethod<B>,
+    path: &Path,
+    model: &PatchClassifier<B>,
+    images: &Arc<HostImages>,
+    device: &B::Device,
+) -> Result<ImagePrediction> {
+    let out = model.forward_eval(&BatchImages::Host {
+        images: Arc::clone(images),
+        device: device.clone(),
+    })?;
+    Ok(method.prediction(path, model, out))
 }
 
 /// The grid indices of one image's picks (`[1, K]`), without the −1 padding of short bags.
@@ -624,6 +613,23 @@ pub fn predict<B: Backend>(
         peak_resident_mib: peak_resident_mib(),
         predictions,
     })
+}
+
+/// [`predict`] on the backend of `device`.
+pub fn predict_on(
+    device: DeviceChoice,
+    checkpoint: &Path,
+    inputs: &[PathBuf],
+    slides: &SlideOptions,
+) -> Result<PredictReport> {
+    struct Run<'a>(&'a Path, &'a [PathBuf], &'a SlideOptions);
+    impl OnBackend for Run<'_> {
+        type Output = Result<PredictReport>;
+        fn run<B: Backend>(self, device: B::Device, name: &str) -> Self::Output {
+            predict::<B>(self.0, self.1, self.2, &device, name)
+        }
+    }
+    device.dispatch(Run(checkpoint, inputs, slides))
 }
 
 /// The file as a slide when a reader takes it as one (a tiled TIFF; with OpenSlide, any

@@ -18,12 +18,13 @@ use embedded_graphics::prelude::*;
 use embedded_graphics::text::Text;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::host_images;
-use crate::checkpoint::method_dirs;
+use dbps_train::{
+    DeviceChoice, HostCandidates, Mode, OnBackend, Result, TrainError, TrainedMethod, host_images,
+    method_dirs, write_json_atomic,
+};
+
 use crate::figure::{Framebuffer, heat_color};
-use crate::predict::{GridGeometry, SlideOptions, TaskPrediction, TrainedMethod, open_slide};
-use crate::report::write_json_atomic;
-use crate::{HostCandidates, Mode, Result, TrainError};
+use crate::predict::{GridGeometry, Predict, SlideOptions, TaskPrediction, open_slide};
 
 /// Outline colour of the M salient patches.
 pub const SALIENT_COLOR: [u8; 3] = [230, 25, 75];
@@ -327,7 +328,7 @@ pub struct Explanation {
     pub methods: Vec<MethodExplanation>,
     /// How a slide was read (absent for an ordinary image).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slide: Option<crate::SlideReading>,
+    pub slide: Option<crate::predict::SlideReading>,
 }
 
 /// The display rectangle `[x0, y0, x1, y1)` of patch `index`, relative to its panel.
@@ -442,7 +443,7 @@ fn heatmap(
 }
 
 /// A row's title: method, epoch, verdict per task, and the weights at the colour scale's ends.
-fn row_title(prediction: &crate::ImagePrediction, range: [f32; 2]) -> String {
+fn row_title(prediction: &crate::predict::ImagePrediction, range: [f32; 2]) -> String {
     let verdict: Vec<String> = prediction
         .tasks
         .iter()
@@ -470,6 +471,24 @@ fn panel_scale([h, w]: [usize; 2], panel: u32) -> f64 {
     let long = h.max(w).max(1) as f64;
     let fit = f64::from(panel.max(1)) / long;
     if fit >= 1.0 { fit.floor() } else { fit }
+}
+
+/// [`explain`] on the backend of `device`.
+pub fn explain_on(
+    device: DeviceChoice,
+    checkpoint: &Path,
+    image: &Path,
+    out: &Path,
+    options: &ExplainOptions,
+) -> Result<Explanation> {
+    struct Run<'a>(&'a Path, &'a Path, &'a Path, &'a ExplainOptions);
+    impl OnBackend for Run<'_> {
+        type Output = Result<Explanation>;
+        fn run<B: Backend>(self, device: B::Device, _name: &str) -> Self::Output {
+            explain::<B>(self.0, self.1, self.2, self.3, &device)
+        }
+    }
+    device.dispatch(Run(checkpoint, image, out, options))
 }
 
 /// Explains `image` with every method under `checkpoint` (a run directory or one method
