@@ -11,9 +11,8 @@ use clap::{Parser, Subcommand};
 use dbps_app::explain::{ExplainOptions, HeadChoice, Normalisation, explain_on};
 use dbps_app::predict::{SlideOptions, predict_on};
 use dbps_app::shards::{Shard, ShardJob};
-use dbps_app::slide_check::CheckPlan;
-use dbps_slide::{Resolution, Slide, SlideReader};
-use dbps_train::config::DatasetConfig;
+use dbps_app::slide_check::{CheckOptions, CheckPlan};
+use dbps_slide::{Slide, SlideReader};
 use dbps_train::parallel::NodeSpec;
 use dbps_train::{DeviceChoice, RunConfig, TrainLaunch};
 
@@ -537,57 +536,18 @@ fn run(cli: Cli) -> Result<()> {
                 },
         } => {
             let base = config.as_deref().map(RunConfig::from_file).transpose()?;
-            let slides = match base.as_ref().map(|c| &c.dataset) {
-                Some(DatasetConfig::Slides(slides)) => Some(slides.clone()),
-                Some(_) => anyhow::bail!(
-                    "--config {}: its dataset is not `slides`; give a slides config, or --patch",
-                    config
-                        .as_deref()
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default()
-                ),
-                None => None,
-            };
-            let patch = patch
-                .or(base.as_ref().map(|c| c.patch.size))
-                .unwrap_or_default();
-            let mpp = mpp.or(base.as_ref().and_then(|c| c.patch.mpp));
-            let resolution = match (downsample, mpp, &slides) {
-                (Some(d), _, _) => Resolution::Downsample(d),
-                (None, _, Some(slides)) => slides.resolution(mpp),
-                (None, Some(m), None) => Resolution::MicronsPerPixel(m),
-                (None, None, None) => Resolution::Downsample(1.0),
-            };
-            let plan = CheckPlan {
-                patch,
-                stride: stride
-                    .or(base.as_ref().and_then(|c| c.patch.stride))
-                    .unwrap_or(patch),
-                resolution,
-                tissue_mask: !no_tissue_mask && slides.as_ref().is_none_or(|s| s.tissue_mask),
-                reader: reader
-                    .or(slides.as_ref().map(|s| s.reader))
-                    .unwrap_or_default(),
-                decode_tiles: !quick,
-            };
-            if plan.patch == 0 || plan.stride == 0 {
-                anyhow::bail!(
-                    "--patch {} / --stride {}: both must be at least 1 px",
-                    plan.patch,
-                    plan.stride
-                );
-            }
-            match plan.resolution {
-                Resolution::Downsample(d) if !(d.is_finite() && (1.0..=65_536.0).contains(&d)) => {
-                    anyhow::bail!("--downsample {d} must lie in [1, 65536] (1 = full resolution)")
-                }
-                Resolution::MicronsPerPixel(m) if !(m.is_finite() && m > 0.0 && m <= 100.0) => {
-                    anyhow::bail!(
-                        "--mpp {m} must lie in (0, 100] µm per pixel (0.25 is a 40× scan, 0.5 a 20× scan)"
-                    )
-                }
-                _ => {}
-            }
+            let plan = CheckPlan::new(
+                base.as_ref(),
+                &CheckOptions {
+                    patch,
+                    stride,
+                    downsample,
+                    mpp,
+                    reader,
+                    no_tissue_mask,
+                    quick,
+                },
+            )?;
             let checks = dbps_app::slide_check::check_slides(&list, &out, &plan)?;
             println!(
                 "{} slides ready: {}",

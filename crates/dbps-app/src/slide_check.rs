@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
 use dbps_tiling::{PatchGrid, RemainderPolicy};
-use dbps_train::tissue_patches;
+use dbps_train::config::DatasetConfig;
+use dbps_train::{RunConfig, tissue_patches};
 
 use crate::figure::Framebuffer;
 
@@ -40,6 +41,92 @@ pub struct CheckPlan {
     pub reader: SlideReader,
     /// Decode every tile under a candidate patch (off: headers, thumbnail and mask only).
     pub decode_tiles: bool,
+}
+
+/// The command line's say on a check: each `Some` overrides the run config's setting.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct CheckOptions {
+    /// `--patch`.
+    pub patch: Option<usize>,
+    /// `--stride`.
+    pub stride: Option<usize>,
+    /// `--downsample`.
+    pub downsample: Option<f64>,
+    /// `--mpp`.
+    pub mpp: Option<f64>,
+    /// `--reader`.
+    pub reader: Option<SlideReader>,
+    /// `--no-tissue-mask`.
+    pub no_tissue_mask: bool,
+    /// `--quick`.
+    pub quick: bool,
+}
+
+impl CheckPlan {
+    /// How a run of `config` (a slides config, if given) would read the slides, with
+    /// `options` over it; an option out of range, or a config of another dataset, is refused.
+    pub fn new(config: Option<&RunConfig>, options: &CheckOptions) -> Result<Self> {
+        let bad = |option: &'static str, reason: String| AppError::Option { option, reason };
+        let slides = match config.map(|c| &c.dataset) {
+            Some(DatasetConfig::Slides(slides)) => Some(slides),
+            Some(_) => {
+                return Err(bad(
+                    "--config",
+                    "its dataset is not `slides`; give a slides config, or --patch".into(),
+                ));
+            }
+            None => None,
+        };
+        let patch = options
+            .patch
+            .or(config.map(|c| c.patch.size))
+            .unwrap_or_default();
+        let stride = options
+            .stride
+            .or(config.and_then(|c| c.patch.stride))
+            .unwrap_or(patch);
+        if patch == 0 || stride == 0 {
+            return Err(bad(
+                "--patch",
+                format!("{patch} / --stride {stride}: both must be at least 1 px"),
+            ));
+        }
+        let mpp = options.mpp.or(config.and_then(|c| c.patch.mpp));
+        let resolution = match (options.downsample, mpp, slides) {
+            (Some(d), _, _) => Resolution::Downsample(d),
+            (None, _, Some(slides)) => slides.resolution(mpp),
+            (None, Some(m), None) => Resolution::MicronsPerPixel(m),
+            (None, None, None) => Resolution::Downsample(1.0),
+        };
+        match resolution {
+            Resolution::Downsample(d) if !(d.is_finite() && (1.0..=65_536.0).contains(&d)) => {
+                return Err(bad(
+                    "--downsample",
+                    format!("{d} must lie in [1, 65536] (1 = full resolution)"),
+                ));
+            }
+            Resolution::MicronsPerPixel(m) if !(m.is_finite() && m > 0.0 && m <= 100.0) => {
+                return Err(bad(
+                    "--mpp",
+                    format!(
+                        "{m} must lie in (0, 100] µm per pixel (0.25 is a 40× scan, 0.5 a 20× scan)"
+                    ),
+                ));
+            }
+            _ => {}
+        }
+        Ok(Self {
+            patch,
+            stride,
+            resolution,
+            tissue_mask: !options.no_tissue_mask && slides.is_none_or(|s| s.tissue_mask),
+            reader: options
+                .reader
+                .or(slides.map(|s| s.reader))
+                .unwrap_or_default(),
+            decode_tiles: !options.quick,
+        })
+    }
 }
 
 /// What the check found for one slide.

@@ -170,22 +170,17 @@ impl OpenSlideReader {
                 fix: DAMAGED.into(),
             });
         }
-        for row in 0..rh {
-            for col in 0..rw {
-                let px = u32::from_ne_bytes(
-                    argb[(row * rw + col) * 4..(row * rw + col) * 4 + 4]
-                        .try_into()
-                        .expect("four bytes"),
-                );
-                let alpha = px >> 24;
-                let dst = (row * w + col) * 3;
-                for (c, shift) in [16, 8, 0].into_iter().enumerate() {
-                    let premultiplied = (px >> shift) & 0xff;
-                    // Premultiplied colour over the background: c + (1 − α)·bg.
-                    let over =
-                        premultiplied + ((255 - alpha) * u32::from(self.background[c]) + 127) / 255;
-                    out[dst + c] = over.min(255) as u8;
-                }
+        for (i, bytes) in argb.chunks_exact(4).enumerate() {
+            let (row, col) = (i / rw, i % rw);
+            let px = u32::from_ne_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+            let alpha = px >> 24;
+            let dst = (row * w + col) * 3;
+            for (c, shift) in [16, 8, 0].into_iter().enumerate() {
+                let premultiplied = (px >> shift) & 0xff;
+                // Premultiplied colour over the background: c + (1 − α)·bg.
+                let over =
+                    premultiplied + ((255 - alpha) * u32::from(self.background[c]) + 127) / 255;
+                out[dst + c] = over.min(255) as u8;
             }
         }
         Ok(out)

@@ -74,15 +74,17 @@ impl TissueMask {
                     if at == start {
                         break;
                     }
-                    // At a corner shared diagonally, the right turn keeps to this piece.
-                    let out = edges
-                        .get_mut(&at)
-                        .expect("every boundary corner starts an edge");
-                    let pick = [(dir + 1) % 4, dir, (dir + 3) % 4]
-                        .into_iter()
-                        .find_map(|d| out.iter().position(|&e| e == d))
-                        .expect("a boundary edge continues");
-                    let next = out.swap_remove(pick);
+                    // At a corner shared diagonally, the right turn keeps to this piece. Every
+                    // corner an edge reaches starts one (each tissue pixel's sides close), so
+                    // the walk always continues; a missing edge would only end the ring early.
+                    let Some(next) = edges.get_mut(&at).and_then(|out| {
+                        [(dir + 1) % 4, dir, (dir + 3) % 4]
+                            .into_iter()
+                            .find_map(|d| out.iter().position(|&e| e == d))
+                            .map(|pick| out.swap_remove(pick))
+                    }) else {
+                        break;
+                    };
                     if next != dir {
                         ring.push(at);
                     }
@@ -92,10 +94,9 @@ impl TissueMask {
                 rings.extend(simple_rings(ring));
             }
         }
-        let (mut outer, holes): (Vec<_>, Vec<_>) =
-            rings.into_iter().partition(|r| ring_area2(r) > 0);
+        let (outer, holes): (Vec<_>, Vec<_>) = rings.into_iter().partition(|r| ring_area2(r) > 0);
         let mut polygons: Vec<TissuePolygon> = outer
-            .drain(..)
+            .into_iter()
             .map(|exterior| TissuePolygon {
                 exterior,
                 holes: Vec::new(),
