@@ -9,16 +9,18 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use dbps_app::explain::{ExplainOptions, HeadChoice, Normalisation, explain_on};
+use dbps_app::launch::TrainLaunch;
 use dbps_app::predict::{SlideOptions, predict_on};
 use dbps_app::shards::{Shard, ShardJob};
 use dbps_app::slide_check::{CheckOptions, CheckPlan};
+use dbps_parallel::NodeSpec;
 use dbps_slide::{Slide, SlideReader};
-use dbps_train::parallel::NodeSpec;
-use dbps_train::{DeviceChoice, RunConfig, TrainLaunch};
+use dbps_train::RunConfig;
+use dbps_train::backend::DeviceChoice;
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
 #[global_allocator]
-static ALLOCATOR: dbps_train::TrackingAllocator = dbps_train::TrackingAllocator;
+static ALLOCATOR: dbps_model::meter::TrackingAllocator = dbps_model::meter::TrackingAllocator;
 
 #[derive(Parser)]
 #[command(
@@ -559,7 +561,7 @@ fn run(cli: Cli) -> Result<()> {
             checkpoint,
             device: choice,
         } => {
-            let report = device(&choice)?.eval(&checkpoint)?;
+            let report = dbps_app::evaluate::eval_on(device(&choice)?, &checkpoint)?;
             println!("{}", report.table());
             println!("results: {}", checkpoint.join("eval.json").display());
         }
@@ -582,7 +584,7 @@ fn report(err: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    dbps_train::retain_freed_memory();
+    dbps_model::heap::retain_freed_memory();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -594,7 +596,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     if cli.quiet {
-        dbps_train::hide_progress_bars();
+        dbps_model::progress::hide_progress_bars();
     }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,12 +27,15 @@ use burn::data::dataset::Dataset;
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
 use burn_train::TrainStep;
-use dbps_train::parallel::{ShardLoader, ShardPlan};
-use dbps_train::{
-    EpochOrder, GradientTrace, ImageBatcher, MethodManifest, RunConfig, Splits, TRACE_INDEX,
-    TracedParam, TrainedClassifier, TrainingMonitor, build_classifier, checkpoint_path,
-    load_weights,
-};
+use dbps_model::batch::ImageBatcher;
+use dbps_model::epoch_order::EpochOrder;
+use dbps_model::step::{TrainedClassifier, TrainingMonitor};
+use dbps_model::trace::{GradientTrace, TRACE_INDEX, TracedParam};
+use dbps_parallel::{ShardLoader, ShardPlan};
+use dbps_train::RunConfig;
+use dbps_train::build::build_classifier;
+use dbps_train::checkpoint::{MethodManifest, checkpoint_path, load_weights};
+use dbps_train::datasets::Splits;
 
 type A = Autodiff<Flex>;
 use serde_json::{Value, json};
@@ -77,7 +80,7 @@ fn write_config(dir: &Path, config: &Value) -> PathBuf {
 
 fn dbps() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_dbps"));
-    command.env("RUST_LOG", "warn,dbps_train=debug");
+    command.env("RUST_LOG", "warn,dbps_train=debug,dbps_parallel=debug");
     command
 }
 
@@ -173,7 +176,8 @@ impl Host {
             None => words.push(env!("CARGO_BIN_EXE_dbps").into()),
         }
         let mut c = Command::new(&words[0]);
-        c.args(&words[1..]).env("RUST_LOG", "warn,dbps_train=debug");
+        c.args(&words[1..])
+            .env("RUST_LOG", "warn,dbps_train=debug,dbps_parallel=debug");
         c
     }
 }
@@ -752,7 +756,7 @@ fn a_hung_rank_is_caught_within_the_peer_timeout() {
     let _ = victim.finish(Duration::from_secs(30));
     assert_eq!(
         status.code(),
-        Some(dbps_train::parallel::PEER_LOST_EXIT_CODE),
+        Some(dbps_parallel::PEER_LOST_EXIT_CODE),
         "{log}"
     );
     assert!(

@@ -10,11 +10,11 @@ use std::path::{Path, PathBuf};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::{Int, Tensor, TensorData};
 use common::{dbps, stderr};
+use dbps_model::batch::{BatchImages, BatchKey, ImageBatch, TaskTargets};
+use dbps_model::step::{TrainedClassifier, TrainingMonitor};
 use dbps_tiling::{HostImages, HostPixels, PixelNorm};
-use dbps_train::{
-    BatchImages, BatchKey, ImageBatch, MethodManifest, TaskTargets, TrainedClassifier,
-    TrainingMonitor, build_classifier, initial_weights_path, load_weights,
-};
+use dbps_train::build::build_classifier;
+use dbps_train::checkpoint::{MethodManifest, initial_weights_path, load_weights};
 use serde_json::{Value, json};
 
 type Train = Autodiff<Flex>;

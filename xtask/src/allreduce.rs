@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use burn::backend::Flex;
 use burn::tensor::{Tensor, TensorData};
-use dbps_train::parallel::{CollectiveSession, NodeSpec};
+use dbps_parallel::{CollectiveSession, NodeSpec};
 use serde::{Deserialize, Serialize};
 
 /// Options of `cargo xtask allreduce`.

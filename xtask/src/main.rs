@@ -46,7 +46,7 @@ enum Task {
 
 /// The step meter counts heap bytes through this allocator.
 #[global_allocator]
-static ALLOCATOR: dbps_train::TrackingAllocator = dbps_train::TrackingAllocator;
+static ALLOCATOR: dbps_model::meter::TrackingAllocator = dbps_model::meter::TrackingAllocator;
 
 /// Runs `cargo <args>` from the workspace root, failing on a non-zero exit.
 fn cargo(args: &[&str]) -> Result<()> {
@@ -64,7 +64,7 @@ fn cargo(args: &[&str]) -> Result<()> {
 }
 
 fn main() -> Result<()> {
-    dbps_train::retain_freed_memory();
+    dbps_model::heap::retain_freed_memory();
     match Cli::parse().command {
         Task::Ci => {
             cargo(&["fmt", "--all", "--", "--check"])?;

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use dbps_train::RunReport;
+use dbps_train::report::RunReport;
 
 /// The paths whose changes can move the table's numbers (sources, not tests).
 const NUMERIC_PATHS: &[&str] = &[
@@ -22,13 +22,13 @@ const NUMERIC_PATHS: &[&str] = &[
     "crates/dbps-kernels/src",
     "crates/dbps-tiling/src",
     "crates/dbps-data/src",
-    "crates/dbps-train/src/model.rs",
-    "crates/dbps-train/src/loss.rs",
-    "crates/dbps-train/src/step.rs",
+    "crates/dbps-model/src/classifier.rs",
+    "crates/dbps-model/src/loss.rs",
+    "crates/dbps-model/src/step.rs",
+    "crates/dbps-model/src/batch.rs",
+    "crates/dbps-model/src/candidates.rs",
+    "crates/dbps-model/src/epoch_order.rs",
     "crates/dbps-train/src/schedule.rs",
-    "crates/dbps-train/src/batch.rs",
-    "crates/dbps-train/src/candidates.rs",
-    "crates/dbps-train/src/epoch_order.rs",
     "configs/quickstart.json",
 ];
 
@@ -120,7 +120,7 @@ fn read_row(seed: u64, run: &Path) -> Result<SeedRow> {
             .iter()
             .find(|m| m.method == name)
             .with_context(|| format!("{} has no method {name}", path.display()))?;
-        let acc = |e: &dbps_train::EvalFigures| 100.0 * e.tasks[0].accuracy;
+        let acc = |e: &dbps_train::report::EvalFigures| 100.0 * e.tasks[0].accuracy;
         Ok((
             acc(&m.test_last),
             acc(&m.test_best_valid),

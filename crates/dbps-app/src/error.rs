@@ -10,6 +10,9 @@ pub enum AppError {
     /// The training engine failed (its error names the input).
     #[error(transparent)]
     Train(#[from] dbps_train::TrainError),
+    /// The model layer failed (a forward pass, a file written whole).
+    #[error(transparent)]
+    Model(#[from] dbps_model::ModelError),
     /// Some slides of `dbps slides check` would stop a run.
     #[error(
         "{failed} of {total} slides would fail a run; the first: {first}; every slide's row is in {csv}: fix or drop those slides"

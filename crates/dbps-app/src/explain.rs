@@ -18,10 +18,14 @@ use embedded_graphics::prelude::*;
 use embedded_graphics::text::Text;
 use serde::{Deserialize, Serialize};
 
-use dbps_train::{
-    DeviceChoice, HostCandidates, Mode, OnBackend, Result, TrainError, TrainedMethod, host_images,
-    method_dirs, write_json_atomic,
-};
+use dbps_model::atomic_write::write_json_atomic;
+use dbps_model::batch::host_images;
+use dbps_model::candidates::HostCandidates;
+use dbps_model::classifier::Mode;
+use dbps_train::backend::{DeviceChoice, OnBackend};
+use dbps_train::checkpoint::method_dirs;
+use dbps_train::trained::TrainedMethod;
+use dbps_train::{Result, TrainError};
 
 use crate::figure::{Framebuffer, heat_color};
 use crate::predict::{GridGeometry, Predict, SlideOptions, TaskPrediction, open_slide};
@@ -539,10 +543,13 @@ pub fn explain<B: Backend>(
                 let sample = method.read(image, options.slides.max_pixels)?;
                 let model = method.fitted(image, &sample)?;
                 let grid = model.plan().grid;
-                let images = Arc::new(host_images(
-                    std::slice::from_ref(&sample),
-                    [1, sample.channels, sample.height, sample.width],
-                )?);
+                let images = Arc::new(
+                    host_images(
+                        std::slice::from_ref(&sample),
+                        [1, sample.channels, sample.height, sample.width],
+                    )
+                    .map_err(dbps_model::ModelError::from)?,
+                );
                 // The order evaluation reads the image in: the picks are predict's.
                 let order = model.plan().candidates(1, Mode::Eval);
                 let candidates: Vec<usize> = order.indices.iter().map(|&i| i as usize).collect();

@@ -7,7 +7,8 @@ use std::path::Path;
 use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
 
-use dbps_train::{Result, TrainError, write_atomic};
+use dbps_model::atomic_write::write_atomic;
+use dbps_train::{Result, TrainError};
 
 /// An RGB image, 8 bits per channel, row-major, white when created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +96,7 @@ impl Framebuffer {
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         })?;
-        write_atomic(path, &bytes)
+        Ok(write_atomic(path, &bytes)?)
     }
 }
 

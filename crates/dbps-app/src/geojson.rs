@@ -236,7 +236,10 @@ pub fn write_geojson(path: &Path, collection: &Value) -> Result<()> {
         option: "--geojson",
         reason: e.to_string(),
     })?;
-    Ok(dbps_train::write_atomic(path, text.as_bytes())?)
+    Ok(dbps_model::atomic_write::write_atomic(
+        path,
+        text.as_bytes(),
+    )?)
 }
 
 /// `dbps predict --geojson DIR`: writes `DIR/<file name>.geojson` for each slide of `report`

@@ -12,12 +12,17 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use dbps_encoder::TorchvisionWeights;
 use dbps_mil::AggregatorKind;
-use dbps_train::config::RunConfig;
-use dbps_train::{
-    CheckpointRecorder, CpuBackend, MANIFEST, MethodManifest, Splits, TrainError,
-    TrainedClassifier, TrainingMonitor, build_classifier, fresh_run_dir, from_official_ips,
-    initial_weights_path, load_named, write_json_atomic,
-};
+use dbps_model::atomic_write::write_json_atomic;
+use dbps_model::named_weights::load_named;
+use dbps_model::official_ips::from_official_ips;
+use dbps_model::step::{TrainedClassifier, TrainingMonitor};
+use dbps_train::RunConfig;
+use dbps_train::TrainError;
+use dbps_train::backend::CpuBackend;
+use dbps_train::build::build_classifier;
+use dbps_train::checkpoint::{CheckpointRecorder, MANIFEST, MethodManifest, initial_weights_path};
+use dbps_train::datasets::Splits;
+use dbps_train::run_dir::fresh_run_dir;
 
 use crate::{AppError, Result};
 

@@ -1,5 +1,8 @@
 //! The dbps application: what the `dbps` binary's commands do beyond the training engine.
 //!
+//! - [`launch`]: `dbps train` and `dbps resume` on the devices and rank the command line
+//!   names ([`launch::TrainLaunch`]).
+//! - [`evaluate`]: `dbps eval`, the best checkpoint of every method on the test split.
 //! - [`orchestrator`]: `dbps orchestrator --port P`, the rendezvous of a multi-machine run
 //!   (burn-collective's global orchestrator).
 //! - [`shards`]: `dbps predict --list LIST --shard K/N --out DIR` and `dbps predict --merge DIR`,
@@ -18,10 +21,12 @@
 #![warn(missing_docs)]
 
 mod error;
+pub mod evaluate;
 pub mod explain;
 pub mod figure;
 pub mod geojson;
 pub mod import;
+pub mod launch;
 pub mod orchestrator;
 pub mod predict;
 pub mod shards;

@@ -13,11 +13,15 @@ use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
 use dbps_tiling::{HostImages, PatchGrid};
 use serde::{Deserialize, Serialize};
 
-use dbps_train::{
-    BatchImages, DeviceChoice, ForwardOutput, Mode, OnBackend, PatchClassifier, Result,
-    SlideCandidates, TrainError, TrainedMethod, host_images, method_dirs, progress_bar,
-    tissue_patches,
-};
+use dbps_model::PatchClassifier;
+use dbps_model::batch::{BatchImages, host_images};
+use dbps_model::classifier::{ForwardOutput, Mode};
+use dbps_model::progress::progress_bar;
+use dbps_model::slide_source::{SlideCandidates, tissue_patches};
+use dbps_train::backend::{DeviceChoice, OnBackend};
+use dbps_train::checkpoint::method_dirs;
+use dbps_train::trained::TrainedMethod;
+use dbps_train::{Result, TrainError};
 
 /// What a trained method does with new images: read them as its training data was read,
 /// predict them, and (for `explain`) score every candidate.
@@ -133,10 +137,13 @@ impl<B: Backend> Predict<B> for TrainedMethod<B> {
     fn predict(&self, path: &Path, max_pixels: u64, device: &B::Device) -> Result<ImagePrediction> {
         let sample = self.read(path, max_pixels)?;
         let model = self.fitted(path, &sample)?;
-        let images = Arc::new(host_images(
-            std::slice::from_ref(&sample),
-            [1, sample.channels, sample.height, sample.width],
-        )?);
+        let images = Arc::new(
+            host_images(
+                std::slice::from_ref(&sample),
+                [1, sample.channels, sample.height, sample.width],
+            )
+            .map_err(dbps_model::ModelError::from)?,
+        );
         predict_fitted(self, path, &model, &images, device)
     }
 
@@ -170,6 +177,7 @@ fn file_input<B: Backend>(method: &TrainedMethod<B>) -> Result<FileInput> {
     method.manifest
         .config
         .dataset
+        .spec()
         .file_input()
         .ok_or_else(|| TrainError::Checkpoint {
             what: "model",

@@ -12,7 +12,9 @@ use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
 
 use burn::tensor::backend::Backend;
-use dbps_train::{DeviceChoice, OnBackend, progress_bar, write_json_atomic};
+use dbps_model::atomic_write::write_json_atomic;
+use dbps_model::progress::progress_bar;
+use dbps_train::backend::{DeviceChoice, OnBackend};
 
 use crate::predict::{ImagePrediction, PredictReport, Predictor, SlideOptions};
 use serde::{Deserialize, Serialize};
@@ -402,7 +404,7 @@ fn checkpoint_id<B: Backend>(predictor: &Predictor<B>) -> Result<CheckpointId> {
             Ok(MethodWeights {
                 method: m.manifest.name().to_string(),
                 epoch: m.manifest.best_epoch,
-                digest: format!("{:016x}", dbps_train::parallel::fnv1a(&bytes)),
+                digest: format!("{:016x}", dbps_parallel::fnv1a(&bytes)),
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -539,7 +541,7 @@ pub fn merge(dir: &Path) -> Result<MergedResults> {
     };
     write_json_atomic(&dir.join(MERGED_JSON), &merged)?;
     let csv = merged.csv();
-    dbps_train::write_atomic(&dir.join(MERGED_CSV), csv.as_bytes())?;
+    dbps_model::atomic_write::write_atomic(&dir.join(MERGED_CSV), csv.as_bytes())?;
     Ok(merged)
 }
 

@@ -10,10 +10,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use dbps_model::slide_source::tissue_patches;
 use dbps_slide::{Resolution, Slide, SlideReader, SlideView, TissueMask};
 use dbps_tiling::{PatchGrid, RemainderPolicy};
+use dbps_train::RunConfig;
 use dbps_train::config::DatasetConfig;
-use dbps_train::{RunConfig, tissue_patches};
 
 use crate::figure::Framebuffer;
 
@@ -222,7 +223,7 @@ pub fn check_slides(list: &Path, out: &Path, plan: &CheckPlan) -> Result<Vec<Sli
             out.display()
         ),
     })?;
-    let bar = dbps_train::progress_bar(slides.len(), "checking slides");
+    let bar = dbps_model::progress::progress_bar(slides.len(), "checking slides");
     let mut checks = Vec::with_capacity(slides.len());
     for listed in &slides {
         let check = check_one(
@@ -243,7 +244,7 @@ pub fn check_slides(list: &Path, out: &Path, plan: &CheckPlan) -> Result<Vec<Sli
         csv.push_str(&c.csv_row());
         csv.push('\n');
     }
-    dbps_train::write_atomic(&out.join(CHECK_CSV), csv.as_bytes())?;
+    dbps_model::atomic_write::write_atomic(&out.join(CHECK_CSV), csv.as_bytes())?;
     let failed: Vec<&SlideCheck> = checks.iter().filter(|c| c.fails()).collect();
     if let Some(first) = failed.first() {
         return Err(AppError::Check {

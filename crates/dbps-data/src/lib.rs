@@ -32,6 +32,7 @@
 
 mod canvas;
 mod data_path;
+mod dataset_spec;
 mod error;
 mod features;
 mod file_input;
@@ -45,10 +46,12 @@ mod sample;
 mod slide_set;
 mod source;
 mod synthetic;
+mod toy_bars;
 mod traffic;
 mod train_classes;
 
 pub use canvas::Canvas;
+pub use dataset_spec::{DataLayout, DatasetConfig, DatasetSpec, OpenSplits, TrafficSignsConfig};
 pub use error::DataError;
 pub use features::{
     BAG_CLASSES, FEATURE_EXTENSIONS, FeatureBags, FeatureBagsConfig, FeatureFile, write_npy,
@@ -64,4 +67,5 @@ pub use sample::{Pixels, Sample, Split, Target, TaskKind, TaskSpec};
 pub use slide_set::{SlideImage, SlideSet, SlidesConfig};
 pub use source::ImageSource;
 pub use synthetic::{SyntheticDigits, SyntheticDigitsConfig};
+pub use toy_bars::{ToyBars, ToyBarsConfig};
 pub use traffic::{SIGN_CLASSES, open_traffic_signs};

@@ -1,13 +1,35 @@
+// `Backbone` (and the record enum its derive makes) is built once per model and never moved
+// in a hot loop: boxing its large variant would only add an indirection.
+#![allow(clippy::large_enum_variant)]
+
 use burn::module::Module;
 use burn::tensor::{Tensor, backend::Backend};
 
 use crate::{IdentityEncoder, PatchEncoder, Projector, ResNet, TinyCnn};
 
-/// The feature extractor of an [`Encoder`].
-// Built once per model and never moved in a hot loop: boxing would only add an indirection.
-#[allow(clippy::large_enum_variant)]
-#[derive(Module, Debug)]
-pub enum Backbone<B: Backend> {
+/// The network type of every encoder: the one list of backbones (a config type's
+/// [`crate::EncoderSpec::build`] returns one of them).
+macro_rules! backbones {
+    ($( $(#[$doc:meta])* $variant:ident($network:ty), )*) => {
+        /// The feature extractor of an [`Encoder`].
+        #[derive(Module, Debug)]
+        pub enum Backbone<B: Backend> {
+            $( $(#[$doc])* $variant($network), )*
+        }
+
+        impl<B: Backend> Backbone<B> {
+            /// The one place that dispatches on the backbone: everything else goes through
+            /// the trait.
+            pub fn as_patch_encoder(&self) -> &dyn PatchEncoder<B> {
+                match self {
+                    $( Self::$variant(net) => net, )*
+                }
+            }
+        }
+    };
+}
+
+backbones! {
     /// A torchvision-layout ResNet with global average pooling.
     ResNet(ResNet<B>),
     /// Precomputed features.
@@ -17,15 +39,6 @@ pub enum Backbone<B: Backend> {
 }
 
 impl<B: Backend> Backbone<B> {
-    /// The one place that dispatches on the backbone: everything else goes through the trait.
-    pub fn as_patch_encoder(&self) -> &dyn PatchEncoder<B> {
-        match self {
-            Self::ResNet(net) => net,
-            Self::Identity(id) => id,
-            Self::TinyCnn(net) => net,
-        }
-    }
-
     /// Width of the backbone's features, before any projector.
     pub fn out_dim(&self) -> usize {
         self.as_patch_encoder().embed_dim()

@@ -1,33 +1,24 @@
 use thiserror::Error;
 
-/// Why an encoder could not be built from its configuration.
+/// Why an encoder could not be built from its configuration. Settings are named as the
+/// encoder knows them (`width`); the run config adds their JSON path ([`EncoderError::field`]).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum EncoderError {
     /// ResNets can be cut after layer2 or layer4 only.
-    #[error(
-        "`encoder.{encoder}.stages` = {stages} is not supported; use 2 (cut after layer2) or 4 (full ResNet)"
-    )]
+    #[error("`stages` = {stages} is not supported; use 2 (cut after layer2) or 4 (full ResNet)")]
     Stages {
-        /// The encoder's tag.
-        encoder: &'static str,
         /// Stages asked for.
         stages: usize,
     },
     /// A size that must be positive is zero.
-    #[error("`encoder.{encoder}.{field}` must be at least 1")]
+    #[error("`{field}` must be at least 1")]
     Zero {
-        /// The encoder's tag.
-        encoder: &'static str,
         /// The setting.
         field: &'static str,
     },
     /// A width or channel count beyond the encoder's documented limit.
-    #[error(
-        "`encoder.{encoder}.{field}` is {value}, more than the {max} an encoder may have; {why}"
-    )]
+    #[error("`{field}` is {value}, more than the {max} an encoder may have; {why}")]
     TooLarge {
-        /// The encoder's tag.
-        encoder: &'static str,
         /// The setting.
         field: &'static str,
         /// Its value.
@@ -39,12 +30,23 @@ pub enum EncoderError {
     },
     /// Weights were given for an encoder that takes none.
     #[error(
-        "a weight file was given for encoder `{0}`, which has no torchvision weights to load: drop --weights, or use a ResNet"
+        "a weight file was given for an encoder that has no torchvision weights to load: drop --weights, or use a ResNet"
     )]
-    WeightsUnused(&'static str),
+    WeightsUnused,
     /// The weight file could not be read or does not fit the model.
     #[error(transparent)]
     Weights(#[from] crate::WeightsError),
+}
+
+impl EncoderError {
+    /// The encoder's setting at fault, if one is: `stages`, `width`, `weights`, …
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::Stages { .. } => Some("stages"),
+            Self::Zero { field } | Self::TooLarge { field, .. } => Some(field),
+            Self::WeightsUnused | Self::Weights(_) => Some("weights"),
+        }
+    }
 }
 
 /// Why the native inference path could not run.

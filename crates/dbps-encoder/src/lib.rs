@@ -40,8 +40,8 @@ mod weights;
 
 pub use batchnorm::{BatchNorm2d, conv_bn};
 pub use config::{
-    EncoderConfig, IdentityConfig, MAX_ENCODER_WIDTH, MAX_FEATURES, MAX_IN_CHANNELS, ResNetConfig,
-    TinyCnnConfig,
+    EncoderConfig, EncoderSpec, IdentityConfig, MAX_ENCODER_WIDTH, MAX_FEATURES, MAX_IN_CHANNELS,
+    ResNetConfig, Resnet18Config, Resnet34Config, Resnet50Config, TinyCnnConfig,
 };
 pub use encoder::{Backbone, Encoder};
 pub use error::{EncoderError, NativeError};

@@ -40,9 +40,9 @@ fn tensor<const D: usize>(expected: &TorchvisionWeights, name: &str) -> Tensor<F
 
 fn resnet(name: &str, c: ResNetConfig) -> EncoderConfig {
     match name {
-        "resnet18" => EncoderConfig::Resnet18(c),
-        "resnet34" => EncoderConfig::Resnet34(c),
-        "resnet50" => EncoderConfig::Resnet50(c),
+        "resnet18" => EncoderConfig::Resnet18(c.into()),
+        "resnet34" => EncoderConfig::Resnet34(c.into()),
+        "resnet50" => EncoderConfig::Resnet50(c.into()),
         other => panic!("no ResNet called {other}"),
     }
 }
@@ -197,10 +197,7 @@ fn bad_weight_files_are_named() {
         projector: None,
     });
     let err = identity.with_weights(dir.join("resnet18.pth")).unwrap_err();
-    assert!(
-        matches!(err, EncoderError::WeightsUnused("identity")),
-        "{err}"
-    );
+    assert!(matches!(err, EncoderError::WeightsUnused), "{err}");
 }
 
 /// A tensor of a kept stage that the model has no place for is named; a deeper model than the

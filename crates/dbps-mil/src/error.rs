@@ -1,14 +1,15 @@
 use thiserror::Error;
 
-/// Why an aggregator could not be built from its configuration.
+/// Why an aggregator could not be built from its configuration. Settings are named as the
+/// aggregator knows them (`heads`); the run config adds their JSON path ([`MilError::field`]).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum MilError {
     /// A width or count that must be positive is zero.
-    #[error("`aggregator.{0}` must be at least 1")]
+    #[error("`{0}` must be at least 1")]
     Zero(&'static str),
     /// A width or count beyond the aggregator's documented limit (its weights would be sized
     /// by it before anything could fail).
-    #[error("`aggregator.{field}` is {value}, more than the {max} an aggregator may have; {why}")]
+    #[error("`{field}` is {value}, more than the {max} an aggregator may have; {why}")]
     TooLarge {
         /// The setting.
         field: &'static str,
@@ -30,7 +31,19 @@ pub enum MilError {
     NoClasses,
     /// Sinusoidal positional encoding needs an even width.
     #[error(
-        "positional encoding needs an even embedding width, got D = {0}; turn `aggregator.positional` off or give the encoder an even output width (`encoder.width`, `encoder.projector`)"
+        "positional encoding needs an even embedding width, got D = {0}; turn `positional` off or give the encoder an even output width"
     )]
     OddWidth(usize),
+}
+
+impl MilError {
+    /// The aggregator's setting at fault, if one is (`heads`, `positional`, …); `None` for
+    /// what comes from elsewhere (the encoder's width, the dataset's tasks).
+    pub fn field(&self) -> Option<&'static str> {
+        match self {
+            Self::Zero(field) | Self::TooLarge { field, .. } => Some(field),
+            Self::OddWidth(_) => Some("positional"),
+            Self::ZeroWidth | Self::NoTasks | Self::NoClasses => None,
+        }
+    }
 }

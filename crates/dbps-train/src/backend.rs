@@ -1,10 +1,6 @@
 //! Backend choice: burn-flex on the CPU by default, burn-cuda behind the `cuda` feature.
 
-use std::path::{Path, PathBuf};
-
-use crate::eval::{EvalReport, eval_checkpoints};
-use crate::report::RunReport;
-use crate::{Result, RunConfig, TrainError, runner};
+use crate::{Result, TrainError};
 
 /// The CPU backend (burn-flex: SIMD kernels, multi-threaded).
 pub type CpuBackend = burn::backend::Flex;
@@ -21,7 +17,7 @@ pub type CudaTrainBackend = burn::backend::Autodiff<CudaBackend>;
 /// the CPU, where the tracking allocator measures the heap instead.
 pub fn pool_probe<B: burn::tensor::backend::Backend>(
     device: &B::Device,
-) -> Option<std::sync::Arc<dyn crate::PoolProbe>> {
+) -> Option<std::sync::Arc<dyn dbps_model::meter::PoolProbe>> {
     #[cfg(feature = "cuda")]
     if let Some(cuda) = (device as &dyn std::any::Any).downcast_ref::<burn_cuda::CudaDevice>() {
         return Some(std::sync::Arc::new(CudaPool(cuda.clone())));
@@ -36,7 +32,7 @@ pub fn pool_probe<B: burn::tensor::backend::Backend>(
 struct CudaPool(burn_cuda::CudaDevice);
 
 #[cfg(feature = "cuda")]
-impl crate::PoolProbe for CudaPool {
+impl dbps_model::meter::PoolProbe for CudaPool {
     fn release_unused(&self) {
         use cubecl::Runtime;
         cubecl::cuda::CudaRuntime::client(&self.0).memory_cleanup();
@@ -147,128 +143,5 @@ impl DeviceChoice {
             #[cfg(feature = "cuda")]
             Self::Cuda(n) => code.run::<CudaBackend>(burn_cuda::CudaDevice::new(*n), &self.name()),
         }
-    }
-
-    /// Evaluates the checkpoints under `dir`.
-    pub fn eval(&self, dir: &Path) -> Result<EvalReport> {
-        match self {
-            Self::Cpu => eval_checkpoints::<CpuBackend>(dir, &Default::default(), &self.name()),
-            #[cfg(feature = "cuda")]
-            Self::Cuda(n) => {
-                eval_checkpoints::<CudaBackend>(dir, &burn_cuda::CudaDevice::new(*n), &self.name())
-            }
-        }
-    }
-}
-
-/// With burn's `distributed` feature, burn-autodiff differentiates only backends that
-/// implement `DistributedBackend` (the CubeCL ones), so a `distributed` build trains on GPUs
-/// only.
-#[cfg(feature = "distributed")]
-fn cpu_training_unavailable() -> TrainError {
-    TrainError::Option {
-        option: "--device",
-        reason: "this dbps was built with `--features distributed`, in which burn 0.21 differentiates only GPU backends; train on cuda:N, or use a build without `distributed` to train on the CPU".into(),
-    }
-}
-
-/// How `dbps train` runs: its devices (one replica each, all of one kind), its place among
-/// several processes, and where to record gradients.
-#[derive(Debug, Clone, Default)]
-pub struct TrainLaunch {
-    /// One replica per device; the first is the main device.
-    pub devices: Vec<DeviceChoice>,
-    /// This process's place among several, if it is one rank of a multi-machine run.
-    pub node: Option<crate::parallel::NodeSpec>,
-    /// Where to record every optimizer step's gradients (`--trace-gradients`).
-    pub trace: Option<PathBuf>,
-}
-
-impl TrainLaunch {
-    /// The devices' name, recorded in reports.
-    fn name(&self) -> String {
-        let first = self.devices.first().copied().unwrap_or_default();
-        match self.devices.len() {
-            0 | 1 => first.name(),
-            n => format!(
-                "{} ({n} devices: {})",
-                first.name(),
-                self.devices
-                    .iter()
-                    .map(|d| format!("{d:?}").to_lowercase())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    }
-
-    fn placement<B: burn::tensor::backend::AutodiffBackend>(
-        &self,
-        devices: Vec<B::Device>,
-    ) -> crate::Placement<B> {
-        crate::Placement {
-            devices,
-            node: self.node.clone(),
-            trace: self.trace.as_deref().map(crate::GradientTrace::new),
-            engine: None,
-        }
-    }
-
-    /// One burn-flex replica per listed `cpu`.
-    #[cfg(not(feature = "distributed"))]
-    fn cpu_placement(&self) -> crate::Placement<CpuTrainBackend> {
-        self.placement(vec![Default::default(); self.devices.len().max(1)])
-    }
-
-    /// Trains every method of `config` into a fresh directory named after `wanted`.
-    pub fn train(&self, config: &RunConfig, wanted: &Path) -> Result<RunReport> {
-        match self.devices.first().copied().unwrap_or_default() {
-            #[cfg(not(feature = "distributed"))]
-            DeviceChoice::Cpu => runner::run(config, wanted, &self.cpu_placement(), &self.name()),
-            #[cfg(feature = "distributed")]
-            DeviceChoice::Cpu => Err(cpu_training_unavailable()),
-            #[cfg(feature = "cuda")]
-            DeviceChoice::Cuda(_) => {
-                let placement = self.cuda_placement();
-                runner::run(config, wanted, &placement, &self.name())
-            }
-        }
-    }
-
-    /// Continues the interrupted run in `run_dir` (see [`runner::resume`]).
-    pub fn resume(&self, run_dir: &Path) -> Result<RunReport> {
-        match self.devices.first().copied().unwrap_or_default() {
-            #[cfg(not(feature = "distributed"))]
-            DeviceChoice::Cpu => runner::resume(run_dir, &self.cpu_placement(), &self.name()),
-            #[cfg(feature = "distributed")]
-            DeviceChoice::Cpu => Err(cpu_training_unavailable()),
-            #[cfg(feature = "cuda")]
-            DeviceChoice::Cuda(_) => {
-                let placement = self.cuda_placement();
-                runner::resume(run_dir, &placement, &self.name())
-            }
-        }
-    }
-
-    /// The GPUs as burn-cuda devices; with the `distributed` feature, several GPUs of one
-    /// process train through burn-train's DDP (NCCL all-reduce) instead of gathering the
-    /// gradients on the first GPU.
-    #[cfg(feature = "cuda")]
-    fn cuda_placement(&self) -> crate::Placement<CudaTrainBackend> {
-        let devices = self
-            .devices
-            .iter()
-            .map(|d| match d {
-                DeviceChoice::Cuda(n) => burn_cuda::CudaDevice::new(*n),
-                DeviceChoice::Cpu => burn_cuda::CudaDevice::new(0),
-            })
-            .collect();
-        #[allow(unused_mut)]
-        let mut placement = self.placement::<CudaTrainBackend>(devices);
-        #[cfg(feature = "distributed")]
-        if placement.devices.len() > 1 {
-            placement.engine = Some(crate::parallel::ddp_engine::<CudaTrainBackend>());
-        }
-        placement
     }
 }

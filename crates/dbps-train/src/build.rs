@@ -6,7 +6,10 @@ use dbps_data::TaskSpec;
 use dbps_encoder::PatchEncoder;
 
 use crate::config::RunConfig;
-use crate::{PatchClassifier, Result, SelectionPlan};
+use dbps_model::classifier::SelectionPlan;
+use dbps_model::{ModelError, PatchClassifier};
+
+use crate::Result;
 
 /// Builds the classifier of method `index` with fresh weights.
 pub fn build_classifier<B: Backend>(
@@ -17,11 +20,12 @@ pub fn build_classifier<B: Backend>(
 ) -> Result<PatchClassifier<B>> {
     let grid = config.grid()?;
     let plan = config.method_plan(index, config.max_patches()?)?;
-    let encoder = config.encoder.init::<B>(device)?;
+    let encoder = config.encoder.init::<B>(device).map_err(ModelError::from)?;
     let classes = tasks.iter().map(|t| t.classes).collect();
     let aggregator = config
         .aggregator_config(plan.aggregator, encoder.embed_dim(), classes)
-        .init(device)?;
+        .init(device)
+        .map_err(ModelError::from)?;
     let selection = SelectionPlan::new(
         grid,
         plan.buffer,
@@ -45,7 +49,8 @@ mod tests {
     use burn::data::dataset::Dataset;
 
     use super::*;
-    use crate::{ImageBatcher, Splits};
+    use crate::datasets::Splits;
+    use dbps_model::batch::ImageBatcher;
 
     /// Table 1 trains with M salient patches and evaluates with M′: the selection of each mode
     /// must hold its own count.

@@ -20,8 +20,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::config::RunConfig;
-use crate::report::{EpochFigures, write_atomic, write_json_atomic};
-use crate::{Result, StepMeter, TrainError, TrainedClassifier, TrainingMonitor};
+use dbps_model::atomic_write::{write_atomic, write_json_atomic};
+use dbps_model::meter::StepMeter;
+use dbps_model::step::{TrainedClassifier, TrainingMonitor};
+
+use crate::report::EpochFigures;
+use crate::{Result, TrainError};
 
 /// The recorder of every checkpoint dbps writes: burn's named MessagePack format at full
 /// precision, written to `NAME.mpk.tmp`, synced and renamed, so that a run killed while it

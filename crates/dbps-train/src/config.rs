@@ -2,17 +2,18 @@
 
 use std::path::{Path, PathBuf};
 
-use dbps_data::{
-    DEFAULT_MAX_PIXELS, FeatureBagsConfig, ImageFolderConfig, MegapixelMnistConfig, SlidesConfig,
-    SyntheticDigitsConfig, SyntheticMajorityConfig,
-};
-use dbps_encoder::EncoderConfig;
-use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings};
+pub use dbps_data::DatasetConfig;
+use dbps_data::{DEFAULT_MAX_PIXELS, DataLayout, FeatureBagsConfig};
+use dbps_encoder::{EncoderConfig, EncoderError};
+use dbps_mil::{AggregatorConfig, AggregatorKind, AttentionSettings, MilError};
 use dbps_select::{BufferRule, DualBuffer, SelectError};
 use dbps_tiling::{MAX_PATCHES, PatchDrop, PatchGrid, RemainderPolicy};
 use serde::{Deserialize, Serialize};
 
-use crate::{Result, SelectionEngine, TrainError};
+use dbps_model::classifier::SelectionEngine;
+use dbps_model::loss::LossForm;
+
+use crate::{Result, TrainError};
 
 /// The embedded default configuration (`configs/quickstart.json`).
 pub const QUICKSTART: &str = include_str!("../../../configs/quickstart.json");
@@ -39,26 +40,6 @@ pub struct RunConfig {
     pub methods: Vec<MethodConfig>,
     /// Optimisation settings.
     pub train: TrainConfig,
-}
-
-/// Which dataset, with its settings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum DatasetConfig {
-    /// The embedded default: which of two procedural digits is in the majority, among clutter.
-    SyntheticMajority(SyntheticMajorityConfig),
-    /// Copies of one procedural digit (class = the digit) among clutter.
-    SyntheticDigits(SyntheticDigitsConfig),
-    /// Photographs in class folders, `ROOT/{train,val,test}/<class>/*` (CQU-BPDD, fMoW, …).
-    ImageFolder(ImageFolderConfig),
-    /// Swedish traffic signs, the 4-class speed-limit task (`Set1/`, `Set2/`).
-    TrafficSigns(ImageFolderConfig),
-    /// Megapixel MNIST from IDX files.
-    MegapixelMnist(MegapixelMnistConfig),
-    /// Bags of precomputed patch features, one file per slide (CAMELYON16).
-    FeatureBags(FeatureBagsConfig),
-    /// Whole-slide images (tiled TIFF/BigTIFF) listed in `labels.csv`, patches read from disk.
-    Slides(SlidesConfig),
 }
 
 /// Patch geometry.
@@ -173,10 +154,10 @@ impl TrainConfig {
     }
 
     /// The loss form `loss_eps` asks for.
-    pub fn loss_form(&self) -> crate::LossForm {
+    pub fn loss_form(&self) -> LossForm {
         match self.loss_eps {
-            Some(eps) => crate::LossForm::Official { eps },
-            None => crate::LossForm::Stable,
+            Some(eps) => LossForm::Official { eps },
+            None => LossForm::Stable,
         }
     }
 }
@@ -203,17 +184,11 @@ pub const MAX_BATCH: usize = 4096;
 /// The most data-loading threads.
 pub const MAX_WORKERS: usize = 1024;
 
-impl DatasetConfig {
-    /// The JSON path of the setting that fixes the dataset's image size.
-    fn size_key(&self) -> &'static str {
-        match self {
-            Self::SyntheticMajority(_) => "dataset.synthetic_majority.canvas",
-            Self::SyntheticDigits(_) => "dataset.synthetic_digits.canvas",
-            Self::MegapixelMnist(_) => "dataset.megapixel_mnist.canvas",
-            Self::ImageFolder(_) => "dataset.image_folder.height/width",
-            Self::TrafficSigns(_) => "dataset.traffic_signs.height/width",
-            Self::FeatureBags(_) | Self::Slides(_) => "patch.size",
-        }
+/// An aggregator setting's error under its JSON path (`aggregator.heads`).
+fn aggregator_error(e: MilError) -> TrainError {
+    match e.field() {
+        Some(field) => config_error(format!("aggregator.{field}"), e.to_string()),
+        None => config_error("aggregator", e.to_string()),
     }
 }
 
@@ -274,35 +249,33 @@ impl RunConfig {
         Ok(config)
     }
 
-    /// Image size `[H, W]` of the dataset.
+    /// Image size `[H, W]` of the dataset: one 1-px patch for feature bags (each bag is a
+    /// `1 × N_i` row with a grid of its own, see `bags`), one patch for slides (each has a
+    /// grid of its own; this one only checks the geometry).
     pub fn image_size(&self) -> [usize; 2] {
-        match &self.dataset {
-            DatasetConfig::SyntheticMajority(c) => [c.canvas, c.canvas],
-            DatasetConfig::SyntheticDigits(c) => [c.canvas, c.canvas],
-            DatasetConfig::MegapixelMnist(c) => [c.canvas, c.canvas],
-            DatasetConfig::ImageFolder(c) => [c.height, c.width],
-            DatasetConfig::TrafficSigns(c) => [c.height, c.width],
-            // Each bag is a 1 × N_i row of features with a grid of its own (see `bags`).
-            DatasetConfig::FeatureBags(_) => [1, 1],
-            // Each slide has a grid of its own; this one-patch grid only checks the geometry.
-            DatasetConfig::Slides(_) => [self.patch.size, self.patch.size],
+        match self.dataset.spec().image_size() {
+            Some(size) => size,
+            None if self.bags() => [1, 1],
+            None => [self.patch.size, self.patch.size],
         }
+    }
+
+    /// How the dataset's images are laid out.
+    pub fn layout(&self) -> DataLayout {
+        self.dataset.spec().layout()
     }
 
     /// True for bags of precomputed features: each bag is cut into its own `1 × N_i` grid of
     /// 1-px patches (see [`RunConfig::grid_per_image`]).
     pub fn bags(&self) -> bool {
-        matches!(self.dataset, DatasetConfig::FeatureBags(_))
+        self.layout() == DataLayout::FeatureBags
     }
 
     /// True when N differs from image to image (feature bags, slides): there is no one patch
     /// grid; each image is cut into a grid of its own and M and S are capped at what an image
     /// holds.
     pub fn grid_per_image(&self) -> bool {
-        matches!(
-            self.dataset,
-            DatasetConfig::FeatureBags(_) | DatasetConfig::Slides(_)
-        )
+        self.layout() != DataLayout::FixedSize
     }
 
     /// The most salient patches an image can supply: N of the grid, unbounded when each image
@@ -339,11 +312,11 @@ impl RunConfig {
         folder_name("name".into(), &self.name)?;
         self.validate_geometry()?;
         let n = self.max_patches()?;
-        self.encoder.validate()?;
+        self.encoder.validate().map_err(|e| self.encoder_error(e))?;
         if let DatasetConfig::FeatureBags(bags) = &self.dataset {
             self.validate_bags(bags)?;
         }
-        if matches!(self.dataset, DatasetConfig::Slides(_)) && self.aggregator.positional {
+        if self.layout() == DataLayout::Slides && self.aggregator.positional {
             return Err(config_error(
                 "aggregator.positional",
                 "slides differ in size, so a patch's grid index means a different place on each; set it to false",
@@ -457,9 +430,13 @@ impl RunConfig {
             }
         }
         // The widths the model will really have: the encoder's output is the aggregator's input.
-        let embed_dim = self.encoder.embed_dim()?;
+        let embed_dim = self
+            .encoder
+            .embed_dim()
+            .map_err(|e| self.encoder_error(e))?;
         self.aggregator_config(AggregatorKind::Ips, embed_dim, vec![1])
-            .validate()?;
+            .validate()
+            .map_err(aggregator_error)?;
         Ok(())
     }
 
@@ -527,7 +504,7 @@ impl RunConfig {
             ));
         }
         if let Some(mpp) = self.patch.mpp {
-            if !matches!(self.dataset, DatasetConfig::Slides(_)) {
+            if self.layout() != DataLayout::Slides {
                 return Err(config_error(
                     "patch.mpp",
                     "a resolution in µm per pixel applies to slides (`dataset.slides`) only; drop it",
@@ -553,6 +530,15 @@ impl RunConfig {
             ));
         }
         Ok(())
+    }
+
+    /// An encoder setting's error under its JSON path (`encoder.resnet18.width`).
+    fn encoder_error(&self, e: EncoderError) -> TrainError {
+        let name = self.encoder.name();
+        match e.field() {
+            Some(field) => config_error(format!("encoder.{name}.{field}"), e.to_string()),
+            None => config_error(format!("encoder.{name}"), e.to_string()),
+        }
     }
 
     /// The checked plan of method `i` over a grid of `n` patches.

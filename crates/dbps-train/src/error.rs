@@ -31,24 +31,22 @@ pub enum TrainError {
         /// Why it is wrong and what to use instead.
         reason: String,
     },
-    /// Tiling rejected the patch settings.
-    #[error("config setting `patch`: {0}")]
-    Tiling(#[from] dbps_tiling::TilingError),
-    /// The encoder settings are unusable.
-    #[error("config setting `encoder`: {0}")]
-    Encoder(#[from] dbps_encoder::EncoderError),
-    /// The aggregator settings are unusable.
-    #[error("config setting `aggregator`: {0}")]
-    Mil(#[from] dbps_mil::MilError),
-    /// The selection settings are unusable.
-    #[error("config setting `methods`: {0}")]
-    Select(#[from] dbps_select::SelectError),
     /// The dataset could not be opened.
     #[error(transparent)]
     Data(#[from] dbps_data::DataError),
     /// A slide could not be opened or read.
     #[error(transparent)]
     Slide(#[from] dbps_slide::SlideError),
+    /// A forward pass, a step or a write of the model layer failed at run time.
+    #[error(transparent)]
+    Model(#[from] dbps_model::ModelError),
+    /// Data-parallel training cannot start or go on.
+    #[error(transparent)]
+    Parallel(#[from] dbps_parallel::ParallelError),
+    /// Something stopped training from inside burn-train's loop (a step, a checkpoint write,
+    /// a rank that left); the message is that error's.
+    #[error(transparent)]
+    Stopped(dbps_model::step::StepFailure),
     /// Training diverged.
     #[error(
         "training of {method} stopped: the loss became {value} at epoch {epoch}; lower `train.lr` or raise `train.warmup_epochs` (checkpoints of earlier epochs are kept)"
@@ -113,3 +111,22 @@ pub enum TrainError {
 
 /// Result with a [`TrainError`].
 pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+impl TrainError {
+    /// The error that stopped training from inside burn-train's loop, as the variant it was
+    /// raised as when it came from this layer or the ones below.
+    pub fn stopped(failure: dbps_model::step::StepFailure) -> Self {
+        let failure = match failure.downcast::<TrainError>() {
+            Ok(own) => return *own,
+            Err(other) => other,
+        };
+        let failure = match failure.downcast::<dbps_model::ModelError>() {
+            Ok(model) => return Self::Model(*model),
+            Err(other) => other,
+        };
+        match failure.downcast::<dbps_parallel::ParallelError>() {
+            Ok(parallel) => Self::Parallel(*parallel),
+            Err(other) => Self::Stopped(other),
+        }
+    }
+}

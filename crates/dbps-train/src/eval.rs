@@ -1,23 +1,22 @@
 //! Evaluation: scoring a model on one split ([`evaluate`]), and `dbps eval`, which re-evaluates
 //! the best checkpoints of a finished run on its test split.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::data::dataset::Dataset;
 use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use dbps_data::{Sample, Target, TaskKind, TaskSpec};
-use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::method_dirs;
-use crate::datasets::{ImageDataset, Splits};
-use crate::metrics::binary_auc;
-use crate::parallel::CollectiveSession;
-use crate::renderer::progress_bar;
-use crate::report::{EvalFigures, TaskAccuracy, write_json_atomic};
-use crate::trained::TrainedMethod;
-use crate::{ImageBatcher, Result, StepStats, TrainedClassifier, TrainingMonitor};
+use dbps_model::batch::ImageBatcher;
+use dbps_model::image_dataset::ImageDataset;
+use dbps_model::metrics::binary_auc;
+use dbps_model::progress::progress_bar;
+use dbps_model::step::{StepStats, TrainedClassifier};
+use dbps_parallel::CollectiveSession;
+
+use crate::Result;
+use crate::report::{EvalFigures, TaskAccuracy};
 
 /// A split's evaluation figures as sums, so that parts evaluated apart (by the ranks of a
 /// multi-process run) add up to the figures of the whole split.
@@ -202,89 +201,4 @@ pub fn evaluate_shared<B: Backend>(
     Ok(mine
         .decode(&summed)
         .figures(tasks, start.elapsed().as_secs_f64()))
-}
-
-/// Test figures of one method's best checkpoint.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CheckpointEval {
-    /// Method name.
-    pub method: String,
-    /// The checkpoint's epoch.
-    pub epoch: usize,
-    /// The weight file.
-    pub checkpoint: PathBuf,
-    /// Its test figures.
-    pub test: EvalFigures,
-}
-
-/// What `dbps eval` found, written to `eval.json` beside the checkpoints.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EvalReport {
-    /// Backend and device.
-    pub device: String,
-    /// One entry per method directory.
-    pub methods: Vec<CheckpointEval>,
-}
-
-impl EvalReport {
-    /// One row per method and task.
-    pub fn table(&self) -> String {
-        let mut out = format!(
-            "{:<10} {:<10} {:>6} {:>10} {:>9}\n",
-            "method", "task", "epoch", "test acc", "test loss"
-        );
-        for m in &self.methods {
-            for t in &m.test.tasks {
-                out += &format!(
-                    "{:<10} {:<10} {:>6} {:>9.2}% {:>9.4}\n",
-                    m.method,
-                    t.task,
-                    m.epoch,
-                    100.0 * t.accuracy,
-                    m.test.loss
-                );
-            }
-        }
-        out
-    }
-}
-
-/// Evaluates the best checkpoint of every method under `dir` on the test split and writes `eval.json`.
-pub fn eval_checkpoints<B: Backend>(
-    dir: &Path,
-    device: &B::Device,
-    device_name: &str,
-) -> Result<EvalReport> {
-    let mut report = EvalReport {
-        device: device_name.to_string(),
-        methods: Vec::new(),
-    };
-    for method_dir in method_dirs(dir)? {
-        let method = TrainedMethod::<B>::open(&method_dir, device)?;
-        let config = &method.manifest.config;
-        let splits = Splits::open(config)?;
-        let checkpoint = method.manifest.best_checkpoint(&method_dir)?;
-        let model = TrainedClassifier::new(method.model, TrainingMonitor::default())
-            .with_loss(config.train.loss_form());
-        let name = method.manifest.name().to_string();
-        let test = evaluate(
-            &model,
-            &splits.test,
-            &splits.tasks,
-            config.train.batch_size,
-            device,
-            &format!("{name} test"),
-        )?;
-        if let Some(error) = splits.take_failure() {
-            return Err(error.into());
-        }
-        report.methods.push(CheckpointEval {
-            method: name,
-            epoch: method.manifest.best_epoch,
-            checkpoint,
-            test,
-        });
-    }
-    write_json_atomic(&dir.join("eval.json"), &report)?;
-    Ok(report)
 }

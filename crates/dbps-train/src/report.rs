@@ -1,11 +1,8 @@
 //! Results of a run: what `metrics.json` holds and the table the CLI prints.
 
-use std::io::Write;
-use std::path::Path;
-
 use serde::{Deserialize, Serialize};
 
-use crate::{EfficiencyFigures, Result, TrainError};
+use dbps_model::meter::EfficiencyFigures;
 
 /// Test figures of one model on one split.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -46,7 +43,7 @@ pub struct EpochFigures {
     pub valid_loss: f64,
     /// Mean validation accuracy over tasks (%).
     pub valid_accuracy: f64,
-    /// Time and peak memory per optimizer step over the epoch (see [`crate::meter`]).
+    /// Time and peak memory per optimizer step over the epoch (see [`dbps_model::meter`]).
     pub efficiency: Option<EfficiencyFigures>,
 }
 
@@ -61,7 +58,7 @@ pub struct MethodReport {
     pub epochs: usize,
     /// Training wall time in seconds (all epochs, validation included).
     pub train_seconds: f64,
-    /// Time and peak memory per optimizer step in the last epoch (see [`crate::meter`]).
+    /// Time and peak memory per optimizer step in the last epoch (see [`dbps_model::meter`]).
     pub efficiency: Option<EfficiencyFigures>,
     /// Epoch whose weights did best on validation.
     pub best_epoch: usize,
@@ -156,30 +153,4 @@ impl RunReport {
         }
         out
     }
-}
-
-/// Writes JSON to `path` through a temporary file and a rename, so a crash never leaves half a file.
-pub fn write_json_atomic<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|e| TrainError::Write {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    })?;
-    write_atomic(path, text.as_bytes())
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it over `path`: a
-/// reader (or a crash) sees the old file or the new one, never half of one.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let err = |source| TrainError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    let tmp = path.with_file_name(name);
-    let mut file = std::fs::File::create(&tmp).map_err(err)?;
-    file.write_all(bytes)
-        .and_then(|_| file.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)
 }

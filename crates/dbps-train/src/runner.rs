@@ -22,18 +22,22 @@ use crate::checkpoint::{
 };
 use crate::config::RunConfig;
 use crate::datasets::Splits;
-use crate::epoch_order::{EpochOrder, epoch_seed};
 use crate::eval::{evaluate, evaluate_shared};
-use crate::metrics::TaskMetric;
-use crate::parallel::{
+use crate::renderer::ProgressRenderer;
+use crate::report::{EpochFigures, MethodReport, RunReport, SelectionFigures};
+use crate::run_dir::{RunLock, fresh_run_dir};
+use crate::schedule::WarmupCosine;
+use crate::{Result, TrainError};
+use dbps_model::atomic_write::write_json_atomic;
+use dbps_model::batch::{ImageBatch, ImageBatcher};
+use dbps_model::epoch_order::{EpochOrder, epoch_seed};
+use dbps_model::meter::MeteredOptimizer;
+use dbps_model::metrics::TaskMetric;
+use dbps_model::step::{TrainedClassifier, TrainingMonitor};
+use dbps_model::trace::GradientTrace;
+use dbps_parallel::{
     CollectiveSession, CollectiveStrategy, MultiDeviceEngine, NodeSpec, ShardLoader, ShardPlan,
     broadcast_model, fnv1a,
-};
-use crate::report::{EpochFigures, MethodReport, RunReport, SelectionFigures, write_json_atomic};
-use crate::run_dir::{RunLock, fresh_run_dir};
-use crate::{
-    GradientTrace, ImageBatch, ImageBatcher, MeteredOptimizer, ProgressRenderer, Result,
-    TrainError, TrainedClassifier, TrainingMonitor, WarmupCosine,
 };
 
 /// The epoch a resumed method continues from: the newest whose model, optimizer and schedule
@@ -439,7 +443,7 @@ fn train_method<B: AutodiffBackend>(
         return Err(error.into());
     }
     if let Some(error) = monitor.take_failure() {
-        return Err(error);
+        return Err(TrainError::stopped(error));
     }
     if let Some(value) = monitor.diverged() {
         return Err(TrainError::NonFiniteLoss {

@@ -10,7 +10,10 @@ use dbps_data::TaskSpec;
 use crate::build::build_classifier;
 use crate::checkpoint::{MethodManifest, load_weights};
 use crate::datasets::Splits;
-use crate::{PatchClassifier, Result, TrainedClassifier, TrainingMonitor};
+use dbps_model::PatchClassifier;
+use dbps_model::step::{TrainedClassifier, TrainingMonitor};
+
+use crate::Result;
 
 /// A method's best-on-validation weights, rebuilt from its directory.
 #[derive(Debug)]

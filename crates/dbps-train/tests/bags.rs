@@ -7,7 +7,10 @@ use burn::backend::{Autodiff, Flex};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::Dataset;
 use dbps_data::write_npy;
-use dbps_train::{ImageBatcher, RunConfig, Splits, build_classifier};
+use dbps_model::batch::ImageBatcher;
+use dbps_train::RunConfig;
+use dbps_train::build::build_classifier;
+use dbps_train::datasets::Splits;
 
 type A = Autodiff<Flex>;
 

@@ -7,7 +7,10 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::tensor::{Distribution, Tensor};
 use dbps_data::TaskSpec;
-use dbps_train::{BatchImages, RunConfig, build_classifier, named_tensors};
+use dbps_model::batch::BatchImages;
+use dbps_model::named_weights::named_tensors;
+use dbps_train::RunConfig;
+use dbps_train::build::build_classifier;
 
 #[test]
 fn forward_eval_on_an_autodiff_backend_is_inference() {
@@ -36,12 +39,12 @@ fn forward_eval_on_an_autodiff_backend_is_inference() {
     let _ = model
         .forward_train(
             &BatchImages::Device(images.clone()),
-            &dbps_train::BatchKey::whole(2),
+            &dbps_model::batch::BatchKey::whole(2),
         )
         .unwrap();
     let before = named_tensors(&model);
 
-    let logits = |out: dbps_train::ForwardOutput<Autodiff<Flex>>| -> Vec<f32> {
+    let logits = |out: dbps_model::classifier::ForwardOutput<Autodiff<Flex>>| -> Vec<f32> {
         out.logits[0]
             .clone()
             .into_data()

@@ -5,8 +5,11 @@ use std::sync::Arc;
 
 use burn::backend::Flex;
 use burn::tensor::{Distribution, Int, Tensor};
+use dbps_model::candidates::HostCandidates;
+use dbps_model::classifier::Mode;
 use dbps_tiling::{HostImages, HostPixels, PixelNorm};
-use dbps_train::{HostCandidates, Mode, RunConfig, build_classifier};
+use dbps_train::RunConfig;
+use dbps_train::build::build_classifier;
 
 const CONFIG: &str = r#"{
   "name": "explain-attention",

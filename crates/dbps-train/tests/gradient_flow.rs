@@ -5,8 +5,11 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::Module;
 use burn::tensor::{Distribution, Int, Tensor};
 use dbps_encoder::Backbone;
+use dbps_model::batch::{BatchImages, BatchKey, TaskTargets};
+use dbps_model::loss::loss_and_hits;
 use dbps_tiling::extract_patches;
-use dbps_train::{BatchImages, BatchKey, RunConfig, TaskTargets, build_classifier, loss_and_hits};
+use dbps_train::RunConfig;
+use dbps_train::build::build_classifier;
 
 type A = Autodiff<Flex>;
 

@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use burn::module::ParamId;
 use common::{Fixture, Train, check_adamw, check_training_step, fixture_dir, gradient, spread};
 use dbps_encoder::TorchvisionWeights;
-use dbps_train::{CHECKPOINT_PREFIX, PatchClassifier, from_official_ips, named_tensors};
+use dbps_model::PatchClassifier;
+use dbps_model::named_weights::{CHECKPOINT_PREFIX, named_tensors};
+use dbps_model::official_ips::from_official_ips;
 
 fn fixture() -> Option<PathBuf> {
     fixture_dir("DBPS_IPS_STEP_FIXTURE", "ips-official-step")
@@ -64,7 +66,7 @@ fn the_stable_loss_differs_from_the_official_by_its_documented_size() {
     let fixture = Fixture::open(&dir);
     let model = fixture
         .model(&fixture.weights)
-        .with_loss(dbps_train::LossForm::Stable);
+        .with_loss(dbps_model::loss::LossForm::Stable);
     let ids: BTreeMap<String, (ParamId, usize)> = named_tensors(&model.classifier)
         .into_iter()
         .map(|(name, t)| (name, (t.id, t.tensor.shape.len())))

@@ -3,7 +3,8 @@
 //! its JSON path. Absurd values once ran on (a `d_inner` of 2^40 built a model until memory
 //! ran out; a noise of 50 drew canvases of pure noise).
 
-use dbps_train::{RunConfig, Splits};
+use dbps_train::RunConfig;
+use dbps_train::datasets::Splits;
 use serde_json::{Value, json};
 
 const QUICKSTART: &str = include_str!("../../../configs/quickstart.json");

@@ -10,10 +10,12 @@ use burn::data::dataset::Dataset;
 use burn::module::AutodiffModule;
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor};
+use dbps_model::batch::{BatchImages, ImageBatch, ImageBatcher};
+use dbps_model::loss::loss_and_hits;
 use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
-use dbps_train::{
-    BatchImages, ImageBatch, ImageBatcher, RunConfig, Splits, build_classifier, loss_and_hits,
-};
+use dbps_train::RunConfig;
+use dbps_train::build::build_classifier;
+use dbps_train::datasets::Splits;
 
 type A = Autodiff<Flex>;
 

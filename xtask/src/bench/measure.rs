@@ -14,14 +14,17 @@ use burn_train::{Interrupter, TrainStep};
 use dbps_data::TaskKind;
 use dbps_encoder::{NativeEncoder, PatchEncoder};
 use dbps_mil::AggregatorConfig;
+use dbps_model::PatchClassifier;
+use dbps_model::batch::{BatchImages, BatchKey, ImageBatch, SingleImage, TaskTargets};
+use dbps_model::classifier::{SelectionEngine, SelectionPlan};
+use dbps_model::meter::{
+    MeteredOptimizer, StepMeter, live_heap_bytes, median, peak_heap_bytes, reset_peak_heap,
+};
+use dbps_model::step::{TrainedClassifier, TrainingMonitor};
+use dbps_parallel::ExchangeLayout;
 use dbps_select::DualBuffer;
 use dbps_tiling::{HostImages, HostPixels, PatchDrop, PatchGrid, PixelNorm, RemainderPolicy};
-use dbps_train::parallel::ExchangeLayout;
-use dbps_train::{
-    BatchImages, BatchKey, ImageBatch, MeteredOptimizer, PatchClassifier, SelectionEngine,
-    SelectionPlan, SingleImage, StepMeter, TaskTargets, TrainedClassifier, TrainingMonitor,
-    live_heap_bytes, median, peak_heap_bytes, pool_probe, reset_peak_heap,
-};
+use dbps_train::backend::pool_probe;
 use serde::{Deserialize, Serialize};
 
 use super::resident::Resident;
@@ -226,7 +229,7 @@ impl<B: AutodiffBackend> StepRunner<B> {
         let out = TrainStep::step(&model, self.batch.clone());
         self.model = Some(self.optimizer.step(1e-4, model, out.grads));
         match self.monitor.take_failure() {
-            Some(error) => Err(error.into()),
+            Some(error) => Err(anyhow::anyhow!(error)),
             None => Ok(()),
         }
     }

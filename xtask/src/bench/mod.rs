@@ -24,7 +24,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
 use clap::Args;
-use dbps_train::SelectionEngine;
+use dbps_model::classifier::SelectionEngine;
 use serde::Serialize;
 
 use measure::{EncoderResult, InferenceResult, SelectionResult, StepResult};

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use burn::backend::{Autodiff, Flex};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use dbps_train::SelectionEngine;
+use dbps_model::classifier::SelectionEngine;
 use serde::{Deserialize, Serialize};
 
 use super::measure::{
@@ -204,9 +204,10 @@ pub fn run(args: RowArgs) -> Result<()> {
     let result = match args.device.as_str() {
         "cpu" => measure_row::<Autodiff<Flex>>(&row, &Default::default())?,
         #[cfg(feature = "cuda")]
-        "cuda" => {
-            measure_row::<Autodiff<dbps_train::CudaBackend>>(&row, &burn_cuda::CudaDevice::new(0))?
-        }
+        "cuda" => measure_row::<Autodiff<dbps_train::backend::CudaBackend>>(
+            &row,
+            &burn_cuda::CudaDevice::new(0),
+        )?,
         other => {
             bail!("--device {other}: use cpu, or cuda with an xtask built with --features cuda")
         }

@@ -38,11 +38,14 @@ impl Geometry {
             width: side,
             channels: 1,
             patch: 50,
-            encoder: EncoderConfig::Resnet18(ResNetConfig {
-                stages: 2,
-                in_channels: 1,
-                ..ResNetConfig::default()
-            }),
+            encoder: EncoderConfig::Resnet18(
+                ResNetConfig {
+                    stages: 2,
+                    in_channels: 1,
+                    ..ResNetConfig::default()
+                }
+                .into(),
+            ),
             attention: AttentionSettings {
                 positional: true,
                 ..AttentionSettings::default()

@@ -49,7 +49,7 @@ pub struct ReproduceArgs {
 }
 
 fn log(msg: impl AsRef<str>) {
-    dbps_train::suspend_bars(|| eprintln!("[reproduce] {}", msg.as_ref()));
+    dbps_model::progress::suspend_bars(|| eprintln!("[reproduce] {}", msg.as_ref()));
 }
 
 /// Runs the selected rows and writes the tables.
@@ -57,7 +57,7 @@ pub fn run(args: ReproduceArgs) -> Result<()> {
     match args.device.as_str() {
         "cpu" => reproduce::<Autodiff<Flex>>(&args, "cpu (burn-flex)", &Default::default()),
         #[cfg(feature = "cuda")]
-        "cuda" => reproduce::<Autodiff<dbps_train::CudaBackend>>(
+        "cuda" => reproduce::<Autodiff<dbps_train::backend::CudaBackend>>(
             &args,
             "cuda:0 (burn-cuda)",
             &burn_cuda::CudaDevice::new(0),
@@ -106,7 +106,7 @@ fn reproduce<B: AutodiffBackend>(
     let mut results: Vec<RowResult> = Vec::new();
     // Rows of several tables share configs: each config's cost and accuracy are measured once.
     let mut done: BTreeMap<(bool, PathBuf), RowResult> = BTreeMap::new();
-    let bar = dbps_train::progress_bar(rows.len(), "reproduction rows");
+    let bar = dbps_model::progress::progress_bar(rows.len(), "reproduction rows");
     for (i, (table, row)) in rows.iter().enumerate() {
         bar.set_position(i as u64);
         let dataset = tables.dataset(row)?;

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use burn::tensor::backend::AutodiffBackend;
-use dbps_data::{MegapixelMnist, TaskSpec};
+use dbps_data::TaskSpec;
 use dbps_encoder::EncoderConfig;
-use dbps_train::config::DatasetConfig;
-use dbps_train::{RunConfig, SelectionEngine};
+use dbps_model::classifier::SelectionEngine;
+use dbps_train::RunConfig;
 use serde::Serialize;
 
 use super::paper::{DatasetInfo, Metric, PaperRow, Table};
@@ -102,13 +102,12 @@ pub fn resolve(
         value["train"]["max_images"] = cap.into();
     }
     let config = RunConfig::from_json(&value.to_string(), &file.display().to_string())?;
-    let data = match &config.dataset {
-        DatasetConfig::ImageFolder(c) | DatasetConfig::TrafficSigns(c) => c.root.clone(),
-        DatasetConfig::MegapixelMnist(c) => c.digits_dir.clone(),
-        DatasetConfig::FeatureBags(c) => c.root.clone(),
-        DatasetConfig::Slides(c) => c.root.clone(),
-        DatasetConfig::SyntheticDigits(_) | DatasetConfig::SyntheticMajority(_) => PathBuf::new(),
-    };
+    let data = config
+        .dataset
+        .spec()
+        .root()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
     Ok(ResolvedConfig {
         config,
         data,
@@ -118,14 +117,7 @@ pub fn resolve(
 
 /// The encoder without its weight file: cost does not depend on the weights' values.
 fn fresh(encoder: &EncoderConfig) -> EncoderConfig {
-    let mut encoder = encoder.clone();
-    match &mut encoder {
-        EncoderConfig::Resnet18(c) | EncoderConfig::Resnet34(c) | EncoderConfig::Resnet50(c) => {
-            c.weights = None;
-        }
-        EncoderConfig::Identity(_) | EncoderConfig::TinyCnn(_) => {}
-    }
-    encoder
+    encoder.clone().without_weights()
 }
 
 /// The bench's geometry and method for a row config: the image size, encoder and attention of
@@ -142,10 +134,11 @@ fn scenario(config: &RunConfig, dataset: &DatasetInfo) -> Result<(Geometry, Meth
         }
         _ => config.image_size(),
     };
-    let tasks = match config.dataset {
-        DatasetConfig::MegapixelMnist(_) => MegapixelMnist::tasks(),
-        _ => vec![TaskSpec::softmax("class", dataset.classes)],
-    };
+    let tasks = config
+        .dataset
+        .spec()
+        .known_tasks()
+        .unwrap_or_else(|| vec![TaskSpec::softmax("class", dataset.classes)]);
     let geometry = Geometry {
         name: format!("{} {width}×{height}", dataset.title),
         height,
@@ -348,8 +341,8 @@ fn train<B: AutodiffBackend>(
     device_name: &str,
 ) -> Result<MetricCell> {
     let wanted = runs.join(format!("{}-{}", row.dataset, row.row));
-    let placement = dbps_train::Placement::<B>::single(device.clone());
-    let report = dbps_train::run::<B>(config, &wanted, &placement, device_name)?;
+    let placement = dbps_train::runner::Placement::<B>::single(device.clone());
+    let report = dbps_train::runner::run::<B>(config, &wanted, &placement, device_name)?;
     let method = report
         .methods
         .first()

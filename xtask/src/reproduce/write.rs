@@ -15,12 +15,12 @@ use crate::chart::{Bar, DBPS, TORCH, bar_chart};
 
 /// A results folder that holds nothing yet (`-2`, `-3`, … appended when taken).
 pub fn fresh_dir(wanted: &Path) -> Result<PathBuf> {
-    Ok(dbps_train::fresh_run_dir(wanted)?)
+    Ok(dbps_train::run_dir::fresh_run_dir(wanted)?)
 }
 
 /// JSON through a temporary file and a rename.
 pub fn json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    Ok(dbps_train::write_json_atomic(path, value)?)
+    Ok(dbps_model::atomic_write::write_json_atomic(path, value)?)
 }
 
 /// What produced a results folder.

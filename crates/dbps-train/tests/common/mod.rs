@@ -12,11 +12,12 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::tensor::{Int, Tensor, TensorData};
 use dbps_data::{TaskKind, TaskSpec};
 use dbps_encoder::HostTensor;
+use dbps_model::batch::{BatchImages, BatchKey, ImageBatch, TaskTargets};
+use dbps_model::named_weights::{CHECKPOINT_PREFIX, load_named, named_tensors};
+use dbps_model::step::{TrainedClassifier, TrainingMonitor, TrainingPass};
 use dbps_tiling::{HostImages, HostPixels, PixelNorm};
-use dbps_train::{
-    BatchImages, BatchKey, CHECKPOINT_PREFIX, ImageBatch, RunConfig, TaskTargets,
-    TrainedClassifier, TrainingMonitor, TrainingPass, build_classifier, load_named, named_tensors,
-};
+use dbps_train::RunConfig;
+use dbps_train::build::build_classifier;
 use serde_json::Value;
 
 pub type Train = Autodiff<Flex>;

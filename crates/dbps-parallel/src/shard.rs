@@ -3,7 +3,7 @@
 
 use std::ops::Range;
 
-use crate::BatchKey;
+use dbps_model::batch::BatchKey;
 
 /// The split of every global batch of `batch_size` images into `parts` contiguous parts (one
 /// per replica over all ranks), as even as can be: part `p` of a batch of `b` images holds

@@ -8,7 +8,7 @@ use burn_train::metric::{
     SerializedEntry,
 };
 
-use crate::StepStats;
+use crate::step::StepStats;
 
 /// Name under which the loss is logged.
 pub const LOSS: &str = "Loss";

@@ -6,7 +6,7 @@
 //! gives each device a contiguous half of the epoch rather than a part of every global batch.
 //! Here an item is one replica's part of one global step ([`ShardPlan::part`]), items are laid
 //! out replica by replica, so burn's contiguous split hands each device exactly its parts, and
-//! every batch carries its [`crate::BatchKey`].
+//! every batch carries its [`BatchKey`].
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -19,7 +19,9 @@ use burn::tensor::backend::Backend;
 use dbps_data::Sample;
 
 use super::ShardPlan;
-use crate::{EpochOrder, ImageBatch, ImageBatcher, ImageDataset};
+use dbps_model::batch::{BatchKey, ImageBatch, ImageBatcher};
+use dbps_model::epoch_order::EpochOrder;
+use dbps_model::image_dataset::ImageDataset;
 
 /// How many batches each worker may hold ready ahead of the step that needs them.
 const READ_AHEAD: usize = 2;
@@ -87,7 +89,7 @@ impl<B: Backend> ShardLoader<B> {
 
     /// The work of an epoch: for each non-empty item in range, the dataset indices it reads
     /// and its key.
-    fn epoch_work(&self) -> Vec<(Vec<usize>, crate::BatchKey)> {
+    fn epoch_work(&self) -> Vec<(Vec<usize>, BatchKey)> {
         let (epoch, order) = self.order.current();
         let len = order.len();
         self.items
@@ -107,7 +109,7 @@ fn load<B: Backend>(
     dataset: &ImageDataset,
     batcher: &ImageBatcher,
     device: &B::Device,
-    (indices, key): (Vec<usize>, crate::BatchKey),
+    (indices, key): (Vec<usize>, BatchKey),
 ) -> ImageBatch<B> {
     // `ImageDataset::get` stands a blank in for a sample it cannot read (and reports it), so
     // every index of the split yields a sample.
@@ -121,7 +123,7 @@ fn load<B: Backend>(
 /// read every `workers`-th batch ahead and are read round-robin.
 struct ShardIter<B: Backend> {
     loader: ShardLoader<B>,
-    work: Vec<(Vec<usize>, crate::BatchKey)>,
+    work: Vec<(Vec<usize>, BatchKey)>,
     next: usize,
     from_workers: Vec<Receiver<ImageBatch<B>>>,
 }

@@ -4,7 +4,7 @@ use burn::tensor::activation::{log_softmax, sigmoid, softmax};
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
 
-use crate::TaskTargets;
+use crate::batch::TaskTargets;
 
 /// PyTorch's `BCELoss` clamps each logarithm at −100, so a saturated sigmoid costs 100, not ∞.
 const BCE_LOG_FLOOR: f64 = -100.0;

@@ -250,7 +250,7 @@ impl StepMeter {
 }
 
 /// An optimizer that closes the meter's step once its own update is done, and can record the
-/// gradients each step receives ([`crate::GradientTrace`]).
+/// gradients each step receives ([`crate::trace::GradientTrace`]).
 #[derive(Clone)]
 pub struct MeteredOptimizer<O, B: Backend> {
     inner: O,

@@ -10,10 +10,11 @@ use dbps_mil::Aggregator;
 use dbps_select::{DualBuffer, PatchBag, SalienceScorer, Selection};
 use dbps_tiling::{HostImages, PatchDrop, PatchGrid};
 
+use crate::ModelError;
+use crate::batch::BatchImages;
 use crate::batch::{BatchKey, SingleImage};
 use crate::candidates::{HostCandidates, ImageCandidates, cut_selected, cut_selected_host};
 use crate::slide_source::{SlideCandidates, tissue_patches};
-use crate::{BatchImages, TrainError};
 use dbps_data::SlideImage;
 use dbps_select::CandidateChunks;
 use dbps_tiling::TilingError;
@@ -142,7 +143,7 @@ impl SelectionPlan {
     }
 
     /// Candidate patches for a batch: in training ⌈(1−r)(N−M)+M⌉ random ones per image (method.md §8),
-    /// in evaluation all N; shuffled once per batch when `shuffle` is set (method.md §5.1).
+    /// in evaluation all N; shuffled once per batch when `shuffle` is set (method.md §5, step 1).
     pub fn candidates(&self, batch: usize, mode: Mode) -> CandidateOrder {
         self.draw(None, batch, mode)
     }
@@ -369,7 +370,7 @@ fn candidate_order<B: Backend>(
     plan: &SelectionPlan,
     images: &Uniform<B>,
     mode: Mode,
-) -> Result<CandidateOrder, TrainError> {
+) -> Result<CandidateOrder, ModelError> {
     let pool = match images {
         Uniform::Slide(slide, _) => slide_pool(slide, &plan.grid)?,
         _ => None,
@@ -381,13 +382,13 @@ fn candidate_order<B: Backend>(
 }
 
 /// The candidates a slide offers on `grid`: the patches its tissue mask keeps, or all.
-fn slide_pool(slide: &SlideImage, grid: &PatchGrid) -> Result<Option<Vec<i64>>, TrainError> {
+fn slide_pool(slide: &SlideImage, grid: &PatchGrid) -> Result<Option<Vec<i64>>, ModelError> {
     let Some(mask) = &slide.tissue else {
         return Ok(None);
     };
     let pool = tissue_patches(grid, slide.size(), mask);
     if pool.is_empty() {
-        return Err(TrainError::Input {
+        return Err(ModelError::Input {
             path: slide.view.slide().path().to_path_buf(),
             reason: format!(
                 "the tissue mask (Otsu threshold {}) keeps no whole patch of the {}×{} px level {}; set dataset.slides.tissue_mask to false, or use smaller patches",
@@ -411,8 +412,8 @@ fn each_size<B: Backend, Out: Backend>(
         &SelectionPlan,
         Uniform<B>,
         Option<usize>,
-    ) -> Result<ForwardOutput<Out>, TrainError>,
-) -> Result<ForwardOutput<Out>, TrainError> {
+    ) -> Result<ForwardOutput<Out>, ModelError>,
+) -> Result<ForwardOutput<Out>, ModelError> {
     match images {
         BatchImages::Host { images, device } => per_batch(
             plan,
@@ -426,7 +427,7 @@ fn each_size<B: Backend, Out: Backend>(
                 .enumerate()
                 .map(|(index, image)| {
                     let plan = plan.for_image(image.size()).map_err(|e| match image {
-                        SingleImage::Slide(slide) => TrainError::Input {
+                        SingleImage::Slide(slide) => ModelError::Input {
                             path: slide.view.slide().path().to_path_buf(),
                             reason: e.to_string(),
                         },
@@ -473,20 +474,20 @@ impl<B: Backend> PatchClassifier<B> {
     }
 
     /// Attention logits `[1, H, T, K]` of the scorer's T query tokens over all K candidates
-    /// of one image's `source`, embedded L at a time in inference mode: the scores behind
-    /// [`crate::PatchAttention`]. Memory holds one chunk of patches and the H · T · K logits.
-    pub fn attention_logits<C>(&self, source: &C) -> Result<Tensor<B, 4>, TrainError>
+    /// of one image's `source`, embedded L at a time in inference mode: the scores `explain`
+    /// shows. Memory holds one chunk of patches and the H · T · K logits.
+    pub fn attention_logits<C>(&self, source: &C) -> Result<Tensor<B, 4>, ModelError>
     where
         C: CandidateChunks<B>,
-        TrainError: From<C::Error>,
+        ModelError: From<C::Error>,
     {
         in_inference(|| self.inference_copy().attention_logits_now(source))
     }
 
-    fn attention_logits_now<C>(&self, source: &C) -> Result<Tensor<B, 4>, TrainError>
+    fn attention_logits_now<C>(&self, source: &C) -> Result<Tensor<B, 4>, ModelError>
     where
         C: CandidateChunks<B>,
-        TrainError: From<C::Error>,
+        ModelError: From<C::Error>,
     {
         let k = source.candidates();
         let l = self.plan.eval_buffer.chunk().max(1);
@@ -518,7 +519,7 @@ impl<B: Backend> PatchClassifier<B> {
         plan: &SelectionPlan,
         images: &Uniform<B>,
         mode: Mode,
-    ) -> Result<Selection<B>, TrainError> {
+    ) -> Result<Selection<B>, ModelError> {
         let order = candidate_order(plan, images, mode)?;
         self.select_among(plan, images, mode, order)
     }
@@ -534,7 +535,7 @@ impl<B: Backend> PatchClassifier<B> {
         plan: &SelectionPlan,
         images: &Uniform<B>,
         draw: DrawKey,
-    ) -> Result<TrainingPicks<B>, TrainError> {
+    ) -> Result<TrainingPicks<B>, ModelError> {
         let mode = Mode::Train(draw);
         let order = candidate_order(plan, images, mode)?;
         let all_win = order.per_image > 0 && order.per_image <= plan.buffer.salient();
@@ -564,7 +565,7 @@ impl<B: Backend> PatchClassifier<B> {
         images: &Uniform<B>,
         mode: Mode,
         order: CandidateOrder,
-    ) -> Result<Selection<B>, TrainError> {
+    ) -> Result<Selection<B>, ModelError> {
         let buffer = match mode {
             Mode::Train(_) => plan.buffer,
             Mode::Eval => plan.eval_buffer,
@@ -586,10 +587,10 @@ impl<B: Backend> PatchClassifier<B> {
         }
     }
 
-    fn select_from<C>(&self, buffer: DualBuffer, source: &C) -> Result<Selection<B>, TrainError>
+    fn select_from<C>(&self, buffer: DualBuffer, source: &C) -> Result<Selection<B>, ModelError>
     where
         C: CandidateChunks<B>,
-        TrainError: From<C::Error>,
+        ModelError: From<C::Error>,
     {
         match self.native_encoder() {
             Some(native) => self.select_with(&native, buffer, source),
@@ -602,11 +603,11 @@ impl<B: Backend> PatchClassifier<B> {
         encoder: &E,
         buffer: DualBuffer,
         source: &C,
-    ) -> Result<Selection<B>, TrainError>
+    ) -> Result<Selection<B>, ModelError>
     where
         E: PatchEncoder<B>,
         C: CandidateChunks<B>,
-        TrainError: From<C::Error>,
+        ModelError: From<C::Error>,
     {
         Ok(buffer.select_from(encoder, &AttentionScorer(&self.aggregator), source)?)
     }
@@ -618,10 +619,10 @@ impl<B: Backend> PatchClassifier<B> {
     pub fn forward_eval_with_attention<C>(
         &self,
         source: &C,
-    ) -> Result<(ForwardOutput<B>, Tensor<B, 4>), TrainError>
+    ) -> Result<(ForwardOutput<B>, Tensor<B, 4>), ModelError>
     where
         C: CandidateChunks<B>,
-        TrainError: From<C::Error>,
+        ModelError: From<C::Error>,
     {
         in_inference(|| {
             let model = self.inference_copy();
@@ -636,11 +637,11 @@ impl<B: Backend> PatchClassifier<B> {
         &self,
         encoder: &E,
         source: &C,
-    ) -> Result<(ForwardOutput<B>, Tensor<B, 4>), TrainError>
+    ) -> Result<(ForwardOutput<B>, Tensor<B, 4>), ModelError>
     where
         E: PatchEncoder<B>,
         C: CandidateChunks<B>,
-        TrainError: From<C::Error>,
+        ModelError: From<C::Error>,
     {
         let recorder = AttentionRecorder {
             encoder,
@@ -660,7 +661,7 @@ impl<B: Backend> PatchClassifier<B> {
     /// The encoder frozen onto the CPU kernels, when the plan and the backend allow it. Frozen
     /// per call: the weights change with every optimizer step.
     fn native_encoder(&self) -> Option<NativeEncoder<B>> {
-        let host = std::any::TypeId::of::<B>() == std::any::TypeId::of::<crate::CpuBackend>();
+        let host = std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>();
         if self.plan.engine != SelectionEngine::Auto || !host {
             return None;
         }
@@ -700,10 +701,10 @@ impl<B: Backend> PatchClassifier<B> {
 
     /// Evaluation forward on the candidates of any patch source (one image streamed from
     /// disk, a tissue-masked subset of a slide): select with the evaluation buffers, aggregate.
-    pub fn forward_eval_from<C>(&self, source: &C) -> Result<ForwardOutput<B>, TrainError>
+    pub fn forward_eval_from<C>(&self, source: &C) -> Result<ForwardOutput<B>, ModelError>
     where
         C: CandidateChunks<B>,
-        TrainError: From<C::Error>,
+        ModelError: From<C::Error>,
     {
         in_inference(|| {
             let model = self.inference_copy();
@@ -716,7 +717,7 @@ impl<B: Backend> PatchClassifier<B> {
     /// buffers' own embeddings (no re-embedding). Inference mode on every backend, autodiff
     /// included: BatchNorm on its running statistics (left unchanged), dropout off — as are the
     /// other evaluation forwards. Images that do not fit the plan's patch grid are an error.
-    pub fn forward_eval(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, TrainError> {
+    pub fn forward_eval(&self, images: &BatchImages<B>) -> Result<ForwardOutput<B>, ModelError> {
         in_inference(|| {
             let model = self.inference_copy();
             each_size(&model.plan, images, |plan, images, _| {
@@ -746,7 +747,7 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
         &self,
         images: &BatchImages<B>,
         key: &BatchKey,
-    ) -> Result<ForwardOutput<B>, TrainError> {
+    ) -> Result<ForwardOutput<B>, ModelError> {
         let valid = self.valid();
         each_size(&self.plan, images, |plan, images, index| {
             let draw = match index {
@@ -765,7 +766,7 @@ impl<B: AutodiffBackend> PatchClassifier<B> {
         plan: &SelectionPlan,
         images: &Uniform<B>,
         draw: DrawKey,
-    ) -> Result<ForwardOutput<B>, TrainError> {
+    ) -> Result<ForwardOutput<B>, ModelError> {
         let TrainingPicks {
             winners,
             sub_salient,

@@ -8,7 +8,11 @@ use burn::tensor::{Int, Tensor};
 use burn_train::metric::{Adaptor, ItemLazy};
 use burn_train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 
-use crate::{ForwardOutput, ImageBatch, LossForm, PatchClassifier, StepMeter, TrainError};
+use crate::batch::ImageBatch;
+use crate::classifier::ForwardOutput;
+use crate::loss::LossForm;
+use crate::meter::StepMeter;
+use crate::{ModelError, PatchClassifier};
 
 /// Loss and hits of one batch, still on the device.
 #[derive(Debug, Clone)]
@@ -113,14 +117,18 @@ pub struct EpochTally {
     pub valid_accuracy: f64,
 }
 
+/// The first error that stopped training from inside burn-train's loop, from whichever layer
+/// raised it; its message is that error's.
+pub type StepFailure = Box<dyn std::error::Error + Send + Sync>;
+
 /// Watches training from inside the step: a non-finite loss stops training before it reaches
 /// the weights, and the [`StepMeter`] clock starts with each step's selection (a
-/// [`crate::MeteredOptimizer`] sharing the meter stops it).
+/// [`crate::meter::MeteredOptimizer`] sharing the meter stops it).
 #[derive(Clone, Default)]
 pub struct TrainingMonitor {
     interrupter: Interrupter,
     diverged: Arc<Mutex<Option<f64>>>,
-    failure: Arc<Mutex<Option<TrainError>>>,
+    failure: Arc<Mutex<Option<StepFailure>>>,
     // Kept here rather than read back from burn-train's metric store: that store numbers the
     // first epoch of every process 1, so the first epoch after a resume would be misfiled.
     sums: Arc<Mutex<[SplitSums; 2]>>,
@@ -145,7 +153,7 @@ impl TrainingMonitor {
     }
 
     /// The same monitor with its meter reading step memory from a device pool.
-    pub fn with_pool(self, pool: Arc<dyn crate::PoolProbe>) -> Self {
+    pub fn with_pool(self, pool: Arc<dyn crate::meter::PoolProbe>) -> Self {
         Self {
             meter: self.meter.with_pool(pool),
             ..self
@@ -163,8 +171,10 @@ impl TrainingMonitor {
     }
 
     /// Records the first error a step met (burn-train's steps cannot return one) and stops
-    /// training; the runner reports it ([`TrainingMonitor::take_failure`]).
-    pub fn fail(&self, error: TrainError) {
+    /// training; the runner reports it ([`TrainingMonitor::take_failure`]). Errors of layers
+    /// above (a checkpoint that cannot be written, a rank that left) arrive here too.
+    pub fn fail(&self, error: impl Into<StepFailure>) {
+        let error = error.into();
         tracing::error!(%error, "step failed; stopping");
         self.interrupter.stop(Some("a step failed"));
         self.failure
@@ -174,7 +184,7 @@ impl TrainingMonitor {
     }
 
     /// The first error a step met, if any.
-    pub fn take_failure(&self) -> Option<TrainError> {
+    pub fn take_failure(&self) -> Option<StepFailure> {
         self.failure
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -182,7 +192,7 @@ impl TrainingMonitor {
     }
 
     /// Adds a step's figures to the epoch's training (`valid == false`) or validation sums.
-    pub(crate) fn tally(&self, stats: &StepStats, valid: bool) {
+    pub fn tally(&self, stats: &StepStats, valid: bool) {
         self.sums.lock().unwrap_or_else(|e| e.into_inner())[usize::from(valid)].add(stats);
     }
 
@@ -200,7 +210,7 @@ impl TrainingMonitor {
     }
 
     /// True for a finite loss; a non-finite one is remembered and stops training.
-    pub(crate) fn check(&self, loss: f64) -> bool {
+    pub fn check(&self, loss: f64) -> bool {
         if loss.is_finite() {
             return true;
         }
@@ -242,7 +252,7 @@ impl<B: Backend> TrainedClassifier<B> {
     }
 
     /// Loss and hits of a batch in evaluation mode.
-    pub fn evaluate(&self, batch: ImageBatch<B>) -> Result<StepOutput<B>, TrainError> {
+    pub fn evaluate(&self, batch: ImageBatch<B>) -> Result<StepOutput<B>, ModelError> {
         Ok(self.evaluate_with_logits(batch)?.0)
     }
 
@@ -251,7 +261,7 @@ impl<B: Backend> TrainedClassifier<B> {
     pub fn evaluate_with_logits(
         &self,
         batch: ImageBatch<B>,
-    ) -> Result<(StepOutput<B>, Vec<Tensor<B, 2>>), TrainError> {
+    ) -> Result<(StepOutput<B>, Vec<Tensor<B, 2>>), ModelError> {
         let size = batch.images.batch();
         let out = self.classifier.forward_eval(&batch.images)?;
         let (loss, hits) = self.loss.loss_and_hits(out.logits.clone(), &batch.targets);
@@ -265,7 +275,7 @@ impl<B: Backend> TrainedClassifier<B> {
 
     /// What a failed step reports to burn-train: a NaN loss and no hits, for the one step
     /// before training stops.
-    fn failed(&self, batch: &ImageBatch<B>, error: TrainError) -> StepOutput<B> {
+    fn failed(&self, batch: &ImageBatch<B>, error: ModelError) -> StepOutput<B> {
         self.monitor.fail(error);
         let device = batch.images.device();
         StepOutput {
@@ -303,7 +313,7 @@ pub struct TrainingPass<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> TrainedClassifier<B> {
-    fn training_loss(&self, batch: &ImageBatch<B>) -> Result<TrainingLoss<B>, TrainError> {
+    fn training_loss(&self, batch: &ImageBatch<B>) -> Result<TrainingLoss<B>, ModelError> {
         let forward = self.classifier.forward_train(&batch.images, &batch.key)?;
         let (loss, hits) = self
             .loss
@@ -341,7 +351,7 @@ impl<B: AutodiffBackend> TrainedClassifier<B> {
     pub fn train_part(
         &self,
         batch: ImageBatch<B>,
-    ) -> Result<(GradientsParams, StepStats), TrainError> {
+    ) -> Result<(GradientsParams, StepStats), ModelError> {
         self.monitor.meter.begin();
         let pass = self.training_pass(batch)?;
         Ok((pass.grads, pass.stats))
@@ -350,7 +360,7 @@ impl<B: AutodiffBackend> TrainedClassifier<B> {
     /// The training step up to the optimizer, on one batch: selection, the gradient forward
     /// (BatchNorm on batch statistics, its running statistics updated once), the loss in this
     /// model's form, and the backward pass.
-    pub fn training_pass(&self, batch: ImageBatch<B>) -> Result<TrainingPass<B>, TrainError> {
+    pub fn training_pass(&self, batch: ImageBatch<B>) -> Result<TrainingPass<B>, ModelError> {
         let size = batch.images.batch();
         let TrainingLoss {
             loss,

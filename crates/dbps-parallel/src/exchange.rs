@@ -11,7 +11,9 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
 use super::CollectiveSession;
-use crate::{Result, StepStats, TrainedClassifier};
+use dbps_model::step::{StepStats, TrainedClassifier};
+
+use crate::Result;
 
 /// Where each part of a step's exchange sits in the flat tensor: trainable parameters in the
 /// model's visiting order (the same on every rank, whatever their `ParamId`s), then one flag

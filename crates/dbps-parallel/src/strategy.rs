@@ -17,7 +17,9 @@ use burn_train::{
 
 use super::CollectiveSession;
 use super::exchange::{ExchangeLayout, StepSums, parameter_digest};
-use crate::{StepOutput, StepStats, TrainError, TrainedClassifier, TrainingMonitor};
+use dbps_model::step::{StepOutput, StepStats, TrainedClassifier, TrainingMonitor};
+
+use crate::ParallelError;
 
 /// One rank's training loop: every global step, this rank trains on its part of the global
 /// batch (or none: an epoch's last batch may hold fewer images than there are ranks), the ranks
@@ -64,7 +66,7 @@ impl<B: AutodiffBackend> CollectiveStrategy<B> {
         epoch: usize,
         epochs: usize,
         processor: &mut SupervisedTrainingEventProcessor<LC>,
-    ) -> Result<(), TrainError>
+    ) -> Result<(), ParallelError>
     where
         LC: LearningComponentsTypes<
                 Backend = B,
@@ -134,8 +136,8 @@ impl<B: AutodiffBackend> CollectiveStrategy<B> {
     }
 }
 
-fn rank_failed(rank: usize, during: &str) -> TrainError {
-    TrainError::Collective {
+fn rank_failed(rank: usize, during: &str) -> ParallelError {
+    ParallelError::Collective {
         reason: format!(
             "rank {rank} failed during {during} (its log names the cause); every rank stopped at the same step, and the last complete checkpoint is intact"
         ),
@@ -171,7 +173,7 @@ where
             megabytes = 4.0 * layout.len() as f64 / 1e6,
             "each step all-reduces one tensor"
         );
-        let stop = |error: TrainError| {
+        let stop = |error: ParallelError| {
             self.monitor.fail(error);
         };
         let mut iteration = 0;

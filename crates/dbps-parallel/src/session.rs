@@ -15,7 +15,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use burn_collective::{AllReduceStrategy, CollectiveConfig, PeerId, ReduceOperation};
 
-use crate::{Result, TrainError};
+use crate::{ParallelError, Result};
 
 /// The exit status of a rank stopped because another rank stopped answering.
 pub const PEER_LOST_EXIT_CODE: i32 = 3;
@@ -58,8 +58,8 @@ fn socket_addrs(address: &str) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
-fn fault(reason: impl Into<String>) -> TrainError {
-    TrainError::Collective {
+fn fault(reason: impl Into<String>) -> ParallelError {
+    ParallelError::Collective {
         reason: reason.into(),
     }
 }

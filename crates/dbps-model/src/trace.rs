@@ -16,8 +16,8 @@ use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
-use crate::report::{write_atomic, write_json_atomic};
-use crate::{Result, TrainError};
+use crate::atomic_write::{write_atomic, write_json_atomic};
+use crate::{ModelError, Result};
 
 /// Where a run's gradient records go: one folder per method under `dir`.
 #[derive(Debug, Clone)]
@@ -50,7 +50,7 @@ impl GradientTrace {
     /// The records of one method: `DIR/METHOD/step-000001.f32`, … and `index.json`.
     pub fn for_method(&self, method: &str) -> Result<MethodTrace> {
         let dir = self.dir.join(method);
-        std::fs::create_dir_all(&dir).map_err(|source| TrainError::Write {
+        std::fs::create_dir_all(&dir).map_err(|source| ModelError::Write {
             path: dir.clone(),
             source,
         })?;

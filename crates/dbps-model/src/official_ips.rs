@@ -186,7 +186,7 @@ fn relayout(
 }
 
 /// Every tensor of an official IPSNet state dict under its dbps name, in dbps's layout,
-/// ready for [`crate::load_named`]. Names without a counterpart are an error listing them.
+/// ready for [`crate::named_weights::load_named`]. Names without a counterpart are an error listing them.
 pub fn from_official_ips(
     state: &TorchvisionWeights,
     tasks: &[TaskSpec],

@@ -13,7 +13,7 @@ use dbps_slide::{SlideView, TissueMask};
 use dbps_tiling::PatchGrid;
 use indicatif::ProgressBar;
 
-use crate::renderer::progress_bar;
+use crate::progress::progress_bar;
 
 /// How a slide's 8-bit pixels become model input: the training data's channels and scaling.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -154,8 +154,8 @@ impl BatchKey {
 
     /// The draw of a batch of one image size: one per global step, this part's images after
     /// the `first` of the global batch.
-    pub fn batch_draw(&self) -> crate::DrawKey {
-        crate::DrawKey {
+    pub fn batch_draw(&self) -> crate::classifier::DrawKey {
+        crate::classifier::DrawKey {
             epoch: self.epoch,
             draw: self.step as u64,
             skip: self.first,
@@ -164,8 +164,8 @@ impl BatchKey {
 
     /// The draw of image `index` of this batch when each image has a grid of its own: one per
     /// image, numbered by the image's place in the epoch.
-    pub fn image_draw(&self, index: usize) -> crate::DrawKey {
-        crate::DrawKey {
+    pub fn image_draw(&self, index: usize) -> crate::classifier::DrawKey {
+        crate::classifier::DrawKey {
             epoch: self.epoch,
             draw: (self.step * self.batch_size + self.first + index) as u64,
             skip: 0,
@@ -229,7 +229,7 @@ impl ImageBatcher {
     }
 
     /// A batcher for a split: samples of different sizes (bags, slides) stay separate.
-    pub fn for_split(tasks: Vec<TaskSpec>, split: &crate::ImageDataset) -> Self {
+    pub fn for_split(tasks: Vec<TaskSpec>, split: &crate::image_dataset::ImageDataset) -> Self {
         Self {
             tasks,
             separate: split.source().variable_size(),

@@ -12,7 +12,7 @@ use burn::tensor::{Int, Tensor, TensorData, backend::Backend};
 use dbps_select::CandidateChunks;
 use dbps_tiling::{HostImages, PatchGrid, TilingError, cut_patches};
 
-use crate::CandidateOrder;
+use crate::classifier::CandidateOrder;
 
 /// The `(image, grid index)` pairs of candidates `start..end` of every image, image-major.
 fn chunk_picks(
