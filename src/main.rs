@@ -17,6 +17,7 @@ use dbps_parallel::NodeSpec;
 use dbps_slide::{Slide, SlideReader};
 use dbps_train::RunConfig;
 use dbps_train::backend::DeviceChoice;
+use dbps_train::config::ConfigOverrides;
 
 /// The step meter's peak-memory figure counts heap bytes through this allocator.
 #[global_allocator]
@@ -374,21 +375,17 @@ fn run(cli: Cli) -> Result<()> {
                 node: node.spec(),
                 trace: trace_gradients,
             };
-            let mut config = match &config {
-                Some(path) => RunConfig::from_file(path)?,
-                None => RunConfig::quickstart()?,
+            // The overrides go into the config's JSON and are checked with the rest of it,
+            // before any run directory exists.
+            let overrides = ConfigOverrides {
+                epochs,
+                seed,
+                weights,
             };
-            if let Some(epochs) = epochs {
-                config.train.epochs = epochs;
-            }
-            if let Some(seed) = seed {
-                config.train.seed = seed;
-            }
-            if let Some(weights) = weights {
-                config.encoder = config.encoder.with_weights(weights)?;
-            }
-            // The overrides are checked with the rest of the config by `train`, before any
-            // run directory exists.
+            let config = match &config {
+                Some(path) => RunConfig::from_file_with(path, &overrides)?,
+                None => RunConfig::quickstart_with(&overrides)?,
+            };
             let wanted = output
                 .or_else(|| config.output_dir.clone())
                 .unwrap_or_else(|| PathBuf::from("runs").join(&config.name));
@@ -539,7 +536,7 @@ fn run(cli: Cli) -> Result<()> {
         } => {
             let base = config.as_deref().map(RunConfig::from_file).transpose()?;
             let plan = CheckPlan::new(
-                base.as_ref(),
+                base.as_deref(),
                 &CheckOptions {
                     patch,
                     stride,

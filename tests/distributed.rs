@@ -35,6 +35,7 @@ use dbps_parallel::{ShardLoader, ShardPlan};
 use dbps_train::RunConfig;
 use dbps_train::build::build_classifier;
 use dbps_train::checkpoint::{MethodManifest, checkpoint_path, load_weights};
+use dbps_train::config::CheckedRun;
 use dbps_train::datasets::Splits;
 
 type A = Autodiff<Flex>;
@@ -314,7 +315,12 @@ fn load_floats(model: TrainedClassifier<A>, weights: &[f32]) -> TrainedClassifie
 
 /// One process's gradients for step `n` (1-based, over the run) of method `method`, computed
 /// at `weights` on the whole global batch of that step, in the trace's layout.
-fn one_process_gradients(config: &RunConfig, method: usize, weights: &[f32], n: usize) -> Vec<f32> {
+fn one_process_gradients(
+    config: &CheckedRun,
+    method: usize,
+    weights: &[f32],
+    n: usize,
+) -> Vec<f32> {
     let device = Default::default();
     let splits = Splits::open(config).unwrap();
     let model = build_classifier::<A>(config, method, &splits.tasks, &device).unwrap();
@@ -357,7 +363,7 @@ fn read_f32(file: &Path) -> Vec<f32> {
 /// The gradients every step of `run`'s trace received equal, within 1e-5 of each tensor's
 /// largest value, what one process computes at the same weights on the same global batch;
 /// returns the number of steps compared.
-fn assert_one_process_gradients(config: &RunConfig, trace: &Path, method: usize) -> usize {
+fn assert_one_process_gradients(config: &CheckedRun, trace: &Path, method: usize) -> usize {
     let name = &config.methods[method].name;
     let index: Vec<TracedParam> =
         serde_json::from_str(&std::fs::read_to_string(trace.join(name).join(TRACE_INDEX)).unwrap())
@@ -398,11 +404,10 @@ fn last_weights(run: &Path, method: &str) -> Vec<f32> {
         }
     }
     let dir = run.join(method);
-    let manifest = MethodManifest::read(&dir).unwrap();
+    let (manifest, trained) = MethodManifest::read_checked(&dir).unwrap();
     let device = Default::default();
     let model =
-        build_classifier::<Flex>(&manifest.config, manifest.method, &manifest.tasks, &device)
-            .unwrap();
+        build_classifier::<Flex>(&trained, manifest.method, &manifest.tasks, &device).unwrap();
     let model = load_weights(
         TrainedClassifier::new(model, TrainingMonitor::default()),
         &checkpoint_path(&dir, manifest.epochs),

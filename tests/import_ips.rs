@@ -147,9 +147,9 @@ fn an_official_checkpoint_becomes_a_run_that_steps_like_the_official_code() {
 
     // The weights, as every command reads them, step like the official code.
     let method_dir = run.join("IPS");
-    let manifest = MethodManifest::read(&method_dir).unwrap();
+    let (manifest, trained) = MethodManifest::read_checked(&method_dir).unwrap();
     let device = Default::default();
-    let built = build_classifier::<Train>(&manifest.config, 0, &manifest.tasks, &device).unwrap();
+    let built = build_classifier::<Train>(&trained, 0, &manifest.tasks, &device).unwrap();
     let model = load_weights(
         TrainedClassifier::new(built, TrainingMonitor::default())
             .with_loss(manifest.config.train.loss_form()),

@@ -21,6 +21,7 @@ use dbps_train::TrainError;
 use dbps_train::backend::CpuBackend;
 use dbps_train::build::build_classifier;
 use dbps_train::checkpoint::{CheckpointRecorder, MANIFEST, MethodManifest, initial_weights_path};
+use dbps_train::config::CheckedRun;
 use dbps_train::datasets::Splits;
 use dbps_train::run_dir::fresh_run_dir;
 
@@ -87,11 +88,10 @@ fn ips_method(config: &RunConfig, wanted: Option<&str>) -> Result<usize> {
 /// in the file.
 pub fn import_ips(
     checkpoint: &Path,
-    config: &RunConfig,
+    config: &CheckedRun,
     method: Option<&str>,
     out: &Path,
 ) -> Result<Imported> {
-    config.validate()?;
     let index = ips_method(config, method)?;
     let splits = Splits::open(config)?;
     let foreign = |reason: String| {
@@ -106,7 +106,7 @@ pub fn import_ips(
     let built = build_classifier::<CpuBackend>(config, index, &splits.tasks, &device)?;
     let classifier = load_named(built, &tensors).map_err(|e| foreign(e.to_string()))?;
 
-    let mut single = config.clone();
+    let mut single = RunConfig::clone(config);
     single.methods = vec![config.methods[index].clone()];
     let run_dir = fresh_run_dir(out)?;
     write_json_atomic(&run_dir.join("config.json"), &single)?;

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use dbps_model::trace::GradientTrace;
+use dbps_train::Result;
 #[cfg(feature = "distributed")]
 use dbps_train::TrainError;
 #[cfg(not(feature = "distributed"))]
@@ -11,9 +12,9 @@ use dbps_train::backend::CpuTrainBackend;
 #[cfg(feature = "cuda")]
 use dbps_train::backend::CudaTrainBackend;
 use dbps_train::backend::DeviceChoice;
+use dbps_train::config::CheckedRun;
 use dbps_train::report::RunReport;
 use dbps_train::runner::{self, Placement};
-use dbps_train::{Result, RunConfig};
 
 /// With burn's `distributed` feature, burn-autodiff differentiates only backends that
 /// implement `DistributedBackend` (the CubeCL ones), so a `distributed` build trains on GPUs
@@ -75,7 +76,7 @@ impl TrainLaunch {
     }
 
     /// Trains every method of `config` into a fresh directory named after `wanted`.
-    pub fn train(&self, config: &RunConfig, wanted: &Path) -> Result<RunReport> {
+    pub fn train(&self, config: &CheckedRun, wanted: &Path) -> Result<RunReport> {
         match self.devices.first().copied().unwrap_or_default() {
             #[cfg(not(feature = "distributed"))]
             DeviceChoice::Cpu => runner::run(config, wanted, &self.cpu_placement(), &self.name()),

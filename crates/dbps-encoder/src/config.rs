@@ -46,6 +46,12 @@ pub trait EncoderSpec {
         }
     }
 
+    /// Checks the weight file, if any, against the network from the file's header alone
+    /// (names and shapes; values are checked as [`EncoderSpec::build`] loads them).
+    fn check_weights(&self) -> Result<(), EncoderError> {
+        Ok(())
+    }
+
     /// The network, with fresh weights or those of [`EncoderSpec::weights`].
     fn build<B: Backend>(&self, device: &B::Device) -> Result<Backbone<B>, EncoderError>
     where
@@ -260,6 +266,10 @@ macro_rules! resnet_depth {
                 Ok(())
             }
 
+            fn check_weights(&self) -> Result<(), EncoderError> {
+                self.0.check_weights($depth)
+            }
+
             fn build<B: Backend>(&self, device: &B::Device) -> Result<Backbone<B>, EncoderError> {
                 self.0.build($depth, device)
             }
@@ -293,6 +303,24 @@ impl ResNetConfig {
         positive("in_channels", self.in_channels)?;
         positive("width", self.width)?;
         check_projector(self.projector)
+    }
+
+    /// The weight file's names and shapes against this ResNet's, no weight allocated: the
+    /// network's parameters are initialised lazily, and weights from a header are shapes only.
+    fn check_weights(&self, depth: ResNetDepth) -> Result<(), EncoderError> {
+        let Some(path) = &self.weights else {
+            return Ok(());
+        };
+        let header = TorchvisionWeights::header(path)?;
+        let net = ResNet::<burn::backend::Flex>::new(
+            depth,
+            self.stages,
+            self.in_channels,
+            self.width,
+            &Default::default(),
+        );
+        net.load_torchvision(&header)?;
+        Ok(())
     }
 
     fn build<B: Backend>(
@@ -355,14 +383,11 @@ impl EncoderSpec for TinyCnnConfig {
 }
 
 impl EncoderConfig {
-    /// Checks the settings; a weight file is loaded into a CPU copy of the model, so that a
+    /// Checks the settings, and a weight file's names and shapes from its header, so that a
     /// missing, foreign or misshaped file fails before any run directory exists.
     pub fn validate(&self) -> Result<(), EncoderError> {
         self.spec().check()?;
-        if self.weights().is_some() {
-            self.init::<burn::backend::Flex>(&Default::default())?;
-        }
-        Ok(())
+        self.spec().check_weights()
     }
 
     /// The weight file to start from, if any.

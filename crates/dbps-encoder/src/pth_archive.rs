@@ -36,6 +36,8 @@ pub(crate) struct DeclaredTensor {
     pub storage: String,
     /// Bytes per element of its storage's type.
     pub element_bytes: u64,
+    /// True for floating-point storages (what a weight file's weights are).
+    pub float: bool,
     /// Elements its storage declares.
     pub storage_elements: u64,
     /// Offset of its first element in the storage.
@@ -46,9 +48,13 @@ pub(crate) struct DeclaredTensor {
     pub strides: Vec<u64>,
 }
 
-/// `Ok` when the file is a zip archive every tensor of whose state dict lies inside a storage
-/// the archive holds whole; otherwise the first problem, naming the tensor.
-pub(crate) fn check_pth_archive<R: Read + Seek>(mut file: R, file_len: u64) -> Result<(), String> {
+/// The state dict's tensors when the file is a zip archive every tensor of whose state dict
+/// lies inside a storage the archive holds whole; otherwise the first problem, naming the
+/// tensor. Only the pickle and the archive's directory are read, never a storage.
+pub(crate) fn check_pth_archive<R: Read + Seek>(
+    mut file: R,
+    file_len: u64,
+) -> Result<Vec<DeclaredTensor>, String> {
     let mut magic = [0u8; 4];
     if file.read_exact(&mut magic).is_err() || magic != *b"PK\x03\x04" {
         return Err("it is not a zip archive, the format torch.save has written since PyTorch 1.6 (2020); dbps reads no older format: load it with torch.load and save it again with a current PyTorch".into());
@@ -131,7 +137,7 @@ pub(crate) fn check_pth_archive<R: Read + Seek>(mut file: R, file_len: u64) -> R
             sizes.get(&format!("{prefix}data/{}", t.storage)).copied(),
         )?;
     }
-    Ok(())
+    Ok(tensors)
 }
 
 /// Checks one tensor against the size of its storage entry (`None`: absent).
@@ -188,6 +194,7 @@ enum Value {
     Storage {
         key: String,
         element_bytes: u64,
+        float: bool,
         elements: u64,
     },
     /// `_rebuild_tensor_v2(storage, offset, sizes, strides, …)`.
@@ -452,9 +459,14 @@ fn persistent_storage(pid: &Value) -> Result<Value, String> {
             })?;
             let elements = u64::try_from(*elements)
                 .map_err(|_| format!("storage `{key}` declares {elements} elements"))?;
+            let float = matches!(
+                ty.rsplit('.').next().unwrap_or(ty),
+                "FloatStorage" | "DoubleStorage" | "HalfStorage" | "BFloat16Storage"
+            );
             Ok(Value::Storage {
                 key: key.clone(),
                 element_bytes,
+                float,
                 elements,
             })
         }
@@ -568,11 +580,13 @@ fn collect_tensors(
             Value::Storage {
                 key,
                 element_bytes,
+                float,
                 elements,
             } => out.push(DeclaredTensor {
                 name: name.to_owned(),
                 storage: key.clone(),
                 element_bytes: *element_bytes,
+                float: *float,
                 storage_elements: *elements,
                 offset: *offset,
                 sizes: sizes.clone(),
@@ -637,7 +651,7 @@ mod tests {
     }
 
     fn check(bytes: &[u8]) -> Result<(), String> {
-        check_pth_archive(Cursor::new(bytes), bytes.len() as u64)
+        check_pth_archive(Cursor::new(bytes), bytes.len() as u64).map(drop)
     }
 
     #[test]
@@ -651,6 +665,7 @@ mod tests {
                 name: "w".into(),
                 storage: "0".into(),
                 element_bytes: 4,
+                float: true,
                 storage_elements: 4,
                 offset: 0,
                 sizes: vec![2, 2],

@@ -93,11 +93,14 @@ pub struct HostTensor {
     pub values: Vec<f32>,
 }
 
-/// The floating-point tensors of a state dict, by name.
+/// The floating-point tensors of a state dict, by name: their values, or (from
+/// [`TorchvisionWeights::header`]) their shapes alone.
 #[derive(Debug, Clone)]
 pub struct TorchvisionWeights {
     path: PathBuf,
     tensors: HashMap<String, HostTensor>,
+    /// Shapes only: every `values` is empty.
+    header_only: bool,
 }
 
 impl TorchvisionWeights {
@@ -125,7 +128,55 @@ impl TorchvisionWeights {
         if tensors.is_empty() {
             return Err(fail("it holds no floating-point tensor".into()));
         }
-        Ok(Self { path, tensors })
+        Ok(Self {
+            path,
+            tensors,
+            header_only: false,
+        })
+    }
+
+    /// The names and shapes of `path`'s floating-point tensors, read from the file's header
+    /// alone (a safetensors file's JSON header; a torch.save archive's pickle and directory,
+    /// checked as [`TorchvisionWeights::open`] checks them): no value is read, so a weight
+    /// file is checked against a model in milliseconds, before any run starts. Loading such
+    /// weights checks names and shapes only.
+    pub fn header(path: impl AsRef<Path>) -> Result<Self, WeightsError> {
+        let path = path.as_ref().to_path_buf();
+        let fail = |reason: String| WeightsError::NotAWeightFile {
+            path: path.clone(),
+            reason,
+        };
+        let extension = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let shapes = match extension.as_deref() {
+            Some("safetensors") => safetensors_shapes(&path).map_err(fail)?,
+            Some("pth" | "pt" | "bin") => pytorch_shapes(&path).map_err(fail)?,
+            _ => {
+                return Err(fail(
+                    "the name ends neither in .safetensors nor in .pth/.pt/.bin".into(),
+                ));
+            }
+        };
+        if shapes.is_empty() {
+            return Err(fail("it holds no floating-point tensor".into()));
+        }
+        let tensors = shapes
+            .into_iter()
+            .map(|(name, shape)| {
+                let tensor = HostTensor {
+                    shape,
+                    values: Vec::new(),
+                };
+                (name, tensor)
+            })
+            .collect();
+        Ok(Self {
+            path,
+            tensors,
+            header_only: true,
+        })
     }
 
     /// The file these weights came from.
@@ -178,6 +229,73 @@ fn read_safetensors(path: &Path) -> Result<HashMap<String, HostTensor>, String> 
     Ok(out)
 }
 
+/// The largest safetensors header read (a ResNet-50's is about 30 KB).
+const MAX_SAFETENSORS_HEADER: u64 = 100 << 20;
+
+/// Float tensors' shapes from a safetensors file's header; the dtypes
+/// [`read_safetensors`] refuses are refused here too.
+fn safetensors_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>)>, String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let mut size = [0u8; 8];
+    file.read_exact(&mut size)
+        .map_err(|_| "it is shorter than a safetensors header".to_string())?;
+    let size = u64::from_le_bytes(size);
+    if size > len.saturating_sub(8) || size > MAX_SAFETENSORS_HEADER {
+        return Err(format!(
+            "its header declares {size} bytes in a file of {len}: it is not a safetensors file, or it is damaged"
+        ));
+    }
+    let mut header = vec![0u8; size as usize];
+    file.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| format!("its header is not JSON ({e})"))?;
+    let mut out = Vec::new();
+    for (name, entry) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let dtype = entry["dtype"].as_str().unwrap_or("");
+        match dtype {
+            "F32" | "F64" => {}
+            "I64" | "I32" | "U8" | "BOOL" => continue,
+            other => return Err(format!("tensor `{name}` is {other}; save it as float32")),
+        }
+        let shape = entry["shape"]
+            .as_array()
+            .and_then(|dims| {
+                dims.iter()
+                    .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
+                    .collect::<Option<Vec<usize>>>()
+            })
+            .ok_or_else(|| format!("tensor `{name}` has no shape in the header"))?;
+        out.push((name, shape));
+    }
+    Ok(out)
+}
+
+/// Float tensors' shapes from a torch.save archive's pickle, after checking every tensor lies
+/// inside its storage.
+fn pytorch_shapes(path: &Path) -> Result<Vec<(String, Vec<usize>)>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let len = file.metadata().map_err(|e| e.to_string())?.len();
+    let tensors = check_pth_archive(std::io::BufReader::new(file), len)?;
+    tensors
+        .into_iter()
+        .filter(|t| t.float)
+        .map(|t| {
+            let shape = t
+                .sizes
+                .iter()
+                .map(|&d| usize::try_from(d))
+                .collect::<Result<Vec<usize>, _>>()
+                .map_err(|_| format!("tensor `{}` declares a dimension past usize", t.name))?;
+            Ok((t.name, shape))
+        })
+        .collect()
+}
+
 fn read_pytorch(path: &Path) -> Result<HashMap<String, HostTensor>, String> {
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let len = file.metadata().map_err(|e| e.to_string())?.len();
@@ -214,8 +332,9 @@ struct Loader<'a> {
 }
 
 impl Loader<'_> {
-    /// The values of `name`, checked against `expected`.
-    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Vec<f32>, WeightsError> {
+    /// The values of `name`, checked against `expected`; `None` for weights read from a
+    /// header, which have shapes only.
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Option<Vec<f32>>, WeightsError> {
         let tensor = self
             .weights
             .get(name)
@@ -231,6 +350,10 @@ impl Loader<'_> {
                 expected: expected.to_vec(),
                 found: tensor.shape.clone(),
             });
+        }
+        if self.weights.header_only {
+            self.used.push(name.into());
+            return Ok(None);
         }
         let bad = |problem: String| WeightsError::Values {
             path: self.weights.path.clone(),
@@ -253,23 +376,28 @@ impl Loader<'_> {
             )));
         }
         self.used.push(name.into());
-        Ok(tensor.values.clone())
+        Ok(Some(tensor.values.clone()))
     }
 
     fn conv<B: Backend>(&mut self, conv: Conv2d<B>, name: &str) -> Result<Conv2d<B>, WeightsError> {
-        let dims = conv.weight.dims();
-        let values = self.take(&format!("{name}.weight"), &dims)?;
-        Ok(with_weight(conv, values))
+        // The shape a lazily initialised parameter will have, without initialising it.
+        let dims = conv.weight.lazy_shape().to_vec();
+        Ok(match self.take(&format!("{name}.weight"), &dims)? {
+            Some(values) => with_weight(conv, values),
+            None => conv,
+        })
     }
 
     /// conv1 of a model with `c` input channels: the file's kernel as it is for c = 3, summed
     /// over its RGB channels for c = 1.
     fn stem<B: Backend>(&mut self, conv: Conv2d<B>) -> Result<Conv2d<B>, WeightsError> {
-        let [c_out, c_in, kh, kw] = conv.weight.dims();
+        let [c_out, c_in, kh, kw] = conv.weight.lazy_shape().dims::<4>();
         if c_in != 1 {
             return self.conv(conv, "conv1");
         }
-        let rgb = self.take("conv1.weight", &[c_out, 3, kh, kw])?;
+        let Some(rgb) = self.take("conv1.weight", &[c_out, 3, kh, kw])? else {
+            return Ok(conv);
+        };
         let taps = kh * kw;
         let summed: Vec<f32> = (0..c_out * taps)
             .map(|i| {
@@ -285,16 +413,21 @@ impl Loader<'_> {
         bn: BatchNorm2d<B>,
         name: &str,
     ) -> Result<BatchNorm2d<B>, WeightsError> {
-        let dims = bn.gamma.dims();
-        let device = bn.gamma.device();
-        let mut vector = |field: &str| -> Result<Tensor<B, 1>, WeightsError> {
-            let values = self.take(&format!("{name}.{field}"), &dims)?;
-            Ok(Tensor::from_data(TensorData::new(values, dims), &device))
+        let dims = bn.gamma.lazy_shape().to_vec();
+        let mut vector = |field: &str| self.take(&format!("{name}.{field}"), &dims);
+        let (Some(gamma), Some(beta), Some(mean), Some(var)) = (
+            vector("weight")?,
+            vector("bias")?,
+            vector("running_mean")?,
+            vector("running_var")?,
+        ) else {
+            return Ok(bn);
         };
-        let gamma = vector("weight")?;
-        let beta = vector("bias")?;
-        let mean = vector("running_mean")?;
-        let var = vector("running_var")?;
+        let device = bn.gamma.device();
+        let vector = |values: Vec<f32>| -> Tensor<B, 1> {
+            Tensor::from_data(TensorData::new(values, dims.clone()), &device)
+        };
+        let (gamma, beta, mean, var) = (vector(gamma), vector(beta), vector(mean), vector(var));
         Ok(BatchNorm2d {
             gamma: Param::from_tensor(gamma),
             beta: Param::from_tensor(beta),

@@ -5,7 +5,7 @@ use burn::tensor::backend::Backend;
 use dbps_data::TaskSpec;
 use dbps_encoder::PatchEncoder;
 
-use crate::config::RunConfig;
+use crate::config::CheckedRun;
 use dbps_model::classifier::SelectionPlan;
 use dbps_model::{ModelError, PatchClassifier};
 
@@ -13,13 +13,13 @@ use crate::Result;
 
 /// Builds the classifier of method `index` with fresh weights.
 pub fn build_classifier<B: Backend>(
-    config: &RunConfig,
+    config: &CheckedRun,
     index: usize,
     tasks: &[TaskSpec],
     device: &B::Device,
 ) -> Result<PatchClassifier<B>> {
-    let grid = config.grid()?;
-    let plan = config.method_plan(index, config.max_patches()?)?;
+    let grid = config.grid();
+    let plan = config.plan(index);
     let encoder = config.encoder.init::<B>(device).map_err(ModelError::from)?;
     let classes = tasks.iter().map(|t| t.classes).collect();
     let aggregator = config
@@ -49,6 +49,7 @@ mod tests {
     use burn::data::dataset::Dataset;
 
     use super::*;
+    use crate::RunConfig;
     use crate::datasets::Splits;
     use dbps_model::batch::ImageBatcher;
 

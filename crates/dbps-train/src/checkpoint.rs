@@ -19,7 +19,7 @@ use dbps_data::TaskSpec;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::config::RunConfig;
+use crate::config::{CheckedRun, RunConfig};
 use dbps_model::atomic_write::{write_atomic, write_json_atomic};
 use dbps_model::meter::StepMeter;
 use dbps_model::step::{TrainedClassifier, TrainingMonitor};
@@ -106,6 +106,12 @@ pub const HISTORY: &str = "history.json";
 impl MethodManifest {
     /// Reads the manifest of a method directory, naming the file and the fix on failure.
     pub fn read(method_dir: &Path) -> Result<Self> {
+        Ok(Self::read_checked(method_dir)?.0)
+    }
+
+    /// Reads the manifest of a method directory and checks the config the model is rebuilt
+    /// from ([`MethodManifest::trained_config`]) once, returning both.
+    pub fn read_checked(method_dir: &Path) -> Result<(Self, CheckedRun)> {
         let path = method_dir.join(MANIFEST);
         let text = std::fs::read_to_string(&path).map_err(|e| TrainError::Checkpoint {
             what: "manifest",
@@ -121,7 +127,7 @@ impl MethodManifest {
         })?;
         // The checkpoints hold every weight: the torchvision file the run started from is not
         // needed (nor read) to use them, and may have moved.
-        manifest.trained_config().validate()?;
+        let trained = manifest.trained_config().check()?;
         if manifest.method >= manifest.config.methods.len() {
             return Err(TrainError::Checkpoint {
                 what: "manifest",
@@ -133,7 +139,7 @@ impl MethodManifest {
                 ),
             });
         }
-        Ok(manifest)
+        Ok((manifest, trained))
     }
 
     /// The config as a trained model is rebuilt from it: the run's, without the torchvision

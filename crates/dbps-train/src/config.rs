@@ -175,6 +175,87 @@ pub struct MethodPlan {
     pub aggregator: AggregatorKind,
 }
 
+/// Settings given on the command line, written into a config's JSON before it is parsed and
+/// checked, so that they are checked with the rest.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigOverrides {
+    /// `train.epochs` (`--epochs`).
+    pub epochs: Option<usize>,
+    /// `train.seed` (`--seed`).
+    pub seed: Option<u64>,
+    /// The encoder's `weights` (`--weights`).
+    pub weights: Option<PathBuf>,
+}
+
+impl ConfigOverrides {
+    /// Writes the overrides into a config's JSON (the encoder's under its one key).
+    fn apply(&self, value: &mut serde_json::Value) {
+        if let Some(epochs) = self.epochs {
+            value["train"]["epochs"] = epochs.into();
+        }
+        if let Some(seed) = self.seed {
+            value["train"]["seed"] = seed.into();
+        }
+        if let Some(weights) = &self.weights
+            && let Some(encoder) = value["encoder"].as_object_mut()
+            && let Some(settings) = encoder.values_mut().next()
+        {
+            settings["weights"] = weights.to_string_lossy().into_owned().into();
+        }
+    }
+}
+
+/// A run config whose every setting has been checked ([`RunConfig::check`]), with what the
+/// checks computed: the patch grid, each method's plan and the embedding width D. It reads as
+/// the config it holds and cannot be changed, so nothing computed from it goes stale.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckedRun {
+    config: RunConfig,
+    grid: PatchGrid,
+    plans: Vec<MethodPlan>,
+    embed_dim: usize,
+}
+
+impl CheckedRun {
+    /// The patch grid over the dataset's images (one patch for datasets whose images differ in
+    /// size: each image gets a grid of its own).
+    pub fn grid(&self) -> PatchGrid {
+        self.grid
+    }
+
+    /// The checked plan of method `index`.
+    pub fn plan(&self, index: usize) -> MethodPlan {
+        self.plans[index]
+    }
+
+    /// The embedding width D the encoder will output.
+    pub fn embed_dim(&self) -> usize {
+        self.embed_dim
+    }
+
+    /// The config, to change and check again.
+    pub fn into_config(self) -> RunConfig {
+        self.config
+    }
+}
+
+impl std::ops::Deref for CheckedRun {
+    type Target = RunConfig;
+
+    fn deref(&self) -> &RunConfig {
+        &self.config
+    }
+}
+
+impl Serialize for CheckedRun {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        self.config.serialize(serializer)
+    }
+}
+
 /// The largest patch side, in pixels.
 pub const MAX_PATCH_SIDE: usize = 4096;
 /// The most epochs a run may ask for.
@@ -224,29 +305,69 @@ fn folder_name(field: String, name: &str) -> Result<()> {
 }
 
 impl RunConfig {
-    /// Reads and validates a config file.
-    pub fn from_file(path: &Path) -> Result<Self> {
+    /// Reads and checks a config file.
+    pub fn from_file(path: &Path) -> Result<CheckedRun> {
+        Self::from_file_with(path, &ConfigOverrides::default())
+    }
+
+    /// Reads a config file, applies command-line overrides to its JSON and checks the result.
+    pub fn from_file_with(path: &Path, overrides: &ConfigOverrides) -> Result<CheckedRun> {
         let text = std::fs::read_to_string(path).map_err(|source| TrainError::ConfigIo {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_json(&text, &path.display().to_string())
+        Self::from_json_with(&text, &path.display().to_string(), overrides)
     }
 
-    /// The embedded quickstart config.
-    pub fn quickstart() -> Result<Self> {
-        Self::from_json(QUICKSTART, "embedded default (configs/quickstart.json)")
+    /// The embedded quickstart config, checked.
+    pub fn quickstart() -> Result<CheckedRun> {
+        Self::quickstart_with(&ConfigOverrides::default())
     }
 
-    /// Parses and validates config text; `origin` names it in errors.
-    pub fn from_json(text: &str, origin: &str) -> Result<Self> {
-        let config: Self =
-            serde_json::from_str(text).map_err(|source| TrainError::ConfigSyntax {
-                origin: origin.to_string(),
-                source,
-            })?;
-        config.validate()?;
-        Ok(config)
+    /// The embedded quickstart config with command-line overrides, checked.
+    pub fn quickstart_with(overrides: &ConfigOverrides) -> Result<CheckedRun> {
+        Self::from_json_with(
+            QUICKSTART,
+            "embedded default (configs/quickstart.json)",
+            overrides,
+        )
+    }
+
+    /// Parses and checks config text; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &str) -> Result<CheckedRun> {
+        Self::from_json_with(text, origin, &ConfigOverrides::default())
+    }
+
+    /// Parses config text with `overrides` written into its JSON, then checks it once.
+    pub fn from_json_with(
+        text: &str,
+        origin: &str,
+        overrides: &ConfigOverrides,
+    ) -> Result<CheckedRun> {
+        let syntax = |source| TrainError::ConfigSyntax {
+            origin: origin.to_string(),
+            source,
+        };
+        let mut value: serde_json::Value = serde_json::from_str(text).map_err(syntax)?;
+        let plain = overrides.weights.is_some().then(|| value.clone());
+        overrides.apply(&mut value);
+        let config: Self = match serde_json::from_value(value) {
+            Ok(config) => config,
+            // A weight file for an encoder that takes none is the option's fault, not the file's.
+            Err(error) => match plain.map(serde_json::from_value::<Self>) {
+                Some(Ok(config)) => {
+                    return Err(TrainError::Option {
+                        option: "--weights",
+                        reason: format!(
+                            "encoder `{}` has no torchvision weights to load; drop --weights, or use a ResNet",
+                            config.encoder.name()
+                        ),
+                    });
+                }
+                _ => return Err(syntax(error)),
+            },
+        };
+        config.check()
     }
 
     /// Image size `[H, W]` of the dataset: one 1-px patch for feature bags (each bag is a
@@ -307,10 +428,12 @@ impl RunConfig {
         })
     }
 
-    /// Checks every setting, so that bad input fails before any work starts.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks every setting, so that bad input fails before any work starts, and keeps what
+    /// the checks computed (the grid, each method's plan, D) for everything that runs after.
+    pub fn check(self) -> Result<CheckedRun> {
         folder_name("name".into(), &self.name)?;
         self.validate_geometry()?;
+        let grid = self.grid()?;
         let n = self.max_patches()?;
         self.encoder.validate().map_err(|e| self.encoder_error(e))?;
         if let DatasetConfig::FeatureBags(bags) = &self.dataset {
@@ -328,9 +451,10 @@ impl RunConfig {
                 "no method listed; add at least one, e.g. {\"name\": \"IPS\", \"m\": 10, \"l\": 20}",
             ));
         }
+        let mut plans = Vec::with_capacity(self.methods.len());
         for (i, method) in self.methods.iter().enumerate() {
             folder_name(format!("methods[{i}].name"), &method.name)?;
-            self.method_plan(i, n)?;
+            plans.push(self.method_plan(i, n)?);
             if self.methods[..i].iter().any(|m| m.name == method.name) {
                 return Err(config_error(
                     format!("methods[{i}].name"),
@@ -437,7 +561,12 @@ impl RunConfig {
         self.aggregator_config(AggregatorKind::Ips, embed_dim, vec![1])
             .validate()
             .map_err(aggregator_error)?;
-        Ok(())
+        Ok(CheckedRun {
+            config: self,
+            grid,
+            plans,
+            embed_dim,
+        })
     }
 
     /// What feature bags need: 1-px patches, the identity encoder at the files' width, no
@@ -542,7 +671,7 @@ impl RunConfig {
     }
 
     /// The checked plan of method `i` over a grid of `n` patches.
-    pub fn method_plan(&self, i: usize, n: usize) -> Result<MethodPlan> {
+    fn method_plan(&self, i: usize, n: usize) -> Result<MethodPlan> {
         let method = &self.methods[i];
         let field = |name: &str| format!("methods[{i}].{name}");
         let count = |name: &str, value: i64, what: &str| -> Result<usize> {
@@ -645,7 +774,7 @@ impl RunConfig {
 mod tests {
     use super::*;
 
-    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<RunConfig> {
+    fn with(edit: impl FnOnce(&mut serde_json::Value)) -> Result<CheckedRun> {
         let mut v: serde_json::Value = serde_json::from_str(QUICKSTART).unwrap();
         edit(&mut v);
         RunConfig::from_json(&v.to_string(), "test")
@@ -654,6 +783,73 @@ mod tests {
     #[test]
     fn quickstart_is_valid() {
         RunConfig::quickstart().unwrap();
+    }
+
+    /// The lower crates name their own settings; the config layer adds the JSON path, once.
+    #[test]
+    fn encoder_and_aggregator_errors_get_their_json_path() {
+        let err = with(|v| {
+            v["encoder"] = serde_json::json!({"tiny_cnn": {"in_channels": 1, "width": 0}})
+        })
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            err,
+            "config setting `encoder.tiny_cnn.width`: `width` must be at least 1"
+        );
+        let err = with(|v| v["aggregator"]["heads"] = 0.into())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "config setting `aggregator.heads`: `heads` must be at least 1"
+        );
+    }
+
+    /// Command-line overrides are written into the JSON and checked with the rest: an
+    /// out-of-range epoch count is refused as the file's would be, a weight file for an encoder
+    /// that takes none is the option's fault.
+    #[test]
+    fn overrides_are_checked_with_the_config() {
+        let run = RunConfig::quickstart_with(&ConfigOverrides {
+            epochs: Some(3),
+            seed: Some(9),
+            weights: None,
+        })
+        .unwrap();
+        assert_eq!((run.train.epochs, run.train.seed), (3, 9));
+        let err = RunConfig::quickstart_with(&ConfigOverrides {
+            epochs: Some(0),
+            ..ConfigOverrides::default()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, TrainError::Config { field, .. } if field == "train.epochs"),
+            "{err}"
+        );
+        let mut tiny: serde_json::Value = serde_json::from_str(QUICKSTART).unwrap();
+        tiny["encoder"] = serde_json::json!({"tiny_cnn": {"in_channels": 1, "width": 4}});
+        let tiny = tiny.to_string();
+        let err = RunConfig::from_json_with(
+            &tiny,
+            "test",
+            &ConfigOverrides {
+                weights: Some("r18.pth".into()),
+                ..ConfigOverrides::default()
+            },
+        )
+        .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                TrainError::Option {
+                    option: "--weights",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`tiny_cnn`"), "{err}");
     }
 
     /// A run or method name that is not one plain folder name is refused, naming its key: a
@@ -788,7 +984,7 @@ mod tests {
     #[test]
     fn quickstart_task_needs_more_than_m_patches() {
         let config = RunConfig::quickstart().unwrap();
-        let n = config.grid().unwrap().len();
+        let n = config.grid().len();
         assert!(n >= 100, "N = {n}");
         let DatasetConfig::SyntheticMajority(data) = &config.dataset else {
             panic!("the quickstart is the embedded majority task");

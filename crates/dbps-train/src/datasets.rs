@@ -146,7 +146,9 @@ mod tests {
 
     #[test]
     fn max_images_spreads_the_picks_over_the_split() {
-        let mut config = RunConfig::from_json(crate::config::QUICKSTART, "quickstart").unwrap();
+        let mut config = RunConfig::from_json(crate::config::QUICKSTART, "quickstart")
+            .unwrap()
+            .into_config();
         let full = Splits::open(&config).unwrap();
         config.train.max_images = Some(4);
         let limited = Splits::open(&config).unwrap();

@@ -10,9 +10,10 @@
 //! ```
 //! use dbps_train::RunConfig;
 //!
-//! // The embedded default: IPS and DBPS side by side on which of two digits leads.
+//! // The embedded default, checked once: IPS and DBPS side by side on which of two digits
+//! // leads, over a grid of 256 patches.
 //! let config = RunConfig::quickstart().unwrap();
-//! assert_eq!(config.grid().unwrap().len(), 256);
+//! assert_eq!(config.grid().len(), 256);
 //! assert_eq!(config.methods.len(), 2);
 //! ```
 

@@ -20,7 +20,7 @@ use crate::checkpoint::{
     complete_epochs, initial_weights_path, load_weights, prune_checkpoints, read_history,
     set_aside, unreadable_part,
 };
-use crate::config::RunConfig;
+use crate::config::{CheckedRun, RunConfig};
 use crate::datasets::Splits;
 use crate::eval::{evaluate, evaluate_shared};
 use crate::renderer::ProgressRenderer;
@@ -262,7 +262,7 @@ impl burn_train::checkpoint::CheckpointingStrategy for NeverSave {
 /// (model, optimizer, schedule position, epoch; data order and random draws are functions
 /// of the seed and the epoch, so the run ends as an uninterrupted one would).
 fn train_method<B: AutodiffBackend>(
-    config: &RunConfig,
+    config: &CheckedRun,
     index: usize,
     splits: &Splits,
     method_dir: &Path,
@@ -315,7 +315,7 @@ fn train_method<B: AutodiffBackend>(
         model = broadcast_model(session, model)?;
     }
     let manifest = MethodManifest {
-        config: config.clone(),
+        config: RunConfig::clone(config),
         method: index,
         best_epoch: best_epoch(&history).unwrap_or(0),
         epochs: history.len(),
@@ -557,7 +557,7 @@ fn train_method<B: AutodiffBackend>(
 /// Trains the methods of `report.dir` that `report` does not hold yet, writing `metrics.json`
 /// after each (rank 0 only).
 fn train_methods<B: AutodiffBackend>(
-    config: &RunConfig,
+    config: &CheckedRun,
     splits: &Splits,
     mut report: RunReport,
     joined: &Joined<B>,
@@ -602,15 +602,15 @@ fn placement_name(device_name: &str, joined: &Joined<impl AutodiffBackend>) -> S
 /// Trains every method of a config side by side in a fresh directory named after `wanted`
 /// (see [`fresh_run_dir`]), writing `config.json` and `metrics.json` there.
 ///
-/// The config and the dataset are checked first: bad input creates no directory. With
+/// The config was checked when it was read ([`CheckedRun`]); the dataset is checked against it
+/// first: bad input creates no directory. With
 /// several ranks, rank 0 creates the directory and tells the others its name.
 pub fn run<B: AutodiffBackend>(
-    config: &RunConfig,
+    config: &CheckedRun,
     wanted: &Path,
     placement: &Placement<B>,
     device_name: &str,
 ) -> Result<RunReport> {
-    config.validate()?;
     let splits = Splits::open(config)?;
     let joined = Joined::join(placement, config, &splits)?;
     let (run_dir, _lock) = if joined.writes() {

@@ -32,14 +32,13 @@ impl<B: Backend> TrainedMethod<B> {
     /// Loads the best checkpoint of a method directory (without reading the torchvision file
     /// the run started from: the checkpoint holds every weight).
     pub fn open(method_dir: &Path, device: &B::Device) -> Result<Self> {
-        let manifest = MethodManifest::read(method_dir)?;
+        let (manifest, trained) = MethodManifest::read_checked(method_dir)?;
         let tasks = if manifest.tasks.is_empty() {
             Splits::open(&manifest.config)?.tasks
         } else {
             manifest.tasks.clone()
         };
-        let classifier =
-            build_classifier::<B>(&manifest.trained_config(), manifest.method, &tasks, device)?;
+        let classifier = build_classifier::<B>(&trained, manifest.method, &tasks, device)?;
         let model = load_weights(
             TrainedClassifier::new(classifier, TrainingMonitor::default()),
             &manifest.best_checkpoint(method_dir)?,

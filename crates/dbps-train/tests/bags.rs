@@ -10,6 +10,7 @@ use dbps_data::write_npy;
 use dbps_model::batch::ImageBatcher;
 use dbps_train::RunConfig;
 use dbps_train::build::build_classifier;
+use dbps_train::config::CheckedRun;
 use dbps_train::datasets::Splits;
 
 type A = Autodiff<Flex>;
@@ -43,7 +44,7 @@ fn dataset() -> PathBuf {
     root
 }
 
-fn config(root: &std::path::Path) -> RunConfig {
+fn config(root: &std::path::Path) -> CheckedRun {
     let text = serde_json::json!({
         "name": "bags",
         "dataset": { "feature_bags": { "root": root, "feature_dim": 6, "val_fraction": 0.5 } },

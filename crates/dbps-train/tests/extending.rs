@@ -77,7 +77,7 @@ const TOY_BARS: &str = r#"{
 fn toy_bars_from_a_config_runs_end_to_end() {
     let config = RunConfig::from_json(TOY_BARS, "toy bars").unwrap();
     assert_eq!(config.image_size(), [32, 32]);
-    assert_eq!(config.grid().unwrap().len(), 16);
+    assert_eq!(config.grid().len(), 16);
     let root = std::env::temp_dir().join(format!("dbps-toy-bars-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let placement = Placement::<A>::single(Default::default());

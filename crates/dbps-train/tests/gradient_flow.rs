@@ -33,7 +33,7 @@ fn encoder_gradients_flow_only_through_the_salient_patches() {
     let config = RunConfig::from_json(CONFIG, "test").unwrap();
     let tasks = dbps_data::SyntheticDigits::tasks();
     let model = build_classifier::<A>(&config, 0, &tasks, &device).unwrap();
-    let grid = config.grid().unwrap();
+    let grid = config.grid();
     let n = grid.len();
 
     // Pixels as a leaf: any pixel whose patch reaches the loss through the encoder gets a gradient.

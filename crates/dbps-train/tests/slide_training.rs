@@ -15,6 +15,7 @@ use dbps_model::loss::loss_and_hits;
 use dbps_slide::{PyramidSpec, TileCompression, write_tiled_tiff};
 use dbps_train::RunConfig;
 use dbps_train::build::build_classifier;
+use dbps_train::config::CheckedRun;
 use dbps_train::datasets::Splits;
 
 type A = Autodiff<Flex>;
@@ -71,7 +72,7 @@ fn dataset(name: &str) -> PathBuf {
     root
 }
 
-fn config(root: &Path) -> RunConfig {
+fn config(root: &Path) -> CheckedRun {
     let json = serde_json::json!({
         "name": "slides",
         "dataset": { "slides": { "root": root } },

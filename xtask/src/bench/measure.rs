@@ -6,25 +6,23 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use burn::backend::{Autodiff, Flex};
-use burn::module::Module;
 use burn::optim::{AdamWConfig, Optimizer};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use burn_train::{Interrupter, TrainStep};
 use dbps_data::TaskKind;
 use dbps_encoder::{NativeEncoder, PatchEncoder};
-use dbps_mil::AggregatorConfig;
 use dbps_model::PatchClassifier;
 use dbps_model::batch::{BatchImages, BatchKey, ImageBatch, SingleImage, TaskTargets};
-use dbps_model::classifier::{SelectionEngine, SelectionPlan};
+use dbps_model::classifier::SelectionEngine;
 use dbps_model::meter::{
     MeteredOptimizer, StepMeter, live_heap_bytes, median, peak_heap_bytes, reset_peak_heap,
 };
 use dbps_model::step::{TrainedClassifier, TrainingMonitor};
 use dbps_parallel::ExchangeLayout;
-use dbps_select::DualBuffer;
-use dbps_tiling::{HostImages, HostPixels, PatchDrop, PatchGrid, PixelNorm, RemainderPolicy};
+use dbps_tiling::{HostImages, HostPixels, PixelNorm};
 use dbps_train::backend::pool_probe;
+use dbps_train::build::build_classifier;
 use serde::{Deserialize, Serialize};
 
 use super::resident::Resident;
@@ -38,40 +36,16 @@ pub const BATCH: usize = 16;
 /// Patches per call of the encoder-throughput rows (the harness's `--enc-batch`).
 pub const ENCODER_BATCH: usize = 64;
 
-/// A classifier for `geometry` and `method` with fresh weights, selection on `engine`.
+/// A classifier for `geometry` and `method` with fresh weights, selection on `engine`: the
+/// run config they describe, checked and built by the engine's builder as `dbps train` builds.
 fn classifier<B: Backend>(
     geometry: &Geometry,
     method: &Method,
     engine: SelectionEngine,
     device: &B::Device,
 ) -> Result<PatchClassifier<B>> {
-    let grid = PatchGrid::new(
-        [geometry.height, geometry.width],
-        geometry.patch,
-        geometry.patch,
-        RemainderPolicy::Drop,
-    )?;
-    let encoder = geometry.encoder.init::<B>(device)?;
-    let aggregator = AggregatorConfig {
-        embed_dim: encoder.embed_dim(),
-        tasks: geometry.tasks.iter().map(|t| t.classes).collect(),
-        kind: method.aggregator,
-        attention: geometry.attention.clone(),
-    }
-    .init(device)?;
-    let plan = SelectionPlan::new(
-        grid,
-        DualBuffer::new(method.m, method.s, method.l)?,
-        PatchDrop::new(method.drop)?,
-        true,
-        0,
-    )
-    .with_eval_buffer(DualBuffer::new(method.m_eval, method.s, method.l)?)
-    .with_engine(engine);
-    let model = PatchClassifier::new(encoder, aggregator, plan);
-    // Materialise lazily initialised parameters once, as the trainer does.
-    let record = model.clone().into_record();
-    Ok(model.load_record(record))
+    let run = geometry.run_config(method, engine).check()?;
+    Ok(build_classifier::<B>(&run, 0, &geometry.tasks, device)?)
 }
 
 /// A batch of random images (uniform [0, 1] for one channel, standard normal otherwise: what

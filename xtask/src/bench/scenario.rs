@@ -1,8 +1,11 @@
 //! The settings the bench measures: the paper's geometries and methods (method.md §11).
 
-use dbps_data::{MegapixelMnist, TaskSpec};
+use dbps_data::{DatasetConfig, ImageFolderConfig, MegapixelMnist, MegapixelMnistConfig, TaskSpec};
 use dbps_encoder::{EncoderConfig, ResNetConfig};
 use dbps_mil::{AggregatorKind, AttentionSettings};
+use dbps_model::classifier::SelectionEngine;
+use dbps_train::RunConfig;
+use dbps_train::config::{MethodConfig, PatchConfig, TrainConfig};
 
 /// An image size with its patch grid, encoder and attention settings.
 #[derive(Debug, Clone)]
@@ -26,6 +29,9 @@ pub struct Geometry {
     /// Bags of features (`1 × width` each): the batch keeps each image as its own bag and the
     /// model selects bag by bag, as it does for real feature bags.
     pub bags: bool,
+    /// The dataset whose images have this geometry: what a run config of it names (the bench
+    /// feeds generated batches; the dataset is never opened).
+    pub dataset: DatasetConfig,
 }
 
 impl Geometry {
@@ -52,6 +58,10 @@ impl Geometry {
             },
             tasks: MegapixelMnist::tasks(),
             bags: false,
+            dataset: DatasetConfig::MegapixelMnist(MegapixelMnistConfig {
+                canvas: side,
+                ..MegapixelMnistConfig::default()
+            }),
         }
     }
 
@@ -73,10 +83,51 @@ impl Geometry {
             },
             tasks: vec![TaskSpec::softmax("distress", 7)],
             bags: false,
+            dataset: DatasetConfig::ImageFolder(
+                serde_json::from_value::<ImageFolderConfig>(serde_json::json!({
+                    "root": "CQU-BPDD", "height": 900, "width": 1200
+                }))
+                .expect("an image folder's settings with their defaults"),
+            ),
         }
     }
 
     /// Patches per image N.
+    /// The run config of `method` on this geometry, selection on `engine`, seed 0 with patch
+    /// shuffling (what the bench has always measured).
+    pub fn run_config(&self, method: &Method, engine: SelectionEngine) -> RunConfig {
+        let count = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        RunConfig {
+            name: "bench".into(),
+            output_dir: None,
+            dataset: self.dataset.clone(),
+            patch: PatchConfig {
+                size: self.patch,
+                stride: None,
+                remainder: Default::default(),
+                mpp: None,
+            },
+            encoder: self.encoder.clone(),
+            aggregator: self.attention.clone(),
+            methods: vec![MethodConfig {
+                name: method.name.clone(),
+                m: count(method.m),
+                m_eval: Some(count(method.m_eval)),
+                s: count(method.s),
+                l: count(method.l),
+                drop: method.drop,
+                aggregator: method.aggregator,
+                selection: Default::default(),
+            }],
+            train: TrainConfig {
+                shuffle_patches: true,
+                seed: 0,
+                selection_engine: engine,
+                ..TrainConfig::default()
+            },
+        }
+    }
+
     pub fn patches(&self) -> usize {
         (self.height / self.patch) * (self.width / self.patch)
     }

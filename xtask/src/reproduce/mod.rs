@@ -137,7 +137,7 @@ fn reproduce<B: AutodiffBackend>(
         let resolved = match &row.config {
             Some(path) => {
                 let resolved = row::resolve(&root, path, &args.data_root, &effort)?;
-                let n = resolved.config.grid()?.len();
+                let n = resolved.config.grid().len();
                 let grid_agrees = resolved.config.bags() || Some(n) == dataset.patches;
                 if resolved.config.patch.size != dataset.patch || !grid_agrees {
                     bail!(

@@ -248,12 +248,7 @@ mod tests {
             if config.bags() {
                 assert!(dataset.generated_bag.is_some(), "{}", row.row);
             } else {
-                assert_eq!(
-                    Some(config.grid().unwrap().len()),
-                    dataset.patches,
-                    "{}",
-                    row.row
-                );
+                assert_eq!(Some(config.grid().len()), dataset.patches, "{}", row.row);
             }
             let method = &config.methods[0];
             let expect = |field: &str, ours: Option<f64>, paper: Option<f64>| {

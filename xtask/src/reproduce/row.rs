@@ -9,6 +9,7 @@ use dbps_data::TaskSpec;
 use dbps_encoder::EncoderConfig;
 use dbps_model::classifier::SelectionEngine;
 use dbps_train::RunConfig;
+use dbps_train::config::CheckedRun;
 use serde::Serialize;
 
 use super::paper::{DatasetInfo, Metric, PaperRow, Table};
@@ -51,8 +52,8 @@ impl Effort {
 
 /// A config of `configs/paper/` with its `data/…` paths moved under the data root.
 pub struct ResolvedConfig {
-    /// What trains the row on real data.
-    pub config: RunConfig,
+    /// What trains the row on real data, checked.
+    pub config: CheckedRun,
     /// The dataset's files (a folder or the MNIST digits folder).
     pub data: PathBuf,
     /// The torchvision weights the config names but the data root lacks (then `config` starts
@@ -149,6 +150,7 @@ fn scenario(config: &RunConfig, dataset: &DatasetInfo) -> Result<(Geometry, Meth
         attention: config.aggregator.clone(),
         tasks,
         bags: config.bags(),
+        dataset: config.dataset.clone(),
     };
     let method = &config.methods[0];
     let count = |v: i64| usize::try_from(v).unwrap_or(0);
@@ -258,7 +260,7 @@ pub fn measure_row<B: AutodiffBackend>(
         train_cost: None,
         inference_cost: None,
         metric: MetricCell::Missing(String::new()),
-        config: resolved.map(|r| r.config.clone()),
+        config: resolved.map(|r| r.config.clone().into_config()),
         error: None,
     };
     let Some(resolved) = resolved else {
@@ -333,7 +335,7 @@ pub fn measure_row<B: AutodiffBackend>(
 /// Trains the row's config on its data and reads the test figures of the best-on-validation
 /// weights.
 fn train<B: AutodiffBackend>(
-    config: &RunConfig,
+    config: &CheckedRun,
     row: &PaperRow,
     metric: Metric,
     runs: &Path,

@@ -18,6 +18,7 @@ use dbps_model::step::{TrainedClassifier, TrainingMonitor, TrainingPass};
 use dbps_tiling::{HostImages, HostPixels, PixelNorm};
 use dbps_train::RunConfig;
 use dbps_train::build::build_classifier;
+use dbps_train::config::CheckedRun;
 use serde_json::Value;
 
 pub type Train = Autodiff<Flex>;
@@ -167,7 +168,7 @@ impl Fixture {
 
     /// The run config of the fixture's model: the encoder and aggregator sizes read from the
     /// weights' shapes, the rest from `settings.json`.
-    pub fn config(&self) -> RunConfig {
+    pub fn config(&self) -> CheckedRun {
         let conv1 = self.shape("encoder.backbone.ResNet.conv1.weight");
         let (width, in_channels) = (conv1[0], conv1[1]);
         let layer = |k: usize| {
