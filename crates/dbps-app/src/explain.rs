@@ -518,26 +518,19 @@ pub fn explain<B: Backend>(
     let mut rows = Vec::with_capacity(methods.len());
     let mut layout = None;
     for method in &methods {
-        let (prediction, weights, candidates, grid, heads) = match &slide {
+        // The backdrop is drawn once, from the first method's reading of the image.
+        let first = layout.is_none();
+        let (prediction, logits, candidates, grid, backdrop) = match &slide {
             Some(slide) => {
                 let (prediction, logits, candidates, grid) =
                     method.explain_slide(slide, &options.slides, device)?;
-                let attention = PatchAttention::from_logits(logits);
-                if layout.is_none() {
+                let backdrop = if first {
                     let (thumbnail, size) = slide.thumbnail_color(options.panel as usize)?;
-                    layout = Some((
-                        grid,
-                        Backdrop::rgb(&thumbnail, slide.channels(), size),
-                        attention.heads(),
-                    ));
-                }
-                (
-                    prediction,
-                    attention.map(options.head)?,
-                    candidates,
-                    grid,
-                    attention.per_head(),
-                )
+                    Some(Backdrop::rgb(&thumbnail, slide.channels(), size))
+                } else {
+                    None
+                };
+                (prediction, logits, candidates, grid, backdrop)
             }
             None => {
                 let sample = method.read(image, options.slides.max_pixels)?;
@@ -556,26 +549,18 @@ pub fn explain<B: Backend>(
                 let source = HostCandidates::new(&grid, images, order, device.clone());
                 let (out, logits) = model.forward_eval_with_attention(&source)?;
                 let prediction = method.prediction(image, &model, out);
-                let attention = PatchAttention::from_logits(logits);
-                if layout.is_none() {
-                    layout = Some((
-                        grid,
-                        Backdrop {
-                            rgb: display_rgb(&sample),
-                            size: [sample.height, sample.width],
-                        },
-                        attention.heads(),
-                    ));
-                }
-                (
-                    prediction,
-                    attention.map(options.head)?,
-                    candidates,
-                    grid,
-                    attention.per_head(),
-                )
+                let backdrop = first.then(|| Backdrop {
+                    rgb: display_rgb(&sample),
+                    size: [sample.height, sample.width],
+                });
+                (prediction, logits, candidates, grid, backdrop)
             }
         };
+        let attention = PatchAttention::from_logits(logits);
+        if let Some(backdrop) = backdrop {
+            layout = Some((grid, backdrop, attention.heads()));
+        }
+        let (weights, heads) = (attention.map(options.head)?, attention.per_head());
         tracing::info!(method = %prediction.method, patches = grid.len(), scored = candidates.len(), heads = heads.len(), "attention over the candidates");
         rows.push((prediction, weights, candidates, heads));
     }

@@ -399,16 +399,6 @@ impl RunConfig {
         self.layout() != DataLayout::FixedSize
     }
 
-    /// The most salient patches an image can supply: N of the grid, unbounded when each image
-    /// has a grid of its own.
-    pub fn max_patches(&self) -> Result<usize> {
-        if self.grid_per_image() {
-            Ok(usize::MAX)
-        } else {
-            Ok(self.grid()?.len())
-        }
-    }
-
     /// The patch grid over the dataset's images.
     pub fn grid(&self) -> Result<PatchGrid> {
         let stride = self.patch.stride.unwrap_or(self.patch.size);
@@ -434,7 +424,13 @@ impl RunConfig {
         folder_name("name".into(), &self.name)?;
         self.validate_geometry()?;
         let grid = self.grid()?;
-        let n = self.max_patches()?;
+        // The most salient patches an image can supply: N, unbounded when each image has a
+        // grid of its own.
+        let n = if self.grid_per_image() {
+            usize::MAX
+        } else {
+            grid.len()
+        };
         self.encoder.validate().map_err(|e| self.encoder_error(e))?;
         if let DatasetConfig::FeatureBags(bags) = &self.dataset {
             self.validate_bags(bags)?;
